@@ -1,0 +1,111 @@
+import type { ProgressUpdate } from './protocol.js'
+import type { TaskContext } from './task.js'
+import { describe } from './task.js'
+
+/**
+ * The TaskContext a running task reports through, in a child process or inline.
+ *
+ * Progress is meant to be called in tight loops, so nothing here may send or store
+ * per call: values accumulate and `flush` is called at most once per `interval`
+ * milliseconds (leading edge: a quiet task's first update goes out at once, then at
+ * most one flush per interval while a timer is pending). `finish()` hands back what
+ * is still unflushed so the final values always arrive exactly, with the result.
+ */
+export class ReportingContext implements TaskContext {
+  readonly uuid: string
+  readonly signal: AbortSignal
+  #progress: number | null = null
+  #dirtyProgress = false
+  #target: number | null = null
+  #dirtyTarget = false
+  #messages: string[] = []
+  #timer: NodeJS.Timeout | undefined
+  #lastFlush = -Infinity
+  #finished = false
+  readonly #interval: number
+  readonly #flush: (update: ProgressUpdate) => void
+
+  constructor (uuid: string, signal: AbortSignal, interval: number, flush: (update: ProgressUpdate) => void) {
+    this.uuid = uuid
+    this.signal = signal
+    this.#interval = interval
+    this.#flush = flush
+  }
+
+  setTarget (target: number): void {
+    if (typeof target !== 'number' || !(target > 0) || target === Infinity) {
+      throw new RangeError(`setTarget expects a finite number greater than 0, got ${describe(target)}`)
+    }
+    this.#target = target
+    this.#dirtyTarget = true
+    if (this.#timer === undefined) this.#schedule()
+  }
+
+  setProgress (progress: number): void {
+    // typeof plus one comparison also rejects NaN; this is the hot path.
+    if (typeof progress !== 'number' || !(progress >= 0) || progress === Infinity) {
+      throw new RangeError(`setProgress expects a finite number of 0 or more, got ${describe(progress)}`)
+    }
+    this.#progress = progress
+    this.#dirtyProgress = true
+    if (this.#timer === undefined) this.#schedule()
+  }
+
+  incProgress (by = 1): void {
+    if (typeof by !== 'number' || !Number.isFinite(by)) {
+      throw new RangeError(`incProgress expects a finite number, got ${describe(by)}`)
+    }
+    this.setProgress((this.#progress ?? 0) + by)
+  }
+
+  addMessage (message: string): void {
+    this.#messages.push(String(message))
+    if (this.#timer === undefined) this.#schedule()
+  }
+
+  /** Stops the timer and returns what was not flushed yet, if anything. */
+  finish (): ProgressUpdate | undefined {
+    this.#finished = true
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer)
+      this.#timer = undefined
+    }
+    return this.#take()
+  }
+
+  #schedule (): void {
+    if (this.#finished) return
+    const wait = this.#lastFlush + this.#interval - performance.now()
+    if (wait <= 0) {
+      this.#send()
+    } else {
+      this.#timer = setTimeout(this.#onTimer, wait)
+    }
+  }
+
+  #onTimer = (): void => {
+    this.#timer = undefined
+    this.#send()
+  }
+
+  #send (): void {
+    const update = this.#take()
+    if (update === undefined) return
+    this.#lastFlush = performance.now()
+    this.#flush(update)
+  }
+
+  #take (): ProgressUpdate | undefined {
+    if (!this.#dirtyProgress && !this.#dirtyTarget && this.#messages.length === 0) return undefined
+    const update: ProgressUpdate = {}
+    if (this.#dirtyProgress) update.progress = this.#progress as number
+    if (this.#dirtyTarget) update.target = this.#target as number
+    if (this.#messages.length > 0) {
+      update.messages = this.#messages
+      this.#messages = []
+    }
+    this.#dirtyProgress = false
+    this.#dirtyTarget = false
+    return update
+  }
+}

@@ -1,0 +1,78 @@
+import createError from '@fastify/error'
+
+/*
+ * Every error code the plugin can raise or answer with. Each one is listed in the
+ * README (test/errors.test.ts checks that).
+ */
+
+/** An option passed to the plugin is invalid. Thrown by `register`. */
+export const FST_TASK_API_OPT_INVALID = createError<[string, string, string]>(
+  'FST_TASK_API_OPT_INVALID', 'options.%s must be %s, got %s', 500, TypeError)
+
+/** A task module could not be imported, exports no task, or defines an invalid task. Thrown by `register`. */
+export const FST_TASK_API_TASK_MODULE = createError<[string, string]>(
+  'FST_TASK_API_TASK_MODULE', 'Task module %s: %s', 500, TypeError)
+
+/** Two task modules define the same task name. Thrown by `register`. */
+export const FST_TASK_API_TASK_DUPLICATE = createError<[string, string, string]>(
+  'FST_TASK_API_TASK_DUPLICATE', 'Task name "%s" is defined twice: in %s and in %s', 500, TypeError)
+
+/** A task's input or output schema cannot be compiled. Thrown by `register`. */
+export const FST_TASK_API_TASK_SCHEMA = createError<[string, string, string]>(
+  'FST_TASK_API_TASK_SCHEMA', 'Task "%s" has an invalid %s schema: %s', 500, TypeError)
+
+/** The request body is not `{ task, inputs }`. */
+export const FST_TASK_API_BODY_INVALID = createError<[string]>(
+  'FST_TASK_API_BODY_INVALID', '%s', 400)
+
+/** The submitted task name is not registered. */
+export const FST_TASK_API_TASK_UNKNOWN = createError<[string]>(
+  'FST_TASK_API_TASK_UNKNOWN', 'task "%s" is not registered', 400)
+
+/** An input is missing or cannot be converted to its declared type. The message names the input. */
+export const FST_TASK_API_INPUT_INVALID = createError<[string]>(
+  'FST_TASK_API_INPUT_INVALID', '%s', 400)
+
+/** No task has this uuid (or it is malformed). */
+export const FST_TASK_API_TASK_NOT_FOUND = createError<[string]>(
+  'FST_TASK_API_TASK_NOT_FOUND', 'task %s not found', 404)
+
+/** The task runner is closed: the server is shutting down. */
+export const FST_TASK_API_RUNNER_CLOSED = createError(
+  'FST_TASK_API_RUNNER_CLOSED', 'the task runner is closed', 503)
+
+/**
+ * Codes that end up in a failed record's `error` text rather than in an HTTP answer.
+ * They are exported so that logs and tests can name them.
+ */
+export const FST_TASK_API_OUTPUT_INVALID = createError<[string]>(
+  'FST_TASK_API_OUTPUT_INVALID', 'task returned invalid outputs: %s', 500)
+
+/** A child process ended while it was running a task. */
+export const FST_TASK_API_CHILD_EXIT = createError<[string]>(
+  'FST_TASK_API_CHILD_EXIT', 'the child process running the task %s', 500)
+
+/** A task's result could not be sent from the child process (for example a circular object or a BigInt). */
+export const FST_TASK_API_CHILD_SERIALIZE = createError<[string]>(
+  'FST_TASK_API_CHILD_SERIALIZE', 'task result cannot be sent from the child process: %s', 500)
+
+/** A task module failed to load inside a child process. */
+export const FST_TASK_API_CHILD_LOAD = createError<[string]>(
+  'FST_TASK_API_CHILD_LOAD', 'the child process could not load the task modules: %s', 500)
+
+/** Every error code, for documentation and tests. */
+export const codes = {
+  FST_TASK_API_OPT_INVALID,
+  FST_TASK_API_TASK_MODULE,
+  FST_TASK_API_TASK_DUPLICATE,
+  FST_TASK_API_TASK_SCHEMA,
+  FST_TASK_API_BODY_INVALID,
+  FST_TASK_API_TASK_UNKNOWN,
+  FST_TASK_API_INPUT_INVALID,
+  FST_TASK_API_TASK_NOT_FOUND,
+  FST_TASK_API_RUNNER_CLOSED,
+  FST_TASK_API_OUTPUT_INVALID,
+  FST_TASK_API_CHILD_EXIT,
+  FST_TASK_API_CHILD_SERIALIZE,
+  FST_TASK_API_CHILD_LOAD,
+} as const

@@ -1,0 +1,96 @@
+import { Type, type Static } from '@sinclair/typebox'
+import type { TaskState } from './store/types.js'
+
+/*
+ * The events a task emits, as clients receive them. Each carries the task's `seq`,
+ * strictly increasing per task, so a client can tell that nothing was lost.
+ */
+
+export const TaskStateSchema = Type.Object({
+  uuid: Type.String({ format: 'uuid' }),
+  task: Type.String(),
+  status: Type.Union([Type.Literal('pending'), Type.Literal('running'), Type.Literal('succeeded'), Type.Literal('failed')]),
+  progress: Type.Union([Type.Number(), Type.Null()]),
+  target: Type.Union([Type.Number(), Type.Null()]),
+  outputs: Type.Record(Type.String(), Type.Unknown()),
+  messages: Type.Array(Type.String()),
+  created: Type.String({ format: 'date-time' }),
+  started: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  finished: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  error: Type.Union([Type.String(), Type.Null()]),
+}, { $id: 'FastifyTaskApiTask' })
+
+export const ProgressEventSchema = Type.Object({
+  type: Type.Literal('progress'),
+  uuid: Type.String(),
+  seq: Type.Integer(),
+  progress: Type.Union([Type.Number(), Type.Null()]),
+  target: Type.Union([Type.Number(), Type.Null()]),
+})
+
+export const MessageEventSchema = Type.Object({
+  type: Type.Literal('message'),
+  uuid: Type.String(),
+  seq: Type.Integer(),
+  message: Type.String(),
+})
+
+export const StatusEventSchema = Type.Object({
+  type: Type.Literal('status'),
+  uuid: Type.String(),
+  seq: Type.Integer(),
+  status: TaskStateSchema.properties.status,
+  /** The whole record, on the event that ends the task. */
+  task: Type.Optional(TaskStateSchema),
+})
+
+export type ProgressEvent = Static<typeof ProgressEventSchema>
+export type MessageEvent = Static<typeof MessageEventSchema>
+export type StatusEvent = Static<typeof StatusEventSchema> & { task?: TaskState }
+/** Any event a task emits. */
+export type TaskEvent = ProgressEvent | MessageEvent | StatusEvent
+
+/** A subscriber's callback. */
+export type TaskListener = (event: TaskEvent) => void
+
+/**
+ * Delivers a task's events to its subscribers, in this process. The listener set is
+ * per task, so publishing costs nothing for tasks nobody watches.
+ */
+export class EventBus {
+  readonly #listeners = new Map<string, Set<TaskListener>>()
+
+  /** Adds a listener for one task; returns the function that removes it. */
+  subscribe (uuid: string, listener: TaskListener): () => void {
+    let set = this.#listeners.get(uuid)
+    if (set === undefined) {
+      set = new Set()
+      this.#listeners.set(uuid, set)
+    }
+    set.add(listener)
+    return () => {
+      const current = this.#listeners.get(uuid)
+      if (current === undefined) return
+      current.delete(listener)
+      if (current.size === 0) this.#listeners.delete(uuid)
+    }
+  }
+
+  /** Calls each listener of the event's task. A listener that throws does not stop the others. */
+  publish (event: TaskEvent, onError: (err: unknown) => void): void {
+    const set = this.#listeners.get(event.uuid)
+    if (set === undefined) return
+    for (const listener of set) {
+      try {
+        listener(event)
+      } catch (err) {
+        onError(err)
+      }
+    }
+  }
+
+  /** True when somebody listens to this task. */
+  has (uuid: string): boolean {
+    return this.#listeners.has(uuid)
+  }
+}

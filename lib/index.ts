@@ -1,0 +1,16 @@
+import { taskApi } from './plugin.js'
+
+export { taskApi }
+export default taskApi
+export { defineTask, Task } from './task.js'
+export type { TaskContext, TaskDefinition, TaskOptions, TaskInputs, TaskResult, TaskOutputs } from './task.js'
+export { Type } from '@sinclair/typebox'
+export type { Static, TSchema, TProperties } from '@sinclair/typebox'
+export * from './errors.js'
+export type { TaskApiOptions } from './options.js'
+export type { TaskApi } from './types.js'
+export type { TaskStats } from './service.js'
+export type { TaskEvent, ProgressEvent, MessageEvent, StatusEvent, TaskListener } from './events.js'
+export { MemoryStore } from './store/memory.js'
+export type { MemoryStoreOptions } from './store/memory.js'
+export type { Store, TaskRecord, TaskState, TaskStatus, RecordPatch } from './store/types.js'

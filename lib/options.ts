@@ -1,0 +1,116 @@
+import { availableParallelism } from 'node:os'
+import { FST_TASK_API_OPT_INVALID } from './errors.js'
+import { moduleUrl, type TaskModuleLocation } from './registry.js'
+import { MemoryStore } from './store/memory.js'
+import type { Store } from './store/types.js'
+import { describe } from './task.js'
+
+/** Options of `app.register(taskApi, options)`. */
+export interface TaskApiOptions {
+  /**
+   * The task modules: `file:` URLs (URL objects or strings) or absolute paths. Each
+   * module default-exports one task or exports several as named exports.
+   */
+  tasks: TaskModuleLocation[]
+  /**
+   * Where the routes live. fastify-plugin ignores the prefix given to `register`, so
+   * the plugin takes its own.
+   * @default '/tasks'
+   */
+  prefix?: string
+  /**
+   * `'process'` runs tasks in a warm pool of child processes; `'inline'` runs them in
+   * the server's own process (for unit tests; a CPU-bound task blocks the server).
+   * @default 'process'
+   */
+  runner?: 'process' | 'inline'
+  /**
+   * How many tasks run at once: the number of child processes in the pool.
+   * @default os.availableParallelism()
+   */
+  concurrency?: number
+  /**
+   * Milliseconds between two progress flushes of a running task: setProgress, setTarget
+   * and addMessage calls are coalesced to at most one update per interval.
+   * @default 50
+   */
+  progressInterval?: number
+  /** Where records live. @default new MemoryStore() */
+  store?: Store
+  /**
+   * Node.js flags for the child processes.
+   * @default process.execArgv (a `--import tsx` loader carries over, so TypeScript task modules load)
+   */
+  execArgv?: string[]
+  /**
+   * The environment of the child processes.
+   * @default process.env
+   */
+  env?: NodeJS.ProcessEnv
+}
+
+/** Options after checking, with every default filled in. */
+export interface NormalizedOptions {
+  modules: string[]
+  prefix: string
+  runner: 'process' | 'inline'
+  concurrency: number
+  progressInterval: number
+  store: Store
+  execArgv: string[] | undefined
+  env: NodeJS.ProcessEnv | undefined
+}
+
+const known = new Set(['tasks', 'prefix', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env'])
+
+/** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
+export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
+  for (const key of Object.keys(options)) {
+    // fastify's own register options (prefix handled by us, logLevel, ...) pass through here too.
+    if (!known.has(key) && !['logLevel', 'logSerializers'].includes(key)) {
+      throw new FST_TASK_API_OPT_INVALID(key, 'a known option (' + [...known].join(', ') + ')', 'an unknown option')
+    }
+  }
+  const { tasks } = options
+  if (!Array.isArray(tasks) || tasks.length === 0) {
+    throw new FST_TASK_API_OPT_INVALID('tasks', 'a non-empty array of task module URLs or absolute paths', describe(tasks))
+  }
+  const prefix = options.prefix ?? '/tasks'
+  if (typeof prefix !== 'string' || !prefix.startsWith('/') || (prefix.length > 1 && prefix.endsWith('/'))) {
+    throw new FST_TASK_API_OPT_INVALID('prefix', 'a path starting with "/" and not ending with "/"', describe(prefix))
+  }
+  const runner = options.runner ?? 'process'
+  if (runner !== 'process' && runner !== 'inline') {
+    throw new FST_TASK_API_OPT_INVALID('runner', '"process" or "inline"', describe(runner))
+  }
+  const concurrency = options.concurrency ?? availableParallelism()
+  if (!Number.isInteger(concurrency) || concurrency < 1) {
+    throw new FST_TASK_API_OPT_INVALID('concurrency', 'a positive integer', describe(concurrency))
+  }
+  const progressInterval = options.progressInterval ?? 50
+  if (typeof progressInterval !== 'number' || !Number.isFinite(progressInterval) || progressInterval < 0) {
+    throw new FST_TASK_API_OPT_INVALID('progressInterval', 'a number of milliseconds, 0 or more', describe(progressInterval))
+  }
+  const store = options.store ?? new MemoryStore()
+  if (typeof store !== 'object' || store === null || typeof store.create !== 'function' ||
+      typeof store.get !== 'function' || typeof store.update !== 'function') {
+    throw new FST_TASK_API_OPT_INVALID('store', 'an object with create, get and update methods', describe(store))
+  }
+  const { execArgv, env } = options
+  if (execArgv !== undefined && !(Array.isArray(execArgv) && execArgv.every(arg => typeof arg === 'string'))) {
+    throw new FST_TASK_API_OPT_INVALID('execArgv', 'an array of strings', describe(execArgv))
+  }
+  if (env !== undefined && (typeof env !== 'object' || env === null || Array.isArray(env))) {
+    throw new FST_TASK_API_OPT_INVALID('env', 'an object of environment variables', describe(env))
+  }
+  return {
+    modules: tasks.map((location, index) => moduleUrl(location, index)),
+    prefix: prefix === '/' ? '' : prefix,
+    runner,
+    concurrency,
+    progressInterval,
+    store,
+    execArgv,
+    env,
+  }
+}

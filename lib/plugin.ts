@@ -1,0 +1,57 @@
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { normalizeOptions, type TaskApiOptions } from './options.js'
+import { loadRegistry } from './registry.js'
+import { registerRoutes } from './routes.js'
+import { InlineRunner } from './runner/inline.js'
+import { ProcessPool } from './runner/pool.js'
+import type { Runner } from './runner/types.js'
+import { TaskService } from './service.js'
+import type { LoadedTask } from './task.js'
+import type { TaskApi } from './types.js'
+
+async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Promise<void> {
+  const normalized = normalizeOptions(options as TaskApiOptions & Record<string, unknown>)
+  const registry = await loadRegistry(normalized.modules)
+  const log = app.log
+  let runner: Runner
+  if (normalized.runner === 'inline') {
+    const tasks = new Map<string, LoadedTask>([...registry.values()].map(entry => [entry.name, entry.task]))
+    runner = new InlineRunner({ tasks, concurrency: normalized.concurrency, progressInterval: normalized.progressInterval })
+  } else {
+    runner = new ProcessPool({
+      modules: normalized.modules,
+      concurrency: normalized.concurrency,
+      progressInterval: normalized.progressInterval,
+      execArgv: normalized.execArgv,
+      env: normalized.env,
+      log,
+    })
+  }
+  const service = new TaskService({ registry, store: normalized.store, runner, log })
+  try {
+    await service.start()
+  } catch (err) {
+    await service.close()
+    throw err
+  }
+  app.addHook('onClose', async () => service.close())
+
+  const names = Object.freeze(service.taskNames)
+  const api: TaskApi = {
+    names,
+    submit: (task, inputs) => service.submit(task, inputs),
+    get: uuid => service.get(uuid),
+    subscribe: (uuid, listener) => service.subscribe(uuid, listener),
+    wait: uuid => service.wait(uuid),
+    stats: () => service.stats(),
+  }
+  app.decorate('tasks', api)
+  registerRoutes(app, service, normalized.prefix)
+}
+
+/**
+ * The plugin. Register it with the task modules to serve:
+ * `await app.register(taskApi, { tasks: [new URL('./tasks/wait.js', import.meta.url)] })`.
+ */
+export const taskApi = fp(taskApiPlugin, { fastify: '5.x', name: 'fastify-task-api' })

@@ -1,0 +1,72 @@
+/**
+ * Every message that crosses the parent <-> child IPC channel, as one discriminated
+ * union per direction. Both sides import this file with `import type` only, so the
+ * child never pulls in fastify. What arrives is checked by `isChildMessage` /
+ * `isParentMessage` before it is used: nothing is trusted across the process boundary.
+ */
+
+/** Progress, target and messages accumulated in the child since its last flush. */
+export interface ProgressUpdate {
+  /** Latest progress, when it changed since the last flush. */
+  progress?: number
+  /** Latest target, when it changed since the last flush. */
+  target?: number
+  /** Messages added since the last flush, in order. */
+  messages?: string[]
+}
+
+/** Parent -> child. */
+export type ParentMessage =
+  | { type: 'run', id: string, task: string, inputs: Record<string, unknown> }
+
+/** Child -> parent. */
+export type ChildMessage =
+  | { type: 'ready' }
+  | { type: 'load-error', message: string, stack?: string }
+  | { type: 'update', id: string, update: ProgressUpdate }
+  | { type: 'done', id: string, value: unknown, update?: ProgressUpdate }
+  | { type: 'fail', id: string, message: string, stack?: string, update?: ProgressUpdate }
+
+/** Sent as the `data` of `fork()` so the child knows which modules to load. */
+export interface ChildInit {
+  modules: string[]
+  progressInterval: number
+}
+
+function isObject (value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null
+}
+
+function isUpdate (value: unknown): value is ProgressUpdate | undefined {
+  if (value === undefined) return true
+  if (!isObject(value)) return false
+  if (value.progress !== undefined && typeof value.progress !== 'number') return false
+  if (value.target !== undefined && typeof value.target !== 'number') return false
+  if (value.messages !== undefined && !(Array.isArray(value.messages) && value.messages.every(m => typeof m === 'string'))) return false
+  return true
+}
+
+/** Checks the shape of a message received from a child. */
+export function isChildMessage (value: unknown): value is ChildMessage {
+  if (!isObject(value)) return false
+  switch (value.type) {
+    case 'ready':
+      return true
+    case 'load-error':
+      return typeof value.message === 'string'
+    case 'update':
+      return typeof value.id === 'string' && isUpdate(value.update) && value.update !== undefined
+    case 'done':
+      return typeof value.id === 'string' && isUpdate(value.update)
+    case 'fail':
+      return typeof value.id === 'string' && typeof value.message === 'string' && isUpdate(value.update)
+    default:
+      return false
+  }
+}
+
+/** Checks the shape of a message received from the parent. */
+export function isParentMessage (value: unknown): value is ParentMessage {
+  if (!isObject(value)) return false
+  return value.type === 'run' && typeof value.id === 'string' && typeof value.task === 'string' && isObject(value.inputs)
+}

@@ -1,0 +1,86 @@
+/*
+ * The entry point of each pool child. It loads the task modules once, then runs one
+ * task at a time as the parent asks. It imports no fastify: only the protocol's
+ * guards, the task loader and the reporting context.
+ */
+import { isParentMessage, type ChildInit, type ChildMessage, type ParentMessage, type ProgressUpdate } from '../protocol.js'
+import { tasksOfModule, type LoadedTask } from '../task.js'
+import { ReportingContext } from '../context.js'
+
+const init = JSON.parse(process.argv[2] ?? '{}') as ChildInit
+const tasks = new Map<string, LoadedTask>()
+const loadErrors: string[] = []
+let current: string | undefined
+
+function send (message: ChildMessage, then?: () => void): void {
+  if (process.send === undefined) return
+  process.send(message, undefined, {}, then)
+}
+
+function errorText (err: unknown): { message: string, stack?: string } {
+  if (err instanceof Error) return { message: err.message || err.name, stack: err.stack }
+  return { message: `a non-Error value was thrown: ${String(err)}` }
+}
+
+async function load (): Promise<void> {
+  for (const module of init.modules) {
+    try {
+      for (const task of tasksOfModule(await import(module))) tasks.set(task.name, task)
+    } catch (err) {
+      loadErrors.push(`${module}: ${errorText(err).message}`)
+    }
+  }
+}
+
+async function run (message: Extract<ParentMessage, { type: 'run' }>): Promise<void> {
+  const { id } = message
+  current = id
+  const task = tasks.get(message.task)
+  const context = new ReportingContext(id, new AbortController().signal, init.progressInterval,
+    (update: ProgressUpdate) => send({ type: 'update', id, update }))
+  try {
+    if (task === undefined) {
+      throw new Error(loadErrors.length > 0
+        ? `task "${message.task}" could not be loaded in the child process: ${loadErrors.join('; ')}`
+        : `task "${message.task}" is not defined in the child process`)
+    }
+    const value = await task.invoke(message.inputs, context)
+    const update = context.finish()
+    try {
+      send({ type: 'done', id, value, update })
+    } catch (err) {
+      // JSON.stringify runs synchronously inside send(): circular objects and BigInts throw here.
+      send({ type: 'fail', id, message: `task result cannot be sent from the child process: ${errorText(err).message}`, update })
+    }
+  } catch (err) {
+    send({ type: 'fail', id, ...errorText(err), update: context.finish() })
+  } finally {
+    current = undefined
+  }
+}
+
+function fatal (err: unknown): void {
+  // After an uncaught exception the process is in an unknown state: report it against
+  // the task it interrupted, then exit and let the pool replace this child.
+  const id = current
+  if (id === undefined) {
+    process.exit(1)
+  }
+  const { message, stack } = errorText(err)
+  try {
+    send({ type: 'fail', id, message: `uncaught exception in the child process: ${message}`, stack }, () => process.exit(1))
+  } catch {
+    process.exit(1)
+  }
+}
+
+process.on('uncaughtException', fatal)
+// The parent is gone (it exited or was killed): never outlive it.
+process.on('disconnect', () => process.exit(0))
+
+process.on('message', (message: unknown) => {
+  if (isParentMessage(message)) void run(message)
+})
+
+await load()
+send({ type: 'ready' })

@@ -1,0 +1,197 @@
+import { fork, type ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { isChildMessage, type ChildInit, type ChildMessage, type ParentMessage } from '../protocol.js'
+import { Fifo } from './queue.js'
+import type { Job, Runner, RunnerEvents } from './types.js'
+
+/** Options of the child-process pool. */
+export interface ProcessPoolOptions {
+  /** Task module URLs every child loads once. */
+  modules: string[]
+  /** How many children, each running one task at a time. */
+  concurrency: number
+  /** Milliseconds between progress flushes from a child. */
+  progressInterval: number
+  /** Node flags for the children. @default process.execArgv (so a tsx loader carries over) */
+  execArgv?: string[]
+  /** The children's environment. @default process.env */
+  env?: NodeJS.ProcessEnv
+  /** Where child failures are logged. */
+  log?: { warn (obj: object, msg: string): void }
+}
+
+// Under tsx the sources run as .ts; compiled, as .js. The child entry sits beside this file.
+const here = fileURLToPath(import.meta.url)
+const childEntry = here.replace(/pool\.([cm]?[jt]s)$/, 'child.$1')
+
+// Waiting between respawns of a child that keeps dying before it is ready.
+const respawnDelay = 1000
+const killGrace = 2000
+
+interface Worker {
+  child: ChildProcess
+  ready: boolean
+  job: Job | undefined
+}
+
+/**
+ * A warm pool of forked children. Forking costs about 100 ms, so children are forked
+ * once and reused; a child that exits or crashes fails the job it was running and is
+ * replaced.
+ */
+export class ProcessPool implements Runner {
+  readonly #options: ProcessPoolOptions
+  readonly #queue = new Fifo<Job>()
+  readonly #workers = new Set<Worker>()
+  readonly #idle: Worker[] = []
+  #events: RunnerEvents | undefined
+  #running = 0
+  #closing = false
+  #earlyExits = 0
+
+  constructor (options: ProcessPoolOptions) {
+    this.#options = options
+  }
+
+  get queued (): number { return this.#queue.length }
+  get running (): number { return this.#running }
+
+  /** The children's process ids. */
+  get pids (): number[] {
+    return [...this.#workers].map(worker => worker.child.pid).filter((pid): pid is number => pid !== undefined)
+  }
+
+  async start (events: RunnerEvents): Promise<void> {
+    this.#events = events
+    const starting: Promise<void>[] = []
+    for (let i = 0; i < this.#options.concurrency; i++) starting.push(this.#spawn())
+    await Promise.all(starting)
+  }
+
+  enqueue (job: Job): void {
+    this.#queue.push(job)
+    this.#dispatch()
+  }
+
+  async close (): Promise<Job[]> {
+    this.#closing = true
+    const dropped = this.#queue.drain()
+    await Promise.all([...this.#workers].map(worker => stop(worker.child)))
+    return dropped
+  }
+
+  #spawn (): Promise<void> {
+    const init: ChildInit = { modules: this.#options.modules, progressInterval: this.#options.progressInterval }
+    const child = fork(childEntry, [JSON.stringify(init)], {
+      execArgv: this.#options.execArgv ?? process.execArgv,
+      env: this.#options.env ?? process.env,
+      serialization: 'json',
+    })
+    const worker: Worker = { child, ready: false, job: undefined }
+    this.#workers.add(worker)
+    return new Promise((resolve, reject) => {
+      child.on('message', (message: unknown) => {
+        if (!isChildMessage(message)) {
+          this.#options.log?.warn({ pid: child.pid }, 'fastify-task-api: ignored a malformed message from a child process')
+          return
+        }
+        if (message.type === 'ready') {
+          worker.ready = true
+          this.#earlyExits = 0
+          resolve()
+          this.#release(worker)
+          return
+        }
+        this.#onMessage(worker, message)
+      })
+      child.on('error', (err) => {
+        this.#options.log?.warn({ err, pid: child.pid }, 'fastify-task-api: child process error')
+      })
+      child.once('exit', (code, signal) => {
+        this.#workers.delete(worker)
+        const index = this.#idle.indexOf(worker)
+        if (index !== -1) this.#idle.splice(index, 1)
+        const how = signal !== null ? `was killed by signal ${signal}` : `exited with code ${String(code)}`
+        if (worker.job !== undefined) {
+          const job = worker.job
+          worker.job = undefined
+          this.#running--
+          this.#events?.finished(job.uuid, {
+            ok: false,
+            error: this.#closing ? 'the server closed while the task was running' : `the child process running the task ${how}`,
+          })
+        }
+        if (!worker.ready) {
+          reject(new Error(`fastify-task-api: a child process ${how} before it was ready`))
+          this.#earlyExits++
+        }
+        if (!this.#closing) this.#replace()
+      })
+    })
+  }
+
+  #replace (): void {
+    const delay = this.#earlyExits > 0 ? respawnDelay : 0
+    const respawn = (): void => {
+      if (this.#closing) return
+      this.#spawn().catch((err: Error) => {
+        if (!this.#closing) this.#options.log?.warn({ err }, 'fastify-task-api: a replacement child process failed to start')
+      })
+    }
+    if (delay === 0) respawn()
+    else setTimeout(respawn, delay).unref()
+  }
+
+  #onMessage (worker: Worker, message: Exclude<ChildMessage, { type: 'ready' }>): void {
+    const job = worker.job
+    if (message.type === 'load-error' || job === undefined || message.id !== job.uuid) return
+    const events = this.#events as RunnerEvents
+    if (message.type === 'update') {
+      events.update(job.uuid, message.update)
+      return
+    }
+    if (message.update !== undefined) events.update(job.uuid, message.update)
+    worker.job = undefined
+    this.#running--
+    if (message.type === 'done') {
+      events.finished(job.uuid, { ok: true, value: message.value })
+    } else {
+      events.finished(job.uuid, { ok: false, error: message.message, stack: message.stack })
+    }
+    this.#release(worker)
+  }
+
+  #release (worker: Worker): void {
+    if (this.#closing || !this.#workers.has(worker)) return
+    this.#idle.push(worker)
+    this.#dispatch()
+  }
+
+  #dispatch (): void {
+    while (this.#idle.length > 0 && this.#queue.length > 0) {
+      const worker = this.#idle.pop() as Worker
+      const job = this.#queue.shift() as Job
+      worker.job = job
+      this.#running++
+      this.#events?.started(job.uuid)
+      const message: ParentMessage = { type: 'run', id: job.uuid, task: job.task, inputs: job.inputs }
+      // A send to a child that just died fails asynchronously; its exit handler then fails the job.
+      worker.child.send(message, (err) => {
+        if (err !== null && err !== undefined) worker.child.kill('SIGKILL')
+      })
+    }
+  }
+}
+
+/** Ends a child: SIGTERM, then SIGKILL if it has not exited after a grace period. */
+function stop (child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), killGrace)
+    child.once('exit', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    child.kill('SIGTERM')
+  })
+}

@@ -1,0 +1,37 @@
+import type { ProgressUpdate } from '../protocol.js'
+
+/** One task handed to a runner. */
+export interface Job {
+  uuid: string
+  task: string
+  inputs: Record<string, unknown>
+}
+
+/** How a run ended, as the runner saw it. Outputs are validated later, by the service. */
+export type JobResult =
+  | { ok: true, value: unknown }
+  | { ok: false, error: string, stack?: string }
+
+/** What a runner reports back, in order, for each job. */
+export interface RunnerEvents {
+  /** The job was handed to a worker and `run()` is starting. */
+  started (uuid: string): void
+  /** Coalesced progress, target and messages. */
+  update (uuid: string, update: ProgressUpdate): void
+  /** The job ended; called exactly once per job that started. */
+  finished (uuid: string, result: JobResult): void
+}
+
+/** Runs jobs somewhere: child processes, this process, or (later) another machine. */
+export interface Runner {
+  /** Starts the workers; resolves when they are ready to take jobs. */
+  start (events: RunnerEvents): Promise<void>
+  /** Queues a job (FIFO). */
+  enqueue (job: Job): void
+  /** Jobs waiting for a worker. */
+  readonly queued: number
+  /** Jobs being run. */
+  readonly running: number
+  /** Stops every worker. Jobs still queued are returned, so the caller can settle them. */
+  close (): Promise<Job[]>
+}

@@ -1,0 +1,286 @@
+import { randomUUID } from 'node:crypto'
+import { EventBus, type TaskEvent, type TaskListener } from './events.js'
+import {
+  FST_TASK_API_INPUT_INVALID,
+  FST_TASK_API_RUNNER_CLOSED,
+  FST_TASK_API_TASK_NOT_FOUND,
+  FST_TASK_API_TASK_UNKNOWN,
+} from './errors.js'
+import type { ProgressUpdate } from './protocol.js'
+import type { RegisteredTask } from './registry.js'
+import type { JobResult, Runner, RunnerEvents } from './runner/types.js'
+import { finalStatuses, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
+import { describe } from './task.js'
+
+/** The logger calls the service makes (a pino/fastify logger fits). */
+export interface ServiceLogger {
+  warn (obj: object, msg: string): void
+  error (obj: object, msg: string): void
+}
+
+/** Counts of what the runner holds. */
+export interface TaskStats {
+  /** Tasks waiting for a worker. */
+  queued: number
+  /** Tasks being run. */
+  running: number
+}
+
+interface ActiveTask {
+  registered: RegisteredTask
+  seq: number
+  /** Store writes for one task happen one after another, in the order the runner reported them. */
+  chain: Promise<void>
+}
+
+const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
+
+/** The client's view of a record: no inputs, no internals; a copy the caller may keep. */
+export function toState (record: Readonly<TaskRecord>): TaskState {
+  return {
+    uuid: record.uuid,
+    task: record.task,
+    status: record.status,
+    progress: record.progress,
+    target: record.target,
+    outputs: record.outputs,
+    messages: record.messages.slice(),
+    created: record.created,
+    started: record.started,
+    finished: record.finished,
+    error: record.error,
+  }
+}
+
+/**
+ * The one API over tasks: routes, streams and `app.tasks` all go through it. It
+ * owns the order of events: it gives each its `seq`, writes it to the store, then
+ * publishes it. Transports never reach the store or the runner directly.
+ */
+export class TaskService {
+  readonly #registry: Map<string, RegisteredTask>
+  readonly #store: Store
+  readonly #runner: Runner
+  readonly #log: ServiceLogger
+  readonly #bus = new EventBus()
+  readonly #active = new Map<string, ActiveTask>()
+  #closed = false
+
+  constructor (options: { registry: Map<string, RegisteredTask>, store: Store, runner: Runner, log: ServiceLogger }) {
+    this.#registry = options.registry
+    this.#store = options.store
+    this.#runner = options.runner
+    this.#log = options.log
+  }
+
+  /** Starts the runner's workers. */
+  async start (): Promise<void> {
+    const events: RunnerEvents = {
+      started: uuid => this.#apply(uuid, () => this.#started(uuid)),
+      update: (uuid, update) => this.#apply(uuid, () => this.#updated(uuid, update)),
+      finished: (uuid, result) => this.#apply(uuid, () => this.#finished(uuid, result), true),
+    }
+    await this.#runner.start(events)
+  }
+
+  /** The registered task names. */
+  get taskNames (): string[] {
+    return [...this.#registry.keys()]
+  }
+
+  /** The registered task with this name, or undefined. */
+  task (name: string): RegisteredTask | undefined {
+    return this.#registry.get(name)
+  }
+
+  /**
+   * Validates and converts the inputs, creates the record and queues the task.
+   * Throws FST_TASK_API_TASK_UNKNOWN or FST_TASK_API_INPUT_INVALID (both 400).
+   */
+  async submit (name: string, inputs: unknown = {}): Promise<TaskState> {
+    const registered = this.#registry.get(name)
+    if (registered === undefined) throw new FST_TASK_API_TASK_UNKNOWN(name)
+    return this.submitChecked(registered, this.checkInputs(registered, inputs))
+  }
+
+  /** Converts and validates inputs for a task; throws FST_TASK_API_INPUT_INVALID naming the input. */
+  checkInputs (registered: RegisteredTask, inputs: unknown): Record<string, unknown> {
+    if (typeof inputs !== 'object' || inputs === null || Array.isArray(inputs)) {
+      throw new FST_TASK_API_INPUT_INVALID(`inputs must be an object, got ${describe(inputs)}`)
+    }
+    const checked = registered.inputs.check(inputs as Record<string, unknown>)
+    if (checked.error !== undefined) throw new FST_TASK_API_INPUT_INVALID(checked.error)
+    return checked.value
+  }
+
+  /** Creates and queues a task whose inputs were already checked by `checkInputs`. */
+  async submitChecked (registered: RegisteredTask, inputs: Record<string, unknown>): Promise<TaskState> {
+    if (this.#closed) throw new FST_TASK_API_RUNNER_CLOSED()
+    const record: TaskRecord = {
+      uuid: randomUUID(),
+      task: registered.name,
+      status: 'pending',
+      progress: null,
+      target: null,
+      outputs: {},
+      messages: [],
+      created: new Date().toISOString(),
+      started: null,
+      finished: null,
+      error: null,
+      inputs,
+      seq: 0,
+    }
+    await this.#store.create(record)
+    const state = toState(record)
+    this.#active.set(record.uuid, { registered, seq: 0, chain: Promise.resolve() })
+    this.#runner.enqueue({ uuid: record.uuid, task: record.task, inputs })
+    return state
+  }
+
+  /** The task's current state, or undefined when no task has this uuid. */
+  async get (uuid: string): Promise<TaskState | undefined> {
+    if (!uuidPattern.test(uuid)) return undefined
+    const record = await this.#store.get(uuid)
+    return record === undefined ? undefined : toState(record)
+  }
+
+  /** The task's stored record with its seq: what a stream's snapshot needs. */
+  async snapshot (uuid: string): Promise<{ seq: number, task: TaskState } | undefined> {
+    if (!uuidPattern.test(uuid)) return undefined
+    const record = await this.#store.get(uuid)
+    return record === undefined ? undefined : { seq: record.seq, task: toState(record) }
+  }
+
+  /**
+   * Calls `listener` with each event the task emits from now on; returns the function
+   * that stops it. Subscribe first, then read the snapshot, and drop events whose seq
+   * the snapshot already covers: nothing falls between the two.
+   */
+  subscribe (uuid: string, listener: TaskListener): () => void {
+    return this.#bus.subscribe(uuid, listener)
+  }
+
+  /** Resolves with the task's final state once it has succeeded or failed. */
+  async wait (uuid: string): Promise<TaskState> {
+    let unsubscribe: (() => void) | undefined
+    const ended = new Promise<TaskState>((resolve) => {
+      unsubscribe = this.subscribe(uuid, (event: TaskEvent) => {
+        if (event.type === 'status' && event.task !== undefined && finalStatuses.has(event.status)) resolve(event.task)
+      })
+    })
+    try {
+      const current = await this.get(uuid)
+      if (current === undefined) throw new FST_TASK_API_TASK_NOT_FOUND(uuid)
+      if (finalStatuses.has(current.status)) return current
+      return await ended
+    } finally {
+      unsubscribe?.()
+    }
+  }
+
+  /** What the runner holds now. */
+  stats (): TaskStats {
+    return { queued: this.#runner.queued, running: this.#runner.running }
+  }
+
+  /** Stops accepting tasks, stops the runner, and fails the tasks it never started. */
+  async close (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    const dropped = await this.#runner.close()
+    for (const job of dropped) {
+      this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'the server closed before the task ran' }), true)
+    }
+    await Promise.all([...this.#active.values()].map(active => active.chain))
+    await this.#store.close?.()
+  }
+
+  #apply (uuid: string, step: (active: ActiveTask) => Promise<void>, last = false): void {
+    const active = this.#active.get(uuid)
+    if (active === undefined) return
+    active.chain = active.chain.then(() => step(active)).catch((err: unknown) => {
+      this.#log.error({ err, uuid }, 'fastify-task-api: could not record a task event')
+    })
+    if (last) {
+      void active.chain.then(() => this.#active.delete(uuid))
+    }
+  }
+
+  async #started (uuid: string): Promise<void> {
+    const active = this.#active.get(uuid) as ActiveTask
+    const seq = ++active.seq
+    await this.#write(uuid, { status: 'running', started: new Date().toISOString(), seq })
+    this.#publish({ type: 'status', uuid, seq, status: 'running' })
+  }
+
+  async #updated (uuid: string, update: ProgressUpdate): Promise<void> {
+    const active = this.#active.get(uuid) as ActiveTask
+    const hasProgress = update.progress !== undefined || update.target !== undefined
+    const progressSeq = hasProgress ? ++active.seq : 0
+    const firstMessageSeq = active.seq + 1
+    const messages = update.messages ?? []
+    active.seq += messages.length
+    const patch: RecordPatch = { seq: active.seq }
+    if (update.progress !== undefined) patch.progress = update.progress
+    if (update.target !== undefined) patch.target = update.target
+    if (messages.length > 0) patch.messages = messages
+    const record = await this.#write(uuid, patch)
+    if (hasProgress) this.#publish({ type: 'progress', uuid, seq: progressSeq, progress: record.progress, target: record.target })
+    for (let i = 0; i < messages.length; i++) {
+      this.#publish({ type: 'message', uuid, seq: firstMessageSeq + i, message: messages[i] as string })
+    }
+  }
+
+  async #finished (uuid: string, result: JobResult): Promise<void> {
+    const active = this.#active.get(uuid) as ActiveTask
+    const { registered } = active
+    let patch: RecordPatch
+    if (result.ok) {
+      const outputs = this.#outputs(registered, result.value)
+      patch = 'error' in outputs
+        ? { status: 'failed', error: outputs.error }
+        : { status: 'succeeded', outputs: outputs.outputs }
+    } else {
+      patch = { status: 'failed', error: result.error }
+    }
+    if (patch.status === 'failed') {
+      this.#log.warn({ uuid, task: registered.name, error: patch.error, stack: result.ok ? undefined : result.stack }, 'fastify-task-api: task failed')
+    }
+    patch.finished = new Date().toISOString()
+    patch.seq = ++active.seq
+    const record = await this.#write(uuid, patch)
+    this.#publish({ type: 'status', uuid, seq: patch.seq, status: record.status, task: toState(record) })
+  }
+
+  #outputs (registered: RegisteredTask, value: unknown): { outputs: Record<string, unknown> } | { error: string } {
+    const names = registered.outputNames
+    if (names.length === 0) return { outputs: {} }
+    let raw: Record<string, unknown>
+    if (names.length === 1) {
+      raw = { [names[0] as string]: value }
+    } else {
+      if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+        return { error: `task returned invalid outputs: outputs must be an object keyed by output name (${names.join(', ')}), got ${describe(value)}` }
+      }
+      raw = value as Record<string, unknown>
+    }
+    const checked = registered.outputs.check(raw)
+    if (checked.error !== undefined) return { error: `task returned invalid outputs: ${checked.error}` }
+    const outputs: Record<string, unknown> = {}
+    for (const name of names) {
+      if (Object.hasOwn(raw, name)) outputs[name] = raw[name]
+    }
+    return { outputs }
+  }
+
+  async #write (uuid: string, patch: RecordPatch): Promise<Readonly<TaskRecord>> {
+    const record = await this.#store.update(uuid, patch)
+    if (record === undefined) throw new Error(`the store lost task ${uuid}`)
+    return record
+  }
+
+  #publish (event: TaskEvent): void {
+    this.#bus.publish(event, err => this.#log.error({ err, uuid: event.uuid }, 'fastify-task-api: a task event listener threw'))
+  }
+}

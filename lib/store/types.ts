@@ -1,0 +1,50 @@
+/** A task's lifecycle. `pending` and `running` are live; the others are final. */
+export type TaskStatus = 'pending' | 'running' | 'succeeded' | 'failed'
+
+/** The statuses a task never leaves. */
+export const finalStatuses: ReadonlySet<TaskStatus> = new Set(['succeeded', 'failed'])
+
+/** A task as clients see it: what `GET /tasks/:uuid` answers. */
+export interface TaskState {
+  uuid: string
+  task: string
+  status: TaskStatus
+  progress: number | null
+  target: number | null
+  outputs: Record<string, unknown>
+  messages: string[]
+  /** ISO 8601. */
+  created: string
+  started: string | null
+  finished: string | null
+  /** The failure's message; never a stack trace. */
+  error: string | null
+}
+
+/** A task as the store keeps it: the public state plus what is never shown to clients. */
+export interface TaskRecord extends TaskState {
+  /** The converted inputs. Never part of a response. */
+  inputs: Record<string, unknown>
+  /** The sequence number of the last event published for this task. */
+  seq: number
+}
+
+/** A change to a record. `messages` are appended, every other field replaced. */
+export type RecordPatch = Partial<Omit<TaskRecord, 'uuid' | 'task' | 'inputs' | 'created' | 'messages'>> & {
+  messages?: string[]
+}
+
+/**
+ * Where records live. Small and async so that durable stores (SQLite, Redis) fit
+ * behind it. Records handed out must be treated as read-only by callers.
+ */
+export interface Store {
+  /** Saves a new record. */
+  create (record: TaskRecord): Promise<void>
+  /** The record, or undefined when there is none. */
+  get (uuid: string): Promise<Readonly<TaskRecord> | undefined>
+  /** Applies a patch and returns the updated record, or undefined when there is none. */
+  update (uuid: string, patch: RecordPatch): Promise<Readonly<TaskRecord> | undefined>
+  /** Releases what the store holds (connections, files). */
+  close? (): Promise<void>
+}

@@ -1,0 +1,9 @@
+/*
+ * `fastify-task-api/task`: what a task module needs, without fastify. Task modules
+ * that import from here keep the child processes small; importing the package root
+ * works too but loads fastify into every child.
+ */
+export { defineTask, Task } from './task.js'
+export type { TaskContext, TaskDefinition, TaskOptions, TaskInputs, TaskResult, TaskOutputs } from './task.js'
+export { Type } from '@sinclair/typebox'
+export type { Static, TSchema, TProperties } from '@sinclair/typebox'

@@ -1,0 +1,235 @@
+import type { Static, TObject, TProperties } from '@sinclair/typebox'
+
+/*
+ * What a task module exports, in its two forms, and the context `run()` reports
+ * through. This file is loaded inside the child processes: it must never import
+ * fastify, only types.
+ */
+
+/** Brand that marks task definitions and Task subclasses, shared across copies of this package. */
+export const kTask: unique symbol = Symbol.for('fastify-task-api.task') as never
+const kContext: unique symbol = Symbol.for('fastify-task-api.context') as never
+
+/** What `run()` receives as its second argument (and what a `Task` subclass reaches through `this`). */
+export interface TaskContext {
+  /** The task's uuid. */
+  readonly uuid: string
+  /** Aborted when the task is cancelled or times out. */
+  readonly signal: AbortSignal
+  /** Sets the target that progress counts towards: a finite number greater than 0. */
+  setTarget (target: number): void
+  /** Sets the progress: a finite number of 0 or more. Cheap enough to call in a tight loop. */
+  setProgress (progress: number): void
+  /** Adds `by` (default 1) to the progress; starts from 0 while progress is still null. */
+  incProgress (by?: number): void
+  /** Appends a message to the task's messages. */
+  addMessage (message: string): void
+}
+
+type IsUnion<T, U = T> = T extends unknown ? ([U] extends [T] ? false : true) : never
+
+/** The inputs `run()` receives: the static type of the declared input schemas. */
+export type TaskInputs<I extends TProperties> = Static<TObject<I>>
+
+/**
+ * What `run()` returns: nothing in particular when no output is declared, the value of
+ * the one output when one is declared, an object keyed by output name when several are.
+ */
+export type TaskResult<O extends TProperties> =
+  [keyof O] extends [never] ? unknown
+    : true extends IsUnion<keyof O> ? Static<TObject<O>>
+      : Static<O[keyof O]>
+
+/** The stored outputs of a succeeded task. */
+export type TaskOutputs<O extends TProperties> = Static<TObject<O>>
+
+/** The options accepted by `defineTask`. */
+export interface TaskOptions<I extends TProperties, O extends TProperties> {
+  /** The name clients submit the task by. Unique among the registered tasks. */
+  name: string
+  /** The input schemas, keyed by input name. Inputs are required unless wrapped in `Type.Optional`. */
+  inputs?: I
+  /** The output schemas, keyed by output name. */
+  outputs?: O
+  /** The task's code. Sync or async. */
+  run (inputs: TaskInputs<I>, task: TaskContext): TaskResult<O> | Promise<TaskResult<O>>
+}
+
+/** A task created by `defineTask`. */
+export interface TaskDefinition<I extends TProperties = TProperties, O extends TProperties = TProperties> {
+  readonly [kTask]: 'definition'
+  readonly name: string
+  readonly inputs: I
+  readonly outputs: O
+  run (inputs: TaskInputs<I>, task: TaskContext): TaskResult<O> | Promise<TaskResult<O>>
+}
+
+/**
+ * Defines a task; the recommended form, since the input and output types flow into `run()`.
+ *
+ * ```ts
+ * export default defineTask({
+ *   name: 'my-task',
+ *   inputs: { name: Type.String(), count: Type.Optional(Type.Integer()) },
+ *   outputs: { output: Type.String() },
+ *   async run ({ name, count = 5 }, task) { task.setTarget(count); return `Hello ${name}` },
+ * })
+ * ```
+ */
+export function defineTask<const I extends TProperties = {}, const O extends TProperties = {}> (
+  options: TaskOptions<I, O>
+): TaskDefinition<I, O> {
+  if (typeof options !== 'object' || options === null) {
+    throw new TypeError(`defineTask expects an options object, got ${describe(options)}`)
+  }
+  return Object.freeze({
+    [kTask]: 'definition' as const,
+    name: options.name,
+    inputs: options.inputs ?? ({} as I),
+    outputs: options.outputs ?? ({} as O),
+    run: options.run,
+  })
+}
+
+/**
+ * Base class for the seed's style of task (django-task-api's `Task`):
+ *
+ * ```ts
+ * export default class MyTask extends Task {
+ *   name = 'my-task'
+ *   inputs = { name: Type.String() }
+ *   outputs = { output: Type.String() }
+ *   run ({ name }: { name: string }) { this.setTarget(1); return `Hello ${name}` }
+ * }
+ * ```
+ * A new instance runs each task, so instance fields are per run.
+ */
+export abstract class Task {
+  static readonly [kTask] = 'class'
+  /** The name clients submit the task by. */
+  abstract name: string
+  /** The input schemas, keyed by input name. */
+  inputs: TProperties = {}
+  /** The output schemas, keyed by output name. */
+  outputs: TProperties = {}
+  declare [kContext]?: TaskContext
+
+  /** The task's code; receives the converted inputs. */
+  abstract run (inputs: any, task: TaskContext): unknown
+
+  #context (): TaskContext {
+    const context = this[kContext]
+    if (context === undefined) throw new Error('this task is not running: progress can only be reported from run()')
+    return context
+  }
+
+  /** The running task's uuid. */
+  get uuid (): string { return this.#context().uuid }
+  /** Aborted when the task is cancelled or times out. */
+  get signal (): AbortSignal { return this.#context().signal }
+  /** See {@link TaskContext.setTarget}. */
+  setTarget (target: number): void { this.#context().setTarget(target) }
+  /** See {@link TaskContext.setProgress}. */
+  setProgress (progress: number): void { this.#context().setProgress(progress) }
+  /** See {@link TaskContext.incProgress}. */
+  incProgress (by?: number): void { this.#context().incProgress(by) }
+  /** See {@link TaskContext.addMessage}. */
+  addMessage (message: string): void { this.#context().addMessage(message) }
+}
+
+type TaskClass = (abstract new () => Task) & { [kTask]: 'class' }
+
+/** A task as the runners use it, whichever form it was written in. */
+export interface LoadedTask {
+  name: string
+  inputs: TProperties
+  outputs: TProperties
+  /** Runs the task once with converted inputs. */
+  invoke (inputs: Record<string, unknown>, context: TaskContext): unknown
+}
+
+/** True for the value of a `defineTask` call or a `Task` subclass. */
+export function isTask (value: unknown): boolean {
+  if (typeof value === 'function') return (value as Partial<TaskClass>)[kTask] === 'class' && value.prototype instanceof Object
+  return typeof value === 'object' && value !== null && (value as Partial<TaskDefinition>)[kTask] === 'definition'
+}
+
+/**
+ * Turns one exported task (either form) into a LoadedTask. Throws a plain Error
+ * describing what is wrong; the caller adds the module's name.
+ */
+export function loadTask (exported: unknown, exportName: string): LoadedTask {
+  if (typeof exported === 'function') {
+    const Ctor = exported as unknown as new () => Task
+    let probe: Task
+    try {
+      probe = new Ctor()
+    } catch (err) {
+      throw new Error(`export "${exportName}": the Task subclass cannot be constructed without arguments: ${(err as Error).message}`)
+    }
+    checkShape(probe, exportName)
+    return {
+      name: probe.name,
+      inputs: probe.inputs ?? {},
+      outputs: probe.outputs ?? {},
+      invoke (inputs, context) {
+        const instance = new Ctor()
+        instance[kContext] = context
+        return instance.run(inputs, context)
+      },
+    }
+  }
+  const definition = exported as TaskDefinition
+  checkShape(definition, exportName)
+  return {
+    name: definition.name,
+    inputs: definition.inputs,
+    outputs: definition.outputs,
+    invoke: (inputs, context) => definition.run(inputs as never, context),
+  }
+}
+
+function checkShape (task: { name: unknown, inputs: unknown, outputs: unknown, run: unknown }, exportName: string): void {
+  if (typeof task.name !== 'string' || task.name.length === 0) {
+    throw new Error(`export "${exportName}": name must be a non-empty string, got ${describe(task.name)}`)
+  }
+  if (typeof task.run !== 'function') {
+    throw new Error(`export "${exportName}" (task "${task.name}"): run must be a function, got ${describe(task.run)}`)
+  }
+  for (const key of ['inputs', 'outputs'] as const) {
+    const schemas = task[key]
+    if (schemas === undefined) continue
+    if (typeof schemas !== 'object' || schemas === null || Array.isArray(schemas)) {
+      throw new Error(`export "${exportName}" (task "${task.name}"): ${key} must be an object of schemas, got ${describe(schemas)}`)
+    }
+    for (const [field, schema] of Object.entries(schemas)) {
+      if (typeof schema !== 'object' || schema === null || Array.isArray(schema)) {
+        throw new Error(`export "${exportName}" (task "${task.name}"): ${key}.${field} must be a TypeBox schema, got ${describe(schema)}`)
+      }
+    }
+  }
+}
+
+/**
+ * Every task a module exports: its default export and its named exports, each once.
+ * Exports that are not tasks are ignored.
+ */
+export function tasksOfModule (namespace: Record<string, unknown>): LoadedTask[] {
+  const seen = new Set<unknown>()
+  const tasks: LoadedTask[] = []
+  for (const [exportName, value] of Object.entries(namespace)) {
+    if (!isTask(value) || seen.has(value)) continue
+    seen.add(value)
+    tasks.push(loadTask(value, exportName))
+  }
+  return tasks
+}
+
+/** A short description of a value for error messages. */
+export function describe (value: unknown): string {
+  if (value === null) return 'null'
+  if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`
+  if (typeof value === 'string') return JSON.stringify(value.length > 60 ? value.slice(0, 57) + '...' : value)
+  if (typeof value === 'object') return Array.isArray(value) ? 'an array' : 'an object'
+  return String(value)
+}
