@@ -67,12 +67,32 @@ export function compileParameters (properties: TProperties, label: string, conve
 function formatError (validate: ValidateFunction, label: string): string {
   const error = (validate.errors as ErrorObject[])[0] as ErrorObject
   if (error.keyword === 'required') {
-    return `${label}/${String(error.params.missingProperty)} is required`
+    return `${label}${error.instancePath}/${String(error.params.missingProperty)} is required`
   }
   if (error.keyword === 'additionalProperties') {
     return `${label}${error.instancePath}/${String(error.params.additionalProperty)} is not allowed`
   }
   return `${label}${error.instancePath} ${error.message ?? 'is invalid'}`
+}
+
+/**
+ * A union converts with its first branch that can take the value: a value that already
+ * has one of the branches' types is kept as it is (5 stays 5 for String | Number).
+ */
+function convertUnion (branches: TSchema[], value: unknown): unknown {
+  const type = jsonType(value)
+  if (branches.some(branch => types(branch).some(kind => kind === type || (kind === 'number' && type === 'integer')))) return value
+  for (const branch of branches) {
+    const converted = convertValue(branch, value)
+    if (converted !== value) return converted
+  }
+  return value
+}
+
+function jsonType (value: unknown): string {
+  if (Array.isArray(value)) return 'array'
+  if (typeof value === 'number') return Number.isInteger(value) ? 'integer' : 'number'
+  return typeof value
 }
 
 const numeric = /^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$/
@@ -101,9 +121,11 @@ function convertObject (properties: TProperties, value: Record<string, unknown>)
  * is returned unchanged so that validation reports it against its schema.
  */
 export function convertValue (schema: TSchema, value: unknown): unknown {
+  if (value === undefined || value === null) return value
+  const branches = (schema as { anyOf?: unknown }).anyOf ?? (schema as { oneOf?: unknown }).oneOf
+  if (Array.isArray(branches)) return convertUnion(branches as TSchema[], value)
   const kinds = types(schema)
-  if (kinds.length === 0 || value === undefined) return value
-  if (value === null) return value
+  if (kinds.length === 0) return value
   if (kinds.includes('array')) {
     const list = Array.isArray(value) ? value : [value]
     const items = (schema as { items?: unknown }).items

@@ -1,0 +1,58 @@
+import { execFileSync } from 'node:child_process'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { Test } from 'tap'
+import taskApi, { type TaskApiOptions } from '../lib/index.js'
+
+/**
+ * Under tap, process.execArgv carries tap's own loaders, which make each child slow to
+ * start; the children only need tsx to load the TypeScript fixtures. The default
+ * (inheriting execArgv) has its own test in runner.test.ts.
+ */
+export const childExecArgv = ['--import=tsx']
+
+export const fixture = (name: string): URL => new URL(`./fixtures/${name}`, import.meta.url)
+
+/** A Fastify app with the plugin registered; closed when the test ends. */
+export async function build (
+  t: Test,
+  options: Partial<TaskApiOptions> = {},
+  server: FastifyServerOptions = {}
+): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false, ...server })
+  t.teardown(() => app.close())
+  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, ...options })
+  await app.ready()
+  return app
+}
+
+interface ProcessRow { pid: number, stat: string, command: string }
+
+/** This process's children, read from the real process table (ps itself left out). */
+export function children (): ProcessRow[] {
+  let out: string
+  try {
+    out = execFileSync('ps', ['-o', 'pid=,stat=,comm=', '--ppid', String(process.pid)], { encoding: 'utf8' })
+  } catch {
+    return [] // ps exits 1 when no process matches
+  }
+  return out.split('\n')
+    .map(line => line.trim().split(/\s+/))
+    .filter(cols => cols.length >= 3)
+    .map(([pid, stat, command]) => ({ pid: Number(pid), stat: stat as string, command: command as string }))
+    .filter(row => row.command !== 'ps')
+}
+
+/** Live children's process ids. */
+export function childPids (): number[] {
+  return children().filter(row => !row.stat.startsWith('Z')).map(row => row.pid)
+}
+
+/** Children that exited but were never reaped. */
+export function zombiePids (): number[] {
+  return children().filter(row => row.stat.startsWith('Z')).map(row => row.pid)
+}
+
+/** POST /tasks with JSON. */
+export function submit (app: FastifyInstance, task: string, inputs?: unknown, url = '/tasks') {
+  return app.inject({ method: 'POST', url, payload: inputs === undefined ? { task } : { task, inputs } })
+}
