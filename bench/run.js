@@ -80,6 +80,18 @@ function stopServer (child) {
   })
 }
 
+function serverCpu (child) {
+  return new Promise((resolve) => {
+    const onMessage = (message) => {
+      if (message?.type !== 'cpu') return
+      child.off('message', onMessage)
+      resolve(message.usage)
+    }
+    child.on('message', onMessage)
+    child.send({ type: 'cpu' })
+  })
+}
+
 function cannon (port, duration) {
   return autocannon({
     url: `http://127.0.0.1:${port}/tasks`,
@@ -96,7 +108,9 @@ async function httpBench (file) {
   try {
     const port = await ready
     await cannon(port, config.http.warmup)
+    const cpu0 = await serverCpu(child)
     const result = await cannon(port, config.http.duration)
+    const cpu1 = await serverCpu(child)
     const closed = await stopServer(child)
     return {
       rps: result.requests.average,
@@ -104,6 +118,7 @@ async function httpBench (file) {
       errors: result.errors + result.timeouts,
       total: result.requests.total,
       p99: result.latency.p99,
+      cpuPerRequest: (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / result.requests.total,
       queuedAtClose: closed?.stats?.queued,
     }
   } finally {
@@ -134,11 +149,15 @@ async function benchHttp () {
   row('HTTP POST /tasks, bare Fastify route', `${fmt(bare)} req/s (runs: ${list(runs.bare)}; p99 ${p99(runs.bare)} ms)`, 'baseline', '-')
   row('HTTP POST /tasks, plugin route', `${fmt(plugin)} req/s (runs: ${list(runs.plugin)}; p99 ${p99(runs.plugin)} ms)`, 'baseline', '-')
   row('HTTP submit ratio plugin/bare (medians)', fmt(ratio, 2), '>= 0.70', pass(ratio >= 0.7))
+  const cpuBare = median(runs.bare.map(r => r.cpuPerRequest))
+  const cpuPlugin = median(runs.plugin.map(r => r.cpuPerRequest))
+  row('HTTP server CPU per request, bare / plugin (medians)', `${fmt(cpuBare, 1)} / ${fmt(cpuPlugin, 1)} µs (bare/plugin ${fmt(cpuBare / cpuPlugin, 2)})`, 'info', '-')
   const sum = (rs, key) => rs.reduce((total, r) => total + r[key], 0)
   const bad = sum(runs.plugin, 'non2xx') + sum(runs.bare, 'non2xx') + sum(runs.plugin, 'errors') + sum(runs.bare, 'errors')
   row('HTTP non-2xx / errors (plugin; bare)', `${sum(runs.plugin, 'non2xx')} / ${sum(runs.plugin, 'errors')}; ${sum(runs.bare, 'non2xx')} / ${sum(runs.bare, 'errors')}`, '0', pass(bad === 0))
   notes.push(`HTTP: ${config.http.rounds} interleaved rounds, ${config.http.connections} connections, ${config.http.warmup} s warmup + ${config.http.duration} s measured per run, body {"task":"noop","inputs":{"name":"x"}}, 127.0.0.1; ` +
-    'the plugin server runs the noop task in one child (concurrency 1), which shares the 2 cores with the server and autocannon.')
+    'the plugin server runs the noop task in one child (concurrency 1), which shares the 2 cores with the server and autocannon. ' +
+    'CPU per request is the server process\'s own user+system time over the measured run divided by the requests served (the task child is not counted); it is less sensitive to noise than req/s.')
   const last = runs.plugin.at(-1)
   if (last?.queuedAtClose !== undefined) {
     notes.push(`HTTP: in the last plugin run the server accepted ${fmt(last.total)} tasks in ${config.http.duration} s; ${fmt(last.queuedAtClose)} were still queued when it closed ` +

@@ -22,6 +22,10 @@ async function shutdown () {
   }
 }
 process.on('SIGTERM', shutdown)
-process.on('message', (m) => { if (m?.type === 'stop') shutdown() })
+process.on('message', (m) => {
+  if (m?.type === 'stop') shutdown()
+  // CPU time of this process (not of task children), for µs per request.
+  if (m?.type === 'cpu') process.send({ type: 'cpu', usage: process.cpuUsage() })
+})
 process.on('disconnect', () => process.exit(0))
 process.send({ type: 'listening', port: app.server.address().port })

@@ -20,6 +20,9 @@ export class ReportingContext implements TaskContext {
   #dirtyTarget = false
   #messages: string[] = []
   #timer: NodeJS.Timeout | undefined
+  /** When the pending timer is due; checked every few hundred calls, see #changed. */
+  #due = 0
+  #calls = 0
   #lastFlush = -Infinity
   #finished = false
   readonly #interval: number
@@ -38,7 +41,7 @@ export class ReportingContext implements TaskContext {
     }
     this.#target = target
     this.#dirtyTarget = true
-    if (this.#timer === undefined) this.#schedule()
+    this.#changed()
   }
 
   setProgress (progress: number): void {
@@ -48,7 +51,7 @@ export class ReportingContext implements TaskContext {
     }
     this.#progress = progress
     this.#dirtyProgress = true
-    if (this.#timer === undefined) this.#schedule()
+    this.#changed()
   }
 
   incProgress (by = 1): void {
@@ -60,7 +63,22 @@ export class ReportingContext implements TaskContext {
 
   addMessage (message: string): void {
     this.#messages.push(String(message))
-    if (this.#timer === undefined) this.#schedule()
+    this.#changed()
+  }
+
+  /**
+   * A task that loops synchronously never lets the timer fire, so while a timer is
+   * pending every 256th change also looks at the clock. One increment and a mask per
+   * call keeps setProgress far above 5 million calls a second.
+   */
+  #changed (): void {
+    if (this.#timer === undefined) {
+      this.#schedule()
+    } else if ((++this.#calls & 255) === 0 && performance.now() >= this.#due) {
+      clearTimeout(this.#timer)
+      this.#timer = undefined
+      this.#send()
+    }
   }
 
   /** Stops the timer and returns what was not flushed yet, if anything. */
@@ -79,6 +97,7 @@ export class ReportingContext implements TaskContext {
     if (wait <= 0) {
       this.#send()
     } else {
+      this.#due = performance.now() + wait
       this.#timer = setTimeout(this.#onTimer, wait)
     }
   }

@@ -189,8 +189,11 @@ export class TaskService {
     if (this.#closed) return
     this.#closed = true
     const dropped = await this.#runner.close()
+    if (dropped.length > 0) {
+      this.#log.warn({ count: dropped.length }, 'fastify-task-api: the server closed with tasks still queued; they are failed')
+    }
     for (const job of dropped) {
-      this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'the server closed before the task ran' }), true)
+      this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'the server closed before the task ran' }, false), true)
     }
     await Promise.all([...this.#active.values()].map(active => active.chain))
     await this.#store.close?.()
@@ -232,7 +235,7 @@ export class TaskService {
     }
   }
 
-  async #finished (uuid: string, result: JobResult): Promise<void> {
+  async #finished (uuid: string, result: JobResult, log = true): Promise<void> {
     const active = this.#active.get(uuid) as ActiveTask
     const { registered } = active
     let patch: RecordPatch
@@ -244,7 +247,7 @@ export class TaskService {
     } else {
       patch = { status: 'failed', error: result.error }
     }
-    if (patch.status === 'failed') {
+    if (patch.status === 'failed' && log) {
       this.#log.warn({ uuid, task: registered.name, error: patch.error, stack: result.ok ? undefined : result.stack }, 'fastify-task-api: task failed')
     }
     patch.finished = new Date().toISOString()

@@ -27,7 +27,7 @@ export async function build (
 
 interface ProcessRow { pid: number, stat: string, command: string }
 
-/** This process's children, read from the real process table (ps itself left out). */
+/** This process's node children, read from the real process table. */
 export function children (): ProcessRow[] {
   let out: string
   try {
@@ -39,7 +39,7 @@ export function children (): ProcessRow[] {
     .map(line => line.trim().split(/\s+/))
     .filter(cols => cols.length >= 3)
     .map(([pid, stat, command]) => ({ pid: Number(pid), stat: stat as string, command: command as string }))
-    .filter(row => row.command !== 'ps')
+    .filter(row => row.command === 'node') // not ps itself, nor the esbuild service tsx starts
 }
 
 /** Live children's process ids. */

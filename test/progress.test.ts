@@ -1,0 +1,71 @@
+import t from 'tap'
+import type { FastifyInstance } from 'fastify'
+import type { TaskEvent } from '../lib/index.js'
+import { build, fixture } from './helpers.js'
+
+let app: FastifyInstance
+t.before(async () => {
+  app = await build(t, { tasks: [fixture('progress.ts')], concurrency: 2, progressInterval: 50 })
+})
+
+async function record (task: string, inputs: Record<string, unknown>) {
+  const created = await app.tasks.submit(task, inputs)
+  const events: TaskEvent[] = []
+  const unsubscribe = app.tasks.subscribe(created.uuid, event => events.push(event))
+  const started = performance.now()
+  const done = await app.tasks.wait(created.uuid)
+  unsubscribe()
+  return { done, events, ms: performance.now() - started }
+}
+
+t.test('a million setProgress calls: a bounded number of updates and the exact final value', async (t) => {
+  const { done, events, ms } = await record('spin', { calls: 1_000_000 })
+  t.equal(done.status, 'succeeded')
+  t.equal(done.progress, 1_000_000)
+  t.equal(done.target, 1_000_000)
+  const progress = events.filter(event => event.type === 'progress')
+  const bound = Math.ceil(ms / 50) + 2
+  t.ok(progress.length >= 1 && progress.length <= bound, `${progress.length} progress events for a ${Math.round(ms)} ms run (at most ${bound})`)
+  const last = progress.at(-1)
+  t.equal(last?.type === 'progress' && last.progress, 1_000_000, 'the final progress event carries the exact value')
+})
+
+t.test('a task that never yields still reports progress while it runs', async (t) => {
+  const { done, events } = await record('busy', { ms: 600 })
+  const calls = done.outputs.calls as number
+  const intermediate = events.filter(event => event.type === 'progress' && event.progress !== null && event.progress > 0 && event.progress < calls)
+  t.ok(intermediate.length >= 2, `${intermediate.length} progress events arrived during a 600 ms synchronous loop`)
+  t.ok(intermediate.length <= Math.ceil(600 / 50) + 2, 'and no more than one per interval')
+  t.equal(done.progress, calls)
+})
+
+t.test('messages are never lost or reordered, and seq has no gaps', async (t) => {
+  const { done, events } = await record('chatty', { count: 1000 })
+  const expected = Array.from({ length: 1000 }, (_, i) => `message ${i}`)
+  t.same(done.messages, expected)
+  t.same(events.filter(event => event.type === 'message').map(event => event.type === 'message' && event.message), expected)
+  t.same(events.map(event => event.seq), events.map((_, i) => i + 1))
+  t.equal(done.progress, 1000)
+})
+
+t.test('incProgress starts from 0 while progress is still null', async (t) => {
+  const { done } = await record('inc', {})
+  t.equal(done.progress, 3)
+  t.equal(done.target, null)
+})
+
+t.test('progress values that are not finite, negative, or a target of 0 fail the task with a clear error', async (t) => {
+  const cases: Record<string, string> = {
+    nan: 'setProgress expects a finite number of 0 or more, got NaN',
+    negative: 'setProgress expects a finite number of 0 or more, got -1',
+    infinite: 'setProgress expects a finite number of 0 or more, got Infinity',
+    string: 'setProgress expects a finite number of 0 or more, got "5"',
+    'zero-target': 'setTarget expects a finite number greater than 0, got 0',
+  }
+  for (const [kind, error] of Object.entries(cases)) {
+    const { done } = await record('bad-progress', { kind })
+    t.equal(done.status, 'failed', kind)
+    t.equal(done.error, error, kind)
+    t.equal(done.progress, null, `${kind}: nothing stored`)
+  }
+})

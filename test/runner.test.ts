@@ -1,0 +1,141 @@
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import Fastify from 'fastify'
+import t from 'tap'
+import taskApi from '../lib/index.js'
+import { build, childExecArgv, childPids, fixture, zombiePids } from './helpers.js'
+
+t.test('a child that exits mid-task fails that task; the next task succeeds', async (t) => {
+  const app = await build(t)
+  const before = childPids()
+  const crashed = await app.tasks.submit('crash', { code: 3 })
+  const done = await app.tasks.wait(crashed.uuid)
+  t.equal(done.status, 'failed')
+  t.equal(done.error, 'the child process running the task exited with code 3')
+  t.equal(done.progress, 1, 'progress reported before the crash is kept')
+  const next = await app.tasks.wait((await app.tasks.submit('hello', { name: 'after' })).uuid)
+  t.equal(next.status, 'succeeded')
+  t.same(next.outputs, { output: 'Hello after' })
+  const after = childPids()
+  t.equal(after.length, before.length, 'the pool is back to its size')
+  t.notSame(after, before, 'the dead child was replaced')
+})
+
+t.test("a child's exit(0) without a result is a failure", async (t) => {
+  const app = await build(t)
+  const done = await app.tasks.wait((await app.tasks.submit('crash', { code: 0 })).uuid)
+  t.equal(done.status, 'failed')
+  t.equal(done.error, 'the child process running the task exited with code 0')
+  t.equal((await app.tasks.wait((await app.tasks.submit('hello', { name: 'x' })).uuid)).status, 'succeeded')
+})
+
+t.test('a child killed by a signal fails its task naming the signal', async (t) => {
+  const app = await build(t)
+  const done = await app.tasks.wait((await app.tasks.submit('crash', { signal: 'SIGKILL' })).uuid)
+  t.equal(done.status, 'failed')
+  t.equal(done.error, 'the child process running the task was killed by signal SIGKILL')
+  t.equal((await app.tasks.wait((await app.tasks.submit('hello', { name: 'x' })).uuid)).status, 'succeeded')
+})
+
+t.test('a child killed from outside fails its task; the pool replaces it', async (t) => {
+  const app = await build(t)
+  const running = await app.tasks.submit('sleep', { ms: 30_000 })
+  while ((await app.tasks.get(running.uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
+  const [pid] = childPids()
+  process.kill(pid as number, 'SIGKILL')
+  const done = await app.tasks.wait(running.uuid)
+  t.equal(done.status, 'failed')
+  t.equal(done.error, 'the child process running the task was killed by signal SIGKILL')
+  const next = await app.tasks.wait((await app.tasks.submit('sleep', { ms: 1 })).uuid)
+  t.equal(next.status, 'succeeded')
+  t.not(next.outputs.pid, pid)
+})
+
+t.test('tasks queued behind a crash still run', async (t) => {
+  const app = await build(t)
+  const crashed = await app.tasks.submit('crash', { code: 1 })
+  const queued = await Promise.all([1, 2, 3].map(i => app.tasks.submit('hello', { name: String(i) })))
+  t.equal((await app.tasks.wait(crashed.uuid)).status, 'failed')
+  for (const task of queued) t.equal((await app.tasks.wait(task.uuid)).status, 'succeeded')
+})
+
+t.test('outputs: one, several, none, and a mismatch that fails naming the output', async (t) => {
+  const app = await build(t)
+  const one = await app.tasks.wait((await app.tasks.submit('hello', { name: 'x', count: 1 })).uuid)
+  t.same(one.outputs, { output: 'Hello x' })
+  const several = await app.tasks.wait((await app.tasks.submit('multi')).uuid)
+  t.same(several.outputs, { out: 'Foo', count: 5 })
+  const none = await app.tasks.wait((await app.tasks.submit('no-outputs')).uuid)
+  t.equal(none.status, 'succeeded')
+  t.same(none.outputs, {}, 'the return value is ignored when no output is declared')
+  const bad = await app.tasks.wait((await app.tasks.submit('bad-output')).uuid)
+  t.equal(bad.status, 'failed')
+  t.equal(bad.error, 'task returned invalid outputs: outputs/output must be string')
+})
+
+t.test('both task forms run; a Task subclass gets a fresh instance per run', async (t) => {
+  const app = await build(t, { tasks: [fixture('basic.ts'), fixture('plain.js')] })
+  const seed = await app.tasks.wait((await app.tasks.submit('seed-task', { name: 'Ada', count: 2 })).uuid)
+  t.same(seed.outputs, { output: 'Some output for Ada' })
+  t.equal(seed.progress, 2)
+  t.equal(seed.target, 2)
+  const plain = await app.tasks.wait((await app.tasks.submit('plain-js', { seconds: '4' })).uuid)
+  t.same(plain.outputs, { waited: 4 })
+})
+
+t.test('TypeScript task modules load in the children with the default execArgv', async (t) => {
+  // Under tap, process.execArgv holds tap's loaders plus --import=tsx; the children inherit it.
+  t.ok(process.execArgv.some(arg => arg.includes('tsx')), 'this test runs under tsx')
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1 })
+  const done = await app.tasks.wait((await app.tasks.submit('hello', { name: 'ts' })).uuid)
+  t.same(done.outputs, { output: 'Hello ts' })
+})
+
+t.test('runner "inline" runs tasks in this process with the same task API', async (t) => {
+  const app = await build(t, { runner: 'inline', tasks: [fixture('basic.ts'), fixture('progress.ts')] })
+  const before = childPids()
+  const done = await app.tasks.wait((await app.tasks.submit('hello', { name: 'inline', count: 3 })).uuid)
+  t.same(done.outputs, { output: 'Hello inline' })
+  t.same(done.messages, ['step 0', 'step 1', 'step 2'])
+  t.equal(done.progress, 3)
+  const failed = await app.tasks.wait((await app.tasks.submit('raises', { message: 'inline boom' })).uuid)
+  t.equal(failed.error, 'inline boom')
+  const bad = await app.tasks.wait((await app.tasks.submit('bad-progress', { kind: 'nan' })).uuid)
+  t.equal(bad.error, 'setProgress expects a finite number of 0 or more, got NaN')
+  t.same(childPids(), before, 'no child process was forked')
+})
+
+t.test('app.close() ends every child: none left, no zombies', async (t) => {
+  const before = childPids()
+  const app = Fastify()
+  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 3, execArgv: childExecArgv })
+  const pids = childPids().filter(pid => !before.includes(pid))
+  t.equal(pids.length, 3, 'three children while open')
+  const running = await app.tasks.submit('sleep', { ms: 30_000 })
+  const queued = await app.tasks.submit('sleep', { ms: 1 })
+  let finalRunning: string | undefined
+  app.tasks.subscribe(running.uuid, event => { if (event.type === 'status' && event.task) finalRunning = event.task.error ?? undefined })
+  while ((await app.tasks.get(running.uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
+  await app.close()
+  t.same(childPids().filter(pid => pids.includes(pid)), [], 'no child left')
+  t.same(zombiePids().filter(pid => pids.includes(pid)), [], 'no zombie left')
+  for (const pid of pids) t.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, `process ${pid} is gone`)
+  t.equal(finalRunning, 'the server closed while the task was running', 'the running task did not stay running')
+  t.equal(app.tasks.stats().running, 0)
+  t.ok(queued.uuid)
+})
+
+t.test('children exit when the parent process dies', async (t) => {
+  const parent = spawn(process.execPath, ['--import=tsx', fileURLToPath(fixture('parent-server.ts'))], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const line = await new Promise<string>((resolve) => parent.stdout.once('data', (chunk: Buffer) => resolve(chunk.toString())))
+  const pids = (JSON.parse(line) as number[]).filter(pid => pid > 0)
+  t.ok(pids.length >= 2, 'the server has its children')
+  parent.kill('SIGKILL')
+  await new Promise(resolve => parent.once('exit', resolve))
+  const deadline = Date.now() + 10_000
+  const alive = (): number[] => pids.filter(pid => { try { process.kill(pid, 0); return true } catch { return false } })
+  while (alive().length > 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 50))
+  t.same(alive(), [], 'no orphan outlives its parent')
+})
