@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { build, fixture, submit } from './helpers.js'
 
@@ -19,14 +19,12 @@ async function converted (inputs: Record<string, unknown>): Promise<unknown> {
   return received
 }
 
-async function rejected (t: Tap.Test, inputs: Record<string, unknown>, message: string): Promise<void> {
+async function rejected (t: Test, inputs: Record<string, unknown>, message: string): Promise<void> {
   const res = await submit(app, 'echo', inputs)
   t.equal(res.statusCode, 400, JSON.stringify(inputs))
   t.equal(res.json().message, message, JSON.stringify(inputs))
 }
 
-type TapTest = Parameters<Parameters<typeof t.test>[1]>[0]
-declare namespace Tap { type Test = TapTest }
 
 t.test('Integer: numbers and numeric strings; refuses words and fractions', async (t) => {
   t.same(await converted({ int: 5 }), { int: 5 })

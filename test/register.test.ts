@@ -1,0 +1,77 @@
+import { fileURLToPath } from 'node:url'
+import Fastify from 'fastify'
+import t from 'tap'
+import taskApi, { type TaskApiOptions } from '../lib/index.js'
+import { childExecArgv, childPids, fixture } from './helpers.js'
+
+async function register (options: Record<string, unknown>): Promise<unknown> {
+  const app = Fastify()
+  try {
+    await app.register(taskApi, { execArgv: childExecArgv, concurrency: 1, ...options } as unknown as TaskApiOptions)
+    await app.ready()
+    return app
+  } finally {
+    await app.close().catch(() => {})
+  }
+}
+
+t.test('tasks accepts URL objects, file: URL strings and absolute paths', async (t) => {
+  for (const location of [fixture('plain.js'), fixture('plain.js').href, fileURLToPath(fixture('plain.js'))]) {
+    const app = Fastify()
+    await app.register(taskApi, { tasks: [location], concurrency: 1, execArgv: childExecArgv })
+    const done = await app.tasks.wait((await app.tasks.submit('plain-js', { seconds: 2 })).uuid)
+    t.same(done.outputs, { waited: 2 }, String(location))
+    await app.close()
+  }
+})
+
+t.test('a module may export several tasks', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(taskApi, { tasks: [fixture('basic.ts'), fixture('plain.js')], concurrency: 1, execArgv: childExecArgv })
+  t.same([...app.tasks.names].sort(), ['bad-output', 'crash', 'hello', 'multi', 'no-outputs', 'plain-js', 'raises', 'seed-task', 'sleep'])
+})
+
+t.test('register fails naming the module or option and the value received', async (t) => {
+  const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
+    ['duplicate task names', { tasks: [fixture('basic.ts'), fixture('duplicate.ts')] }, 'FST_TASK_API_TASK_DUPLICATE',
+      /^Task name "hello" is defined twice: in file:.*\/basic\.ts and in file:.*\/duplicate\.ts$/],
+    ['a module with no task', { tasks: [fixture('empty.js')] }, 'FST_TASK_API_TASK_MODULE',
+      /^Task module file:.*\/empty\.js: exports no task/],
+    ['an invalid schema', { tasks: [fixture('bad-schema.ts')] }, 'FST_TASK_API_TASK_SCHEMA',
+      /^Task "bad-schema" has an invalid input schema: .*type/],
+    ['an empty task name', { tasks: [fixture('bad-name.ts')] }, 'FST_TASK_API_TASK_MODULE',
+      /bad-name\.ts: export "default": name must be a non-empty string, got ""$/],
+    ['a module that throws on load', { tasks: [fixture('throws-on-load.js')] }, 'FST_TASK_API_TASK_MODULE',
+      /throws-on-load\.js: cannot be imported: this module refuses to load$/],
+    ['a module that does not exist', { tasks: [new URL('./fixtures/missing.js', import.meta.url)] }, 'FST_TASK_API_TASK_MODULE',
+      /missing\.js: cannot be imported/],
+    ['no tasks option', {}, 'FST_TASK_API_OPT_INVALID', /^options\.tasks must be a non-empty array .*, got undefined$/],
+    ['an empty tasks array', { tasks: [] }, 'FST_TASK_API_OPT_INVALID', /^options\.tasks must be .*, got an array$/],
+    ['a relative path', { tasks: ['./tasks/x.js'] }, 'FST_TASK_API_OPT_INVALID', /^options\.tasks\[0\] must be a file: URL or an absolute path, got "\.\/tasks\/x\.js"$/],
+    ['an http URL', { tasks: [new URL('http://example.com/x.js')] }, 'FST_TASK_API_OPT_INVALID', /^options\.tasks\[0\] must be .*, got http:\/\/example\.com\/x\.js$/],
+    ['a negative concurrency', { tasks: [fixture('plain.js')], concurrency: -1 }, 'FST_TASK_API_OPT_INVALID', /^options\.concurrency must be a positive integer, got -1$/],
+    ['a fractional concurrency', { tasks: [fixture('plain.js')], concurrency: 1.5 }, 'FST_TASK_API_OPT_INVALID', /^options\.concurrency must be a positive integer, got 1\.5$/],
+    ['an unknown runner', { tasks: [fixture('plain.js')], runner: 'thread' }, 'FST_TASK_API_OPT_INVALID', /^options\.runner must be "process" or "inline", got "thread"$/],
+    ['a prefix without a slash', { tasks: [fixture('plain.js')], prefix: 'tasks' }, 'FST_TASK_API_OPT_INVALID', /^options\.prefix must be a path .*, got "tasks"$/],
+    ['a negative progressInterval', { tasks: [fixture('plain.js')], progressInterval: -5 }, 'FST_TASK_API_OPT_INVALID', /^options\.progressInterval must be .*, got -5$/],
+    ['a store without methods', { tasks: [fixture('plain.js')], store: {} }, 'FST_TASK_API_OPT_INVALID', /^options\.store must be an object with create, get and update methods, got an object$/],
+    ['execArgv that is not strings', { tasks: [fixture('plain.js')], execArgv: [1] }, 'FST_TASK_API_OPT_INVALID', /^options\.execArgv must be an array of strings, got an array$/],
+    ['a misspelt option', { tasks: [fixture('plain.js')], concurency: 2 }, 'FST_TASK_API_OPT_INVALID', /^options\.concurency must be a known option/],
+  ]
+  for (const [name, options, code, message] of cases) {
+    const err = await register(options).then(() => undefined, (err: Error & { code?: string }) => err)
+    t.ok(err, `${name}: register fails`)
+    t.equal(err?.code, code, name)
+    t.match(err?.message, message, name)
+  }
+})
+
+t.test('a pool that cannot start fails register and leaves no child behind', async (t) => {
+  const before = childPids()
+  const err = await register({ tasks: [fixture('plain.js')], execArgv: ['--no-such-node-flag'], concurrency: 2 })
+    .then(() => undefined, (err: Error) => err)
+  t.match(err?.message, /a child process exited with code \d+ before it was ready/)
+  await new Promise(resolve => setTimeout(resolve, 1500))
+  t.same(childPids().filter(pid => !before.includes(pid)), [], 'no child left, and no respawn loop')
+})
