@@ -1,0 +1,28 @@
+import t from 'tap'
+// @ts-expect-error the example is plain JavaScript, without type declarations
+import { build } from '../examples/basic/app.js'
+import type { FastifyInstance } from 'fastify'
+import { childExecArgv } from './helpers.js'
+
+t.test('the basic example serves its page and runs the seed\'s wait task', async (t) => {
+  const app: FastifyInstance = await build({ logger: false, taskApi: { concurrency: 1, execArgv: childExecArgv } })
+  t.teardown(() => app.close())
+  const page = await app.inject('/')
+  t.equal(page.statusCode, 200)
+  t.match(page.headers['content-type'], /text\/html/)
+  t.match(page.body, /<button id="run"/)
+  t.match(page.body, /\/tasks\/\$\{task\.uuid\}/, 'the page polls GET /tasks/:uuid')
+
+  const res = await app.inject({ method: 'POST', url: '/tasks', payload: { task: 'wait', inputs: { seconds: '2' } } })
+  t.equal(res.statusCode, 201)
+  const done = await app.tasks.wait(res.json().uuid)
+  t.equal(done.status, 'succeeded')
+  t.same(done.outputs, { waited: 2 })
+  t.equal(done.progress, 2)
+  t.equal(done.target, 2)
+  t.same(done.messages, ['waited 1 of 2 seconds', 'waited 2 of 2 seconds'])
+
+  const bad = await app.inject({ method: 'POST', url: '/tasks', payload: { task: 'wait', inputs: { seconds: 0 } } })
+  t.equal(bad.statusCode, 400)
+  t.equal(bad.json().message, 'inputs/seconds must be >= 1')
+})
