@@ -1,0 +1,109 @@
+// Type tests: this file must type-check (`npm run typecheck`, run by .ci/run). A
+// ts-expect-error directive fails the type-check if the error it expects goes away.
+import Fastify from 'fastify'
+import t from 'tap'
+import taskApi, { defineTask, Task, Type, type Static, type TaskState, type TaskEvent } from '../lib/index.js'
+
+const typed = defineTask({
+  name: 'typed',
+  inputs: { name: Type.String(), count: Type.Optional(Type.Integer()), tags: Type.Array(Type.String()) },
+  outputs: { output: Type.String() },
+  run ({ name, count = 5, tags }, task) {
+    const text: string = name
+    const n: number = count
+    const first: string | undefined = tags[0]
+    // @ts-expect-error name is a string, not a number
+    const wrong: number = name
+    task.setTarget(n)
+    task.incProgress()
+    task.addMessage(`${first ?? ''}${String(wrong)}`)
+    const aborted: boolean = task.signal.aborted
+    return aborted ? text : `Hello ${text}`
+  },
+})
+
+defineTask({
+  name: 'one-output',
+  outputs: { output: Type.String() },
+  // @ts-expect-error with one output, run returns that output's value
+  run () {
+    return 5
+  },
+})
+
+defineTask({
+  name: 'async-one-output',
+  outputs: { output: Type.Integer() },
+  async run () {
+    return 5
+  },
+})
+
+defineTask({
+  name: 'several-outputs',
+  outputs: { out: Type.String(), count: Type.Integer() },
+  run () {
+    return { out: 'Foo', count: 5 }
+  },
+})
+
+defineTask({
+  name: 'several-outputs-missing',
+  outputs: { out: Type.String(), count: Type.Integer() },
+  // @ts-expect-error with several outputs, run returns an object with each of them
+  run () {
+    return { out: 'Foo' }
+  },
+})
+
+defineTask({ name: 'no-outputs', run () { return 42 } })
+
+defineTask({
+  name: 'unknown-input',
+  inputs: { a: Type.String() },
+  // @ts-expect-error run cannot read an input that is not declared
+  run ({ b }) { return b },
+})
+
+// @ts-expect-error a task needs a name
+defineTask({ run () {} })
+
+const inputs = { name: Type.String() }
+class SeedStyle extends Task {
+  name = 'seed-style'
+  override inputs = inputs
+  run ({ name }: Static<ReturnType<typeof Type.Object<typeof inputs>>>): string {
+    this.setTarget(1)
+    this.setProgress(1)
+    // @ts-expect-error setProgress takes a number
+    this.setProgress('1')
+    return name
+  }
+}
+
+// @ts-expect-error a Task subclass must implement run and name
+class Incomplete extends Task {}
+
+async function decorated (): Promise<void> {
+  const app = Fastify()
+  await app.register(taskApi, { tasks: [new URL('./fixtures/basic.ts', import.meta.url)] })
+  const state: TaskState = await app.tasks.submit('hello', { name: 'x' })
+  const done: TaskState = await app.tasks.wait(state.uuid)
+  const stop: () => void = app.tasks.subscribe(done.uuid, (event: TaskEvent) => {
+    if (event.type === 'progress') { const p: number | null = event.progress; void p }
+    // @ts-expect-error a message event has no progress
+    if (event.type === 'message') { void event.progress }
+  })
+  stop()
+  // @ts-expect-error the options need tasks
+  await app.register(taskApi, {})
+  // @ts-expect-error concurrency is a number
+  await app.register(taskApi, { tasks: [], concurrency: '2' })
+}
+
+t.test('the typed definitions are real tasks', async (t) => {
+  t.equal(typed.name, 'typed')
+  t.equal(new SeedStyle().name, 'seed-style')
+  t.type(decorated, 'function')
+  t.type(Incomplete, 'function')
+})
