@@ -13,7 +13,7 @@ const TASKS = new URL('./tasks.js', import.meta.url)
 const PROGRESS_INTERVAL = 50
 
 const config = {
-  http: { connections: 10, warmup: 1, duration: 4, rounds: 3 },
+  http: { connections: 10, warmup: 1, duration: 4, rounds: 5 },
   latency: { warmup: 200, iterations: 2000 },
   throughput: { warmup: 5_000, n: 50_000 },
   spin: { calls: 20_000_000 },
@@ -312,7 +312,11 @@ const machine = [
 ]
 for (const line of machine) console.error(line)
 
-const steps = [benchHttp, benchLatency, benchThroughput, benchSpin, benchMemory]
+// `node --expose-gc bench/run.js http latency` runs only the steps named (http, latency,
+// throughput, spin, memory); no argument runs them all.
+const allSteps = { http: benchHttp, latency: benchLatency, throughput: benchThroughput, spin: benchSpin, memory: benchMemory }
+const wanted = process.argv.slice(2)
+const steps = Object.entries(allSteps).filter(([name]) => wanted.length === 0 || wanted.includes(name)).map(([, step]) => step)
 for (const step of steps) {
   try {
     await step()

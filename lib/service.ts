@@ -33,6 +33,8 @@ interface ActiveTask {
   chain: Promise<void>
 }
 
+const settled = Promise.resolve()
+
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
 
 /** The client's view of a record: no inputs, no internals; a copy the caller may keep. */
@@ -113,7 +115,10 @@ export class TaskService {
     return checked.value
   }
 
-  /** Creates and queues a task whose inputs were already checked by `checkInputs`. */
+  /**
+   * Creates and queues a task whose inputs were already checked by `checkInputs`.
+   * Resolves with its state as created (`pending`), whatever happened since.
+   */
   async submitChecked (registered: RegisteredTask, inputs: Record<string, unknown>): Promise<TaskState> {
     if (this.#closed) throw new FST_TASK_API_RUNNER_CLOSED()
     const record: TaskRecord = {
@@ -132,10 +137,10 @@ export class TaskService {
       seq: 0,
     }
     await this.#store.create(record)
-    const state = toState(record)
-    this.#active.set(record.uuid, { registered, seq: 0, chain: Promise.resolve() })
+    const created = toState(record)
+    this.#active.set(record.uuid, { registered, seq: 0, chain: settled })
     this.#runner.enqueue({ uuid: record.uuid, task: record.task, inputs })
-    return state
+    return created
   }
 
   /** The task's current state, or undefined when no task has this uuid. */
@@ -229,6 +234,7 @@ export class TaskService {
     if (update.target !== undefined) patch.target = update.target
     if (messages.length > 0) patch.messages = messages
     const record = await this.#write(uuid, patch)
+    if (!this.#bus.has(uuid)) return // events of a task nobody follows are never built
     if (hasProgress) this.#publish({ type: 'progress', uuid, seq: progressSeq, progress: record.progress, target: record.target })
     for (let i = 0; i < messages.length; i++) {
       this.#publish({ type: 'message', uuid, seq: firstMessageSeq + i, message: messages[i] as string })
@@ -253,7 +259,7 @@ export class TaskService {
     patch.finished = new Date().toISOString()
     patch.seq = ++active.seq
     const record = await this.#write(uuid, patch)
-    this.#publish({ type: 'status', uuid, seq: patch.seq, status: record.status, task: toState(record) })
+    if (this.#bus.has(uuid)) this.#publish({ type: 'status', uuid, seq: patch.seq, status: record.status, task: toState(record) })
   }
 
   #outputs (registered: RegisteredTask, value: unknown): { outputs: Record<string, unknown> } | { error: string } {
