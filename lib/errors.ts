@@ -41,25 +41,6 @@ export const FST_TASK_API_TASK_NOT_FOUND = createError<[string]>(
 export const FST_TASK_API_RUNNER_CLOSED = createError(
   'FST_TASK_API_RUNNER_CLOSED', 'the task runner is closed', 503)
 
-/**
- * Codes that end up in a failed record's `error` text rather than in an HTTP answer.
- * They are exported so that logs and tests can name them.
- */
-export const FST_TASK_API_OUTPUT_INVALID = createError<[string]>(
-  'FST_TASK_API_OUTPUT_INVALID', 'task returned invalid outputs: %s', 500)
-
-/** A child process ended while it was running a task. */
-export const FST_TASK_API_CHILD_EXIT = createError<[string]>(
-  'FST_TASK_API_CHILD_EXIT', 'the child process running the task %s', 500)
-
-/** A task's result could not be sent from the child process (for example a circular object or a BigInt). */
-export const FST_TASK_API_CHILD_SERIALIZE = createError<[string]>(
-  'FST_TASK_API_CHILD_SERIALIZE', 'task result cannot be sent from the child process: %s', 500)
-
-/** A task module failed to load inside a child process. */
-export const FST_TASK_API_CHILD_LOAD = createError<[string]>(
-  'FST_TASK_API_CHILD_LOAD', 'the child process could not load the task modules: %s', 500)
-
 /** Every error code, for documentation and tests. */
 export const codes = {
   FST_TASK_API_OPT_INVALID,
@@ -71,8 +52,4 @@ export const codes = {
   FST_TASK_API_INPUT_INVALID,
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_RUNNER_CLOSED,
-  FST_TASK_API_OUTPUT_INVALID,
-  FST_TASK_API_CHILD_EXIT,
-  FST_TASK_API_CHILD_SERIALIZE,
-  FST_TASK_API_CHILD_LOAD,
 } as const

@@ -25,7 +25,8 @@ export type ChildMessage =
   | { type: 'load-error', message: string, stack?: string }
   | { type: 'update', id: string, update: ProgressUpdate }
   | { type: 'done', id: string, value: unknown, update?: ProgressUpdate }
-  | { type: 'fail', id: string, message: string, stack?: string, update?: ProgressUpdate }
+  /** `fatal`: the child is exiting after this (an uncaught exception); do not give it more work. */
+  | { type: 'fail', id: string, message: string, stack?: string, update?: ProgressUpdate, fatal?: boolean }
 
 /** Sent as the `data` of `fork()` so the child knows which modules to load. */
 export interface ChildInit {
@@ -59,7 +60,8 @@ export function isChildMessage (value: unknown): value is ChildMessage {
     case 'done':
       return typeof value.id === 'string' && isUpdate(value.update)
     case 'fail':
-      return typeof value.id === 'string' && typeof value.message === 'string' && isUpdate(value.update)
+      return typeof value.id === 'string' && typeof value.message === 'string' && isUpdate(value.update) &&
+        (value.fatal === undefined || typeof value.fatal === 'boolean')
     default:
       return false
   }

@@ -124,7 +124,8 @@ t.test('app.close() ends every child: none left, no zombies', async (t) => {
   for (const pid of pids) t.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, `process ${pid} is gone`)
   t.equal(finalRunning, 'the server closed while the task was running', 'the running task did not stay running')
   t.equal(app.tasks.stats().running, 0)
-  t.ok(queued.uuid)
+  t.equal((await app.tasks.get(queued.uuid))?.error, 'the server closed before the task ran', 'the queued task did not stay pending')
+  await t.rejects(app.tasks.submit('hello', { name: 'late' }), { code: 'FST_TASK_API_RUNNER_CLOSED', statusCode: 503 })
 })
 
 t.test('children exit when the parent process dies', async (t) => {

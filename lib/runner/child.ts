@@ -68,7 +68,7 @@ function fatal (err: unknown): void {
   }
   const { message, stack } = errorText(err)
   try {
-    send({ type: 'fail', id, message: `uncaught exception in the child process: ${message}`, stack }, () => process.exit(1))
+    send({ type: 'fail', id, message: `uncaught exception in the child process: ${message}`, stack, fatal: true }, () => process.exit(1))
   } catch {
     process.exit(1)
   }

@@ -157,6 +157,11 @@ export class ProcessPool implements Runner {
       events.finished(job.uuid, { ok: true, value: message.value })
     } else {
       events.finished(job.uuid, { ok: false, error: message.message, stack: message.stack })
+      if (message.fatal === true) {
+        // The child exits right after this message; its exit handler replaces it.
+        worker.child.kill('SIGKILL')
+        return
+      }
     }
     this.#release(worker)
   }
