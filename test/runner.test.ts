@@ -113,8 +113,9 @@ t.test('app.close() ends every child: none left, no zombies', async (t) => {
   await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 3, execArgv: childExecArgv })
   const pids = childPids().filter(pid => !before.includes(pid))
   t.equal(pids.length, 3, 'three children while open')
-  const running = await app.tasks.submit('sleep', { ms: 30_000 })
+  const [running] = await Promise.all([1, 2, 3].map(() => app.tasks.submit('sleep', { ms: 30_000 })))
   const queued = await app.tasks.submit('sleep', { ms: 1 })
+  if (running === undefined) throw new Error('unreachable')
   let finalRunning: string | undefined
   app.tasks.subscribe(running.uuid, event => { if (event.type === 'status' && event.task) finalRunning = event.task.error ?? undefined })
   while ((await app.tasks.get(running.uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
