@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { build, childPids, fixture } from './helpers.js'
 
@@ -13,12 +13,11 @@ async function run (task: string) {
   return app.tasks.wait((await app.tasks.submit(task, {})).uuid)
 }
 
-async function nextSucceeds (t: Parameters<Parameters<typeof tap.test>[1]>[0]): Promise<void> {
+async function nextSucceeds (t: Test): Promise<void> {
   const next = await app.tasks.wait((await app.tasks.submit('hello', { name: 'next' })).uuid)
   t.equal(next.status, 'succeeded', 'the next task succeeds')
   t.equal(childPids().length, 1, 'the pool is back to one child')
 }
-const tap = t
 
 t.test('an uncaught exception in the child fails the task with its message', async (t) => {
   const done = await run('uncaught')
