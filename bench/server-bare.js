@@ -2,6 +2,7 @@
 // replying 201 with a similarly small record. Listens on 127.0.0.1, port 0.
 import { randomUUID } from 'node:crypto'
 import Fastify from 'fastify'
+import { serve } from './serve.js'
 
 const app = Fastify({ logger: false })
 app.post('/tasks', {
@@ -45,22 +46,4 @@ app.post('/tasks', {
     error: null,
   })
 })
-await app.listen({ host: '127.0.0.1', port: 0 })
-
-let closing = false
-async function shutdown () {
-  if (closing) return
-  closing = true
-  try { await app.close() } finally {
-    process.send?.({ type: 'closed' }, () => process.exit(0))
-    setTimeout(() => process.exit(0), 1000).unref()
-  }
-}
-process.on('SIGTERM', shutdown)
-process.on('message', (m) => {
-  if (m?.type === 'stop') shutdown()
-  // CPU time of this process (not of task children), for µs per request.
-  if (m?.type === 'cpu') process.send({ type: 'cpu', usage: process.cpuUsage() })
-})
-process.on('disconnect', () => process.exit(0))
-process.send({ type: 'listening', port: app.server.address().port })
+await serve(app)
