@@ -41,6 +41,14 @@ export const FST_TASK_API_TASK_NOT_FOUND = createError<[string]>(
 export const FST_TASK_API_RUNNER_CLOSED = createError(
   'FST_TASK_API_RUNNER_CLOSED', 'the task runner is closed', 503)
 
+/** `GET {prefix}/:uuid/events` without a WebSocket upgrade, from a client that does not accept text/event-stream. */
+export const FST_TASK_API_STREAM_NOT_ACCEPTABLE = createError(
+  'FST_TASK_API_STREAM_NOT_ACCEPTABLE', 'this route streams events: upgrade to a WebSocket, or send Accept: text/event-stream', 406)
+
+/** `GET {prefix}/events` without a WebSocket upgrade. */
+export const FST_TASK_API_STREAM_UPGRADE_REQUIRED = createError(
+  'FST_TASK_API_STREAM_UPGRADE_REQUIRED', 'this route is a WebSocket: send an upgrade request', 426)
+
 /** Every error code, for documentation and tests. */
 export const codes = {
   FST_TASK_API_OPT_INVALID,
@@ -52,4 +60,6 @@ export const codes = {
   FST_TASK_API_INPUT_INVALID,
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_RUNNER_CLOSED,
+  FST_TASK_API_STREAM_NOT_ACCEPTABLE,
+  FST_TASK_API_STREAM_UPGRADE_REQUIRED,
 } as const

@@ -100,3 +100,60 @@ export class EventBus {
     return this.#listeners.has(uuid)
   }
 }
+
+/**
+ * Recent events of the tasks somebody has followed, so that a client that reconnects
+ * (SSE's Last-Event-ID, a WebSocket's `since`) gets exactly what it missed. Recording
+ * starts at the first subscription and ends `ttl` ms after the task's final event;
+ * each task keeps its last `size` events. Tasks nobody follows cost nothing.
+ */
+export class EventHistory {
+  readonly #tasks = new Map<string, { from: number, events: TaskEvent[], timer?: NodeJS.Timeout }>()
+  readonly #size: number
+  readonly #ttl: number
+
+  constructor (size: number, ttl: number) {
+    this.#size = size
+    this.#ttl = ttl
+  }
+
+  /** Starts recording a live task whose last published seq is `seq`. */
+  watch (uuid: string, seq: number): void {
+    if (this.#size > 0 && !this.#tasks.has(uuid)) this.#tasks.set(uuid, { from: seq + 1, events: [] })
+  }
+
+  isWatched (uuid: string): boolean {
+    return this.#tasks.has(uuid)
+  }
+
+  record (event: TaskEvent): void {
+    const entry = this.#tasks.get(event.uuid)
+    if (entry === undefined) return
+    entry.events.push(event)
+    if (entry.events.length > this.#size * 2) {
+      entry.events = entry.events.slice(-this.#size)
+      entry.from = (entry.events[0] as TaskEvent).seq
+    }
+    if (event.type === 'status' && event.task !== undefined && entry.timer === undefined) {
+      entry.timer = setTimeout(() => this.#tasks.delete(event.uuid), this.#ttl).unref()
+    }
+  }
+
+  /**
+   * The events after `seq`, oldest first, when the history still holds all of them, and
+   * whether the task has ended; undefined when it cannot tell (never watched, expired,
+   * or trimmed past `seq`).
+   */
+  since (uuid: string, seq: number): { events: TaskEvent[], ended: boolean } | undefined {
+    const entry = this.#tasks.get(uuid)
+    if (entry === undefined || seq + 1 < entry.from) return undefined
+    const last = entry.events.at(-1)
+    if (seq > (last?.seq ?? entry.from - 1)) return undefined
+    return { events: entry.events.filter(event => event.seq > seq), ended: entry.timer !== undefined }
+  }
+
+  clear (): void {
+    for (const entry of this.#tasks.values()) clearTimeout(entry.timer)
+    this.#tasks.clear()
+  }
+}

@@ -4,6 +4,7 @@ import { moduleUrl, type TaskModuleLocation } from './registry.js'
 import { MemoryStore } from './store/memory.js'
 import type { Store } from './store/types.js'
 import { describe } from './task.js'
+import { streamDefaults, type NormalizedStreamOptions, type StreamOptions } from './stream.js'
 
 /** Options of `app.register(taskApi, options)`. */
 export interface TaskApiOptions {
@@ -47,6 +48,8 @@ export interface TaskApiOptions {
    * @default process.env
    */
   env?: NodeJS.ProcessEnv
+  /** Limits and timings of the WebSocket and SSE event streams. */
+  streams?: StreamOptions
 }
 
 /** Options after checking, with every default filled in. */
@@ -59,9 +62,10 @@ export interface NormalizedOptions {
   store: Store
   execArgv: string[] | undefined
   env: NodeJS.ProcessEnv | undefined
+  streams: NormalizedStreamOptions
 }
 
-const known = new Set(['tasks', 'prefix', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env'])
+const known = new Set(['tasks', 'prefix', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -104,6 +108,7 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     throw new FST_TASK_API_OPT_INVALID('env', 'an object of environment variables', describe(env))
   }
   return {
+    streams: normalizeStreams(options.streams),
     modules: tasks.map((location, index) => moduleUrl(location, index)),
     prefix: prefix === '/' ? '' : prefix,
     runner,
@@ -113,4 +118,23 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     execArgv,
     env,
   }
+}
+
+function normalizeStreams (streams: unknown): NormalizedStreamOptions {
+  if (streams === undefined) return { ...streamDefaults }
+  if (typeof streams !== 'object' || streams === null || Array.isArray(streams)) {
+    throw new FST_TASK_API_OPT_INVALID('streams', 'an object', describe(streams))
+  }
+  const normalized = { ...streamDefaults }
+  for (const [key, value] of Object.entries(streams)) {
+    if (!(key in streamDefaults)) {
+      throw new FST_TASK_API_OPT_INVALID(`streams.${key}`, 'a known option (' + Object.keys(streamDefaults).join(', ') + ')', 'an unknown option')
+    }
+    const positive = key === 'maxSubscriptions' || key === 'maxPayload'
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < (positive ? 1 : 0)) {
+      throw new FST_TASK_API_OPT_INVALID(`streams.${key}`, positive ? 'a positive integer' : 'an integer, 0 or more', describe(value))
+    }
+    normalized[key as keyof NormalizedStreamOptions] = value
+  }
+  return normalized
 }

@@ -1,8 +1,10 @@
 import type { FastifyInstance } from 'fastify'
+import websocket from '@fastify/websocket'
 import fp from 'fastify-plugin'
 import { normalizeOptions, type TaskApiOptions } from './options.js'
 import { loadRegistry } from './registry.js'
 import { registerRoutes } from './routes.js'
+import { registerStreams } from './stream.js'
 import { InlineRunner } from './runner/inline.js'
 import { ProcessPool } from './runner/pool.js'
 import type { Runner } from './runner/types.js'
@@ -28,7 +30,13 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
       log,
     })
   }
-  const service = new TaskService({ registry, store: normalized.store, runner, log })
+  const service = new TaskService({
+    registry,
+    store: normalized.store,
+    runner,
+    log,
+    history: { size: normalized.streams.historySize, ttl: normalized.streams.historyTtl },
+  })
   try {
     await service.start()
   } catch (err) {
@@ -47,7 +55,18 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     stats: () => service.stats(),
   }
   app.decorate('tasks', api)
+  if (!app.hasDecorator('websocketServer')) {
+    await app.register(websocket, {
+      options: { maxPayload: normalized.streams.maxPayload },
+      // A client's garbage (bad frames, oversized payloads) is the client's problem: log it quietly.
+      errorHandler: (err, socket, request) => {
+        request.log.info({ err }, 'fastify-task-api: websocket error')
+        socket.terminate()
+      },
+    })
+  }
   registerRoutes(app, service, normalized.prefix)
+  registerStreams(app, service, normalized.prefix, { ...normalized.streams, progressInterval: normalized.progressInterval })
 }
 
 /**

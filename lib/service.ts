@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { EventBus, type TaskEvent, type TaskListener } from './events.js'
+import { EventBus, EventHistory, type TaskEvent, type TaskListener } from './events.js'
 import {
   FST_TASK_API_INPUT_INVALID,
   FST_TASK_API_RUNNER_CLOSED,
@@ -65,10 +65,19 @@ export class TaskService {
   readonly #runner: Runner
   readonly #log: ServiceLogger
   readonly #bus = new EventBus()
+  readonly #history: EventHistory
   readonly #active = new Map<string, ActiveTask>()
   #closed = false
 
-  constructor (options: { registry: Map<string, RegisteredTask>, store: Store, runner: Runner, log: ServiceLogger }) {
+  constructor (options: {
+    registry: Map<string, RegisteredTask>
+    store: Store
+    runner: Runner
+    log: ServiceLogger
+    /** Events kept per followed task for reconnecting clients, and for how long after it ends. */
+    history?: { size: number, ttl: number }
+  }) {
+    this.#history = new EventHistory(options.history?.size ?? 0, options.history?.ttl ?? 0)
     this.#registry = options.registry
     this.#store = options.store
     this.#runner = options.runner
@@ -163,7 +172,18 @@ export class TaskService {
    * the snapshot already covers: nothing falls between the two.
    */
   subscribe (uuid: string, listener: TaskListener): () => void {
+    const active = this.#active.get(uuid)
+    if (active !== undefined) this.#history.watch(uuid, active.seq)
     return this.#bus.subscribe(uuid, listener)
+  }
+
+  /**
+   * The events published after `seq`, when the server still holds all of them (the task
+   * was followed recently); undefined otherwise, and the caller sends a snapshot instead.
+   * Call it right after `subscribe`, in the same tick, so that nothing falls between.
+   */
+  eventsSince (uuid: string, seq: number): { events: TaskEvent[], ended: boolean } | undefined {
+    return this.#history.since(uuid, seq)
   }
 
   /** Resolves with the task's final state once it has succeeded or failed. */
@@ -201,6 +221,7 @@ export class TaskService {
       this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'the server closed before the task ran' }, false), true)
     }
     await Promise.all([...this.#active.values()].map(active => active.chain))
+    this.#history.clear()
     await this.#store.close?.()
   }
 
@@ -234,7 +255,7 @@ export class TaskService {
     if (update.target !== undefined) patch.target = update.target
     if (messages.length > 0) patch.messages = messages
     const record = await this.#write(uuid, patch)
-    if (!this.#bus.has(uuid)) return // events of a task nobody follows are never built
+    if (!this.#followed(uuid)) return // events of a task nobody follows are never built
     if (hasProgress) this.#publish({ type: 'progress', uuid, seq: progressSeq, progress: record.progress, target: record.target })
     for (let i = 0; i < messages.length; i++) {
       this.#publish({ type: 'message', uuid, seq: firstMessageSeq + i, message: messages[i] as string })
@@ -259,7 +280,7 @@ export class TaskService {
     patch.finished = new Date().toISOString()
     patch.seq = ++active.seq
     const record = await this.#write(uuid, patch)
-    if (this.#bus.has(uuid)) this.#publish({ type: 'status', uuid, seq: patch.seq, status: record.status, task: toState(record) })
+    if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq: patch.seq, status: record.status, task: toState(record) })
   }
 
   #outputs (registered: RegisteredTask, value: unknown): { outputs: Record<string, unknown> } | { error: string } {
@@ -289,7 +310,12 @@ export class TaskService {
     return record
   }
 
+  #followed (uuid: string): boolean {
+    return this.#bus.has(uuid) || this.#history.isWatched(uuid)
+  }
+
   #publish (event: TaskEvent): void {
+    this.#history.record(event)
     this.#bus.publish(event, err => this.#log.error({ err, uuid: event.uuid }, 'fastify-task-api: a task event listener threw'))
   }
 }
