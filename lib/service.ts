@@ -171,9 +171,12 @@ export class TaskService {
    * that stops it. Subscribe first, then read the snapshot, and drop events whose seq
    * the snapshot already covers: nothing falls between the two.
    */
-  subscribe (uuid: string, listener: TaskListener): () => void {
-    const active = this.#active.get(uuid)
-    if (active !== undefined) this.#history.watch(uuid, active.seq)
+  subscribe (uuid: string, listener: TaskListener, options: { history?: boolean } = {}): () => void {
+    if (options.history === true) {
+      // Streams ask for history: their clients may reconnect and ask for what they missed.
+      const active = this.#active.get(uuid)
+      if (active !== undefined) this.#history.watch(uuid, active.seq)
+    }
     return this.#bus.subscribe(uuid, listener)
   }
 

@@ -143,7 +143,7 @@ class Subscription {
     this.#unsubscribe = this.#service.subscribe(this.#uuid, (event) => {
       if (this.#buffer !== undefined) this.#buffer.push(event)
       else this.#deliver(event)
-    })
+    }, { history: true })
     if (since !== undefined) {
       const missed = this.#service.eventsSince(this.#uuid, since)
       if (missed !== undefined) {
