@@ -9,6 +9,6 @@ const out = []
 let prev
 app.tasks.subscribe(r.uuid, e => { if (e.type === 'progress') { const t = performance.timeOrigin + performance.now(); out.push(`${(t - e.progress).toFixed(1)}${prev ? '@' + (e.progress - prev).toFixed(1) : ''}`); prev = e.progress } })
 const f = await app.tasks.wait(r.uuid)
-console.log(out.join(' '))
+console.log(out.map((x,i)=>[i,x]).filter(([i,x])=>parseFloat(x)>6).map(([i,x])=>i+":"+x).join(" "))
 console.log(out.length, f.outputs)
 await app.close()

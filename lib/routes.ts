@@ -20,7 +20,7 @@ const errorSchema = {
 }
 
 /** Both spellings of a path, unless the server already treats them as one. */
-function paths (app: FastifyInstance, path: string): string[] {
+export function paths (app: FastifyInstance, path: string): string[] {
   const config = app.initialConfig as { ignoreTrailingSlash?: boolean, routerOptions?: { ignoreTrailingSlash?: boolean } }
   if (config.ignoreTrailingSlash === true || config.routerOptions?.ignoreTrailingSlash === true) return [path]
   return path.endsWith('/') ? [path] : [path, path + '/']

@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { FST_TASK_API_STREAM_NOT_ACCEPTABLE, FST_TASK_API_STREAM_UPGRADE_REQUIRED, FST_TASK_API_TASK_NOT_FOUND } from './errors.js'
 import type { ProgressEvent, TaskEvent } from './events.js'
+import { paths } from './routes.js'
 import type { TaskService } from './service.js'
 import { finalStatuses, type TaskState } from './store/types.js'
 
@@ -314,6 +315,12 @@ export function registerStreams (
 ): void {
   const heartbeat = new Heartbeat(options.heartbeatInterval)
   const subscriptions = new Set<Subscription>()
+  const eventStreams = new Set<NodeJS.WritableStream>()
+  // An open SSE response would keep server.close() waiting: end them first. (WebSockets
+  // are closed by @fastify/websocket's own preClose.)
+  app.addHook('preClose', async () => {
+    for (const stream of eventStreams) stream.end()
+  })
   app.addHook('onClose', async () => {
     heartbeat.stop()
     for (const subscription of subscriptions) subscription.stop()
@@ -380,6 +387,7 @@ export function registerStreams (
     })
     raw.write('retry: 2000\n\n')
     const forget = heartbeat.addStream(raw)
+    eventStreams.add(raw)
     const subscription = track(new Subscription(service, request.params.uuid, {
       snapshot: (seq, task) => raw.write(`id: ${seq}\ndata: ${snapshotJson(seq, task)}\n\n`),
       send: event => raw.write(sseFrame(event)),
@@ -389,15 +397,14 @@ export function registerStreams (
     }, subscriptionOptions))
     raw.on('close', () => {
       forget()
+      eventStreams.delete(raw)
       untrack(subscription)
     })
     const found = await subscription.start(since)
     if (!found) raw.end()
   }
 
-  const paths = (path: string): string[] => [path, path + '/']
-
-  for (const url of paths(`${prefix}/:uuid/events`)) {
+  for (const url of paths(app, `${prefix}/:uuid/events`)) {
     app.route<{ Params: { uuid: string }, Querystring: { since?: string } }>({
       method: 'GET',
       url,
@@ -471,7 +478,7 @@ export function registerStreams (
     })
   }
 
-  for (const url of paths(`${prefix}/events`)) {
+  for (const url of paths(app, `${prefix}/events`)) {
     app.route({
       method: 'GET',
       url,

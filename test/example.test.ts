@@ -11,7 +11,8 @@ t.test('the basic example serves its page and runs the seed\'s wait task', async
   t.equal(page.statusCode, 200)
   t.match(page.headers['content-type'], /text\/html/)
   t.match(page.body, /<button id="run"/)
-  t.match(page.body, /\/tasks\/\$\{task\.uuid\}/, 'the page polls GET /tasks/:uuid')
+  t.match(page.body, /new WebSocket\(`\$\{scheme\}\/\/\$\{location\.host\}\/tasks\/\$\{uuid\}\/events`\)/, 'the page follows the task over a WebSocket')
+  t.match(page.body, /api\('GET', `\/tasks\/\$\{uuid\}`\)/, 'and falls back to polling GET /tasks/:uuid')
 
   const res = await app.inject({ method: 'POST', url: '/tasks', payload: { task: 'wait', inputs: { seconds: '2' } } })
   t.equal(res.statusCode, 201)

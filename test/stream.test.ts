@@ -357,3 +357,42 @@ t.test('SSE and the multiplexed route refuse what they cannot serve', async (t) 
   t.equal(plain.statusCode, 426)
   t.equal(plain.json().code, 'FST_TASK_API_STREAM_UPGRADE_REQUIRED')
 })
+
+t.test('WebSocket resume: ?since= and "since" send only the missed events', async (t) => {
+  const { app, base } = await serve(t)
+  const task = await app.tasks.submit('steps', { steps: 10, delay: 40 })
+  const first = follow(`ws://${base}/tasks/${task.uuid}/events`)
+  await waitFor(() => first.frames.filter(frame => frame.type === 'message').length >= 2)
+  first.socket.terminate()
+  const lastSeq = first.frames.at(-1)?.seq as number
+  await new Promise(resolve => setTimeout(resolve, 100))
+  const resumed = follow(`ws://${base}/tasks/${task.uuid}/events?since=${lastSeq}`)
+  t.equal((await resumed.closed).code, 1000)
+  t.equal(resumed.frames[0]?.seq, lastSeq + 1, 'the resumed socket starts right after the last seen seq')
+  checkStream(t, [...first.frames, ...resumed.frames], Array.from({ length: 10 }, (_, i) => `step ${i + 1}`))
+
+  const many = follow(`ws://${base}/tasks/events`)
+  await once(many.socket, 'open')
+  const finalSeq = resumed.frames.at(-1)?.seq as number
+  many.socket.send(JSON.stringify({ type: 'subscribe', uuid: task.uuid, since: finalSeq - 1 }))
+  await waitFor(() => many.frames.length >= 1)
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.same(many.frames.map(frame => frame.seq), [finalSeq], 'a multiplexed subscribe with since gets only the final frame')
+  many.socket.close()
+})
+
+t.test('app.close() ends open SSE streams and sockets', async (t) => {
+  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 1 })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const base = `127.0.0.1:${(app.server.address() as AddressInfo).port}`
+  const task = await app.tasks.submit('hold', { ms: 30_000 })
+  const stream = sse(base, `/tasks/${task.uuid}/events`)
+  const socket = follow(`ws://${base}/tasks/${task.uuid}/events`)
+  await once(socket.socket, 'open')
+  await new Promise(resolve => setTimeout(resolve, 100))
+  const started = Date.now()
+  await app.close()
+  t.ok(Date.now() - started < 10_000, 'close did not wait for the streams')
+  t.equal((await stream).status, 200)
+  t.ok((await socket.closed).code >= 1000)
+})

@@ -1,0 +1,133 @@
+// Forked by bench/streams.js (with --expose-gc): a Fastify server with the plugin and the
+// stream bench tasks. Listens on 127.0.0.1, port 0, reports the port over IPC (serve.js),
+// and answers these requests, each carrying an `id` that its reply repeats:
+//   { type: 'submit', task, inputs }   -> { uuid }          submits, and times each of the
+//                                                            task's progress events as this
+//                                                            process publishes them
+//   { type: 'wait', uuid }             -> { task, publish } the final state, and each progress
+//                                                            event's value, setProgress ->
+//                                                            publish latency (ms) and fan-out
+//                                                            loop time (ms), and the final
+//                                                            status's fan-out loop time
+//   { type: 'memory' }                 -> { usage, sockets } process.memoryUsage() after gc,
+//                                                            and the open WebSockets
+//   { type: 'trace', on }              -> {}                 from now on (or no longer), times the
+//                                                            sends of progress frames on sockets
+//                                                            opened meanwhile: 'wait' then also
+//                                                            returns `sends` [value, first, last,
+//                                                            count] per progress event
+//   { type: 'loop', reset }            -> { delay }          event-loop delay percentiles (ms)
+//                                                            since the last reset
+import { monitorEventLoopDelay } from 'node:perf_hooks'
+import Fastify from 'fastify'
+import { Session } from 'node:inspector/promises'
+import { writeFileSync } from 'node:fs'
+const session = new Session(); session.connect(); await session.post('Profiler.enable'); await session.post('Profiler.setSamplingInterval', { interval: 100 })
+import taskApi from 'fastify-task-api'
+import { serve } from './serve.js'
+
+const app = Fastify({ logger: false })
+await app.register(taskApi, {
+  tasks: [new URL('./stream-tasks.js', import.meta.url)],
+  concurrency: Number(process.env.BENCH_CONCURRENCY ?? 2),
+  runner: 'process',
+  progressInterval: Number(process.env.BENCH_PROGRESS_INTERVAL ?? 50),
+  execArgv: [],
+})
+
+/** Publish-time latencies per task, collected by a listener of this process. */
+const published = new Map()
+
+// Send tracing, for the fan-out step: every subscriber of an event is sent the same Buffer
+// (the plugin serializes each event once), so the Buffer identifies the event. A Map
+// lookup per send; sockets opened while tracing is off are not wrapped at all.
+let tracing = false
+const sends = new Map()
+app.websocketServer.on('connection', (socket) => {
+  if (!tracing) return
+  const send = socket.send
+  socket.send = function (data, ...rest) {
+    if (Buffer.isBuffer(data)) {
+      const at = performance.timeOrigin + performance.now()
+      const entry = sends.get(data)
+      if (entry !== undefined) {
+        entry[2] = at
+        entry[3]++
+      } else if (data.includes('"type":"progress"')) {
+        sends.set(data, [JSON.parse(data).progress, at, at, 1])
+      }
+    }
+    return send.call(this, data, ...rest)
+  }
+})
+
+const loopDelay = monitorEventLoopDelay({ resolution: 5 })
+loopDelay.enable()
+
+async function settleAndGc () {
+  for (let i = 0; i < 4; i++) {
+    await new Promise(resolve => setImmediate(resolve))
+    global.gc?.()
+  }
+}
+
+const handlers = {
+  async submit ({ task, inputs }) {
+    const record = await app.tasks.submit(task, inputs)
+    const publish = { values: [], latencies: [], loops: [], finalLoop: undefined }
+    published.set(record.uuid, publish)
+    // Subscribed before any client: runs first on each event, before the fan-out. The
+    // subscribers are called synchronously after it, so a setImmediate scheduled here runs
+    // once the whole fan-out loop (every subscriber's send) is done.
+    const unsubscribe = app.tasks.subscribe(record.uuid, (event) => {
+      const at = performance.now()
+      if (event.type === 'progress' && event.progress !== null) {
+        publish.values.push(event.progress)
+        publish.latencies.push(performance.timeOrigin + at - event.progress)
+        setImmediate(() => publish.loops.push(performance.now() - at))
+      }
+      if (event.type === 'status' && event.task !== undefined) {
+        unsubscribe()
+        setImmediate(() => { publish.finalLoop = performance.now() - at })
+      }
+    })
+    return { uuid: record.uuid }
+  },
+  async wait ({ uuid }) {
+    await session.post('Profiler.start')
+    const task = await app.tasks.wait(uuid)
+    const { profile } = await session.post('Profiler.stop')
+    writeFileSync('/tmp/final-' + uuid + '.cpuprofile', JSON.stringify(profile))
+    await new Promise(resolve => setImmediate(resolve))
+    const publish = published.get(uuid) ?? { values: [], latencies: [], loops: [] }
+    published.delete(uuid)
+    const traced = [...sends.values()]
+    sends.clear()
+    return { task, publish, sends: traced }
+  },
+  async trace ({ on }) {
+    tracing = on
+    return {}
+  },
+  async loop ({ reset }) {
+    const q = p => loopDelay.percentile(p) / 1e6
+    const delay = { p50: q(50), p99: q(99), max: loopDelay.max / 1e6 }
+    if (reset) loopDelay.reset()
+    return { delay }
+  },
+  async memory () {
+    await settleAndGc()
+    return { usage: process.memoryUsage(), sockets: app.websocketServer.clients.size }
+  },
+}
+
+process.on('message', (message) => {
+  const handler = handlers[message?.type]
+  if (handler === undefined || message.id === undefined) return
+  handler(message).then(
+    result => process.send({ type: 'reply', id: message.id, ...result }),
+    err => process.send({ type: 'reply', id: message.id, error: err.message })
+  )
+})
+
+await serve(app)
