@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { FST_TASK_API_STREAM_NOT_ACCEPTABLE, FST_TASK_API_STREAM_UPGRADE_REQUIRED, FST_TASK_API_TASK_NOT_FOUND } from './errors.js'
@@ -246,7 +247,7 @@ class Subscription {
 /** Pings sockets and SSE streams on one timer; closes WebSockets that stopped answering. */
 class Heartbeat {
   readonly #sockets = new Map<WebSocket, { alive: boolean }>()
-  readonly #streams = new Set<NodeJS.WritableStream>()
+  readonly #streams = new Set<ServerResponse>()
   #timer: NodeJS.Timeout | undefined
 
   constructor (interval: number) {
@@ -260,7 +261,7 @@ class Heartbeat {
     socket.once('close', () => this.#sockets.delete(socket))
   }
 
-  addStream (stream: NodeJS.WritableStream): () => void {
+  addStream (stream: ServerResponse): () => void {
     this.#streams.add(stream)
     return () => this.#streams.delete(stream)
   }
@@ -274,7 +275,9 @@ class Heartbeat {
       state.alive = false
       socket.ping()
     }
-    for (const stream of this.#streams) stream.write(': ping\n\n')
+    for (const stream of this.#streams) {
+      if (!stream.writableEnded) stream.write(': ping\n\n')
+    }
   }
 
   stop (): void {
@@ -315,7 +318,7 @@ export function registerStreams (
 ): void {
   const heartbeat = new Heartbeat(options.heartbeatInterval)
   const subscriptions = new Set<Subscription>()
-  const eventStreams = new Set<NodeJS.WritableStream>()
+  const eventStreams = new Set<ServerResponse>()
   // An open SSE response would keep server.close() waiting: end them first. (WebSockets
   // are closed by @fastify/websocket's own preClose.)
   app.addHook('preClose', async () => {
@@ -392,9 +395,15 @@ export function registerStreams (
       snapshot: (seq, task) => raw.write(`id: ${seq}\ndata: ${snapshotJson(seq, task)}\n\n`),
       send: event => raw.write(sseFrame(event)),
       get buffered () { return raw.writableLength },
-      end: () => raw.end(),
+      end: () => {
+        forget()
+        eventStreams.delete(raw)
+        raw.end()
+      },
       overflow: () => raw.destroy(),
     }, subscriptionOptions))
+    // A client that vanished mid-write is not the server's problem.
+    raw.on('error', (err) => request.log.debug({ err }, 'fastify-task-api: event stream write failed'))
     raw.on('close', () => {
       forget()
       eventStreams.delete(raw)
