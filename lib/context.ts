@@ -1,6 +1,7 @@
 import type { ProgressUpdate } from './protocol.js'
 import type { TaskContext } from './task.js'
 import { describe } from './task.js'
+import { Pace } from './pace.js'
 
 /**
  * The TaskContext a running task reports through, in a child process or inline.
@@ -23,15 +24,14 @@ export class ReportingContext implements TaskContext {
   /** When the pending timer is due; checked every few hundred calls, see #changed. */
   #due = 0
   #calls = 0
-  #lastFlush = -Infinity
+  readonly #pace: Pace
   #finished = false
-  readonly #interval: number
   readonly #flush: (update: ProgressUpdate) => void
 
   constructor (uuid: string, signal: AbortSignal, interval: number, flush: (update: ProgressUpdate) => void) {
     this.uuid = uuid
     this.signal = signal
-    this.#interval = interval
+    this.#pace = new Pace(interval)
     this.#flush = flush
   }
 
@@ -93,7 +93,7 @@ export class ReportingContext implements TaskContext {
 
   #schedule (): void {
     if (this.#finished) return
-    const wait = this.#lastFlush + this.#interval - performance.now()
+    const wait = this.#pace.wait(performance.now())
     if (wait <= 0) {
       this.#send()
     } else {
@@ -110,7 +110,7 @@ export class ReportingContext implements TaskContext {
   #send (): void {
     const update = this.#take()
     if (update === undefined) return
-    this.#lastFlush = performance.now()
+    this.#pace.sent(performance.now())
     this.#flush(update)
   }
 

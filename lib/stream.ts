@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { FST_TASK_API_STREAM_NOT_ACCEPTABLE, FST_TASK_API_STREAM_UPGRADE_REQUIRED, FST_TASK_API_TASK_NOT_FOUND } from './errors.js'
 import type { ProgressEvent, TaskEvent } from './events.js'
+import { Pace } from './pace.js'
 import { paths } from './routes.js'
 import type { TaskService } from './service.js'
 import { finalStatuses, type TaskState } from './store/types.js'
@@ -123,7 +124,7 @@ class Subscription {
   #buffer: TaskEvent[] | undefined = []
   #lastSeq = -1
   #pending: ProgressEvent | undefined
-  #lastProgressAt = -Infinity
+  readonly #pace: Pace
   #timer: NodeJS.Timeout | undefined
   #unsubscribe: (() => void) | undefined
   #stopped = false
@@ -133,6 +134,7 @@ class Subscription {
     this.#uuid = uuid
     this.#sink = sink
     this.#options = options
+    this.#pace = new Pace(options.progressInterval)
   }
 
   /**
@@ -191,15 +193,15 @@ class Subscription {
     if (this.#stopped || event.seq <= this.#lastSeq) return
     if (event.type === 'progress') {
       const now = performance.now()
-      if (this.#pending === undefined && now - this.#lastProgressAt >= this.#options.progressInterval &&
-          this.#sink.buffered <= this.#options.softBufferLimit) {
-        this.#lastProgressAt = now
+      const wait = this.#pace.wait(now)
+      if (this.#pending === undefined && wait <= 0 && this.#sink.buffered <= this.#options.softBufferLimit) {
+        this.#pace.sent(now)
         this.#emit(event)
       } else {
-        // Coalesce: keep only the latest; it goes out when the interval has passed (and
-        // the client has drained its buffer), or before the next message or status.
+        // Coalesce: keep only the latest; it goes out when its turn comes (and the
+        // client has drained its buffer), or before the next message or status.
         this.#pending = event
-        this.#timer ??= setTimeout(this.#onTimer, Math.max(1, this.#options.progressInterval - (now - this.#lastProgressAt)))
+        this.#timer ??= setTimeout(this.#onTimer, Math.max(1, wait))
       }
       return
     }
@@ -224,7 +226,7 @@ class Subscription {
     this.#pending = undefined
     clearTimeout(this.#timer)
     this.#timer = undefined
-    this.#lastProgressAt = performance.now()
+    this.#pace.sent(performance.now())
     this.#emit(pending)
   }
 
@@ -294,7 +296,8 @@ function parseSeq (value: unknown): number | undefined {
 function closeSocket (socket: WebSocket, code: number, reason: string): void {
   if (socket.readyState !== socket.OPEN) return
   socket.close(code, reason)
-  setTimeout(() => socket.terminate(), 5000).unref()
+  const timer = setTimeout(() => socket.terminate(), 5000).unref()
+  socket.once('close', () => clearTimeout(timer))
 }
 
 function wsSink (socket: WebSocket, onEnd: () => void): Sink {
