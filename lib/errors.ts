@@ -49,6 +49,18 @@ export const FST_TASK_API_STREAM_NOT_ACCEPTABLE = createError(
 export const FST_TASK_API_STREAM_UPGRADE_REQUIRED = createError(
   'FST_TASK_API_STREAM_UPGRADE_REQUIRED', 'this route is a WebSocket: send an upgrade request', 426)
 
+/** `authorize` refused the request for this task. */
+export const FST_TASK_API_FORBIDDEN = createError(
+  'FST_TASK_API_FORBIDDEN', 'not allowed', 403)
+
+/** A WebSocket upgrade from an origin that is not allowed (cross-site WebSocket hijacking guard). */
+export const FST_TASK_API_ORIGIN_FORBIDDEN = createError<[string]>(
+  'FST_TASK_API_ORIGIN_FORBIDDEN', 'origin %s may not open this WebSocket', 403)
+
+/** A stream token that is malformed, expired, or minted for another task. */
+export const FST_TASK_API_TOKEN_INVALID = createError(
+  'FST_TASK_API_TOKEN_INVALID', 'the stream token is invalid or expired', 401)
+
 /** Every error code, for documentation and tests. */
 export const codes = {
   FST_TASK_API_OPT_INVALID,
@@ -62,4 +74,7 @@ export const codes = {
   FST_TASK_API_RUNNER_CLOSED,
   FST_TASK_API_STREAM_NOT_ACCEPTABLE,
   FST_TASK_API_STREAM_UPGRADE_REQUIRED,
+  FST_TASK_API_FORBIDDEN,
+  FST_TASK_API_ORIGIN_FORBIDDEN,
+  FST_TASK_API_TOKEN_INVALID,
 } as const

@@ -4,10 +4,11 @@ import { moduleUrl, type TaskModuleLocation } from './registry.js'
 import { MemoryStore } from './store/memory.js'
 import type { Store } from './store/types.js'
 import { describe } from './task.js'
+import type { AccessOptions } from './access.js'
 import { streamDefaults, type NormalizedStreamOptions, type StreamOptions } from './stream.js'
 
 /** Options of `app.register(taskApi, options)`. */
-export interface TaskApiOptions {
+export interface TaskApiOptions extends AccessOptions {
   /**
    * The task modules: `file:` URLs (URL objects or strings) or absolute paths. Each
    * module default-exports one task or exports several as named exports.
@@ -63,9 +64,11 @@ export interface NormalizedOptions {
   execArgv: string[] | undefined
   env: NodeJS.ProcessEnv | undefined
   streams: NormalizedStreamOptions
+  access: AccessOptions
 }
 
-const known = new Set(['tasks', 'prefix', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams'])
+const known = new Set(['tasks', 'prefix', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
+  'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -97,8 +100,8 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   }
   const store = options.store ?? new MemoryStore()
   if (typeof store !== 'object' || store === null || typeof store.create !== 'function' ||
-      typeof store.get !== 'function' || typeof store.update !== 'function') {
-    throw new FST_TASK_API_OPT_INVALID('store', 'an object with create, get and update methods', describe(store))
+      typeof store.get !== 'function' || typeof store.update !== 'function' || typeof store.list !== 'function') {
+    throw new FST_TASK_API_OPT_INVALID('store', 'an object with create, get, update and list methods', describe(store))
   }
   const { execArgv, env } = options
   if (execArgv !== undefined && !(Array.isArray(execArgv) && execArgv.every(arg => typeof arg === 'string'))) {
@@ -108,6 +111,7 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     throw new FST_TASK_API_OPT_INVALID('env', 'an object of environment variables', describe(env))
   }
   return {
+    access: normalizeAccess(options),
     streams: normalizeStreams(options.streams),
     modules: tasks.map((location, index) => moduleUrl(location, index)),
     prefix: prefix === '/' ? '' : prefix,
@@ -137,4 +141,31 @@ function normalizeStreams (streams: unknown): NormalizedStreamOptions {
     normalized[key as keyof NormalizedStreamOptions] = value
   }
   return normalized
+}
+
+function normalizeAccess (options: Partial<TaskApiOptions>): AccessOptions {
+  const { auth, authRelation, authorize, owner, allowedOrigins, streamTokens } = options
+  if (auth !== undefined && !(Array.isArray(auth) && auth.length > 0 && auth.every(strategy => typeof strategy === 'function'))) {
+    throw new FST_TASK_API_OPT_INVALID('auth', 'a non-empty array of @fastify/auth strategies (functions)', describe(auth))
+  }
+  if (authRelation !== undefined && authRelation !== 'or' && authRelation !== 'and') {
+    throw new FST_TASK_API_OPT_INVALID('authRelation', '"or" or "and"', describe(authRelation))
+  }
+  for (const [name, value] of [['authorize', authorize], ['owner', owner]] as const) {
+    if (value !== undefined && typeof value !== 'function') throw new FST_TASK_API_OPT_INVALID(name, 'a function', describe(value))
+  }
+  if (allowedOrigins !== undefined && allowedOrigins !== '*' &&
+      !(Array.isArray(allowedOrigins) && allowedOrigins.every(origin => typeof origin === 'string'))) {
+    throw new FST_TASK_API_OPT_INVALID('allowedOrigins', 'an array of origins or "*"', describe(allowedOrigins))
+  }
+  if (streamTokens !== undefined) {
+    const { secret, ttl } = streamTokens
+    if (secret !== undefined && !((typeof secret === 'string' && secret.length >= 16) || (Buffer.isBuffer(secret) && secret.length >= 16))) {
+      throw new FST_TASK_API_OPT_INVALID('streamTokens.secret', 'a string or Buffer of at least 16 characters', describe(secret))
+    }
+    if (ttl !== undefined && !(Number.isInteger(ttl) && ttl > 0)) {
+      throw new FST_TASK_API_OPT_INVALID('streamTokens.ttl', 'a positive number of milliseconds', describe(ttl))
+    }
+  }
+  return { auth, authRelation, authorize, owner, allowedOrigins, streamTokens }
 }

@@ -1,6 +1,8 @@
 import type { FastifyInstance } from 'fastify'
+import fastifyAuth from '@fastify/auth'
 import websocket from '@fastify/websocket'
 import fp from 'fastify-plugin'
+import { Access } from './access.js'
 import { normalizeOptions, type TaskApiOptions } from './options.js'
 import { loadRegistry } from './registry.js'
 import { registerRoutes } from './routes.js'
@@ -48,11 +50,12 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   const names = Object.freeze(service.taskNames)
   const api: TaskApi = {
     names,
-    submit: (task, inputs) => service.submit(task, inputs),
+    submit: (task, inputs, options) => service.submit(task, inputs, options),
     get: uuid => service.get(uuid),
     subscribe: (uuid, listener) => service.subscribe(uuid, listener),
     wait: uuid => service.wait(uuid),
     stats: () => service.stats(),
+    streamToken: () => { throw new Error('fastify-task-api is not ready yet') },
   }
   app.decorate('tasks', api)
   if (!app.hasDecorator('websocketServer')) {
@@ -65,8 +68,11 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
       },
     })
   }
-  registerRoutes(app, service, normalized.prefix)
-  registerStreams(app, service, normalized.prefix, { ...normalized.streams, progressInterval: normalized.progressInterval })
+  if (normalized.access.auth !== undefined && !app.hasDecorator('auth')) await app.register(fastifyAuth)
+  const access = new Access(app, normalized.access)
+  api.streamToken = (uuid, ttl) => access.token(uuid, ttl)
+  registerRoutes(app, service, access, normalized.prefix)
+  registerStreams(app, service, access, normalized.prefix, { ...normalized.streams, progressInterval: normalized.progressInterval })
 }
 
 /**

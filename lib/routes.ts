@@ -1,7 +1,10 @@
 import type { FastifyInstance, FastifySchemaValidationError } from 'fastify'
 import { TaskStateSchema } from './events.js'
-import { FST_TASK_API_BODY_INVALID, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
-import type { TaskService } from './service.js'
+import { FST_TASK_API_BODY_INVALID, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
+import type { Access } from './access.js'
+import { FST_TASK_API_FORBIDDEN } from './errors.js'
+import { toState, type TaskService } from './service.js'
+import type { TaskStatus } from './store/types.js'
 import { describe } from './task.js'
 
 interface Submission {
@@ -26,8 +29,8 @@ export function paths (app: FastifyInstance, path: string): string[] {
   return path.endsWith('/') ? [path] : [path, path + '/']
 }
 
-/** The REST routes: submit and fetch. */
-export function registerRoutes (app: FastifyInstance, service: TaskService, prefix: string): void {
+/** The REST routes: submit, fetch, list, and stream tokens. */
+export function registerRoutes (app: FastifyInstance, service: TaskService, access: Access, prefix: string): void {
   // The body validator is the task's own: compiled once at registration (see params.ts),
   // it converts inputs the seed's way and names the input that fails.
   const validateSubmission = (body: unknown): { value: Submission } | { error: Error } => {
@@ -60,9 +63,16 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, pref
         response: { 201: TaskStateSchema, '4xx': errorSchema, '5xx': errorSchema },
       },
       validatorCompiler: () => validateSubmission as unknown as (body: unknown) => boolean | { error: FastifySchemaValidationError[] },
+      // Authentication runs before the body is validated, so a stranger learns nothing
+      // about the tasks or their inputs.
+      preValidation: access.authenticate,
       handler: async (request, reply) => {
         const { task, inputs } = request.body
-        const state = await service.submitChecked(service.task(task) as NonNullable<ReturnType<TaskService['task']>>, inputs)
+        if (!await access.authorize(request, { action: 'submit', task, inputs, record: undefined })) {
+          throw new FST_TASK_API_FORBIDDEN()
+        }
+        const owner = await access.ownerOf(request)
+        const state = await service.submitChecked(service.task(task) as NonNullable<ReturnType<TaskService['task']>>, inputs, { owner })
         return reply.code(201).send(state)
       },
     })
@@ -76,10 +86,72 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, pref
         params: { type: 'object', properties: { uuid: { type: 'string' } } },
         response: { 200: TaskStateSchema, '4xx': errorSchema },
       },
+      preHandler: access.authenticate,
       handler: async (request) => {
-        const state = await service.get(request.params.uuid)
-        if (state === undefined) throw new FST_TASK_API_TASK_NOT_FOUND(request.params.uuid)
-        return state
+        const { uuid } = request.params
+        const visible = await access.visible(request, uuid, await service.record(uuid))
+        if (!visible.ok) throw visible.error
+        return toState(visible.record)
+      },
+    })
+  }
+
+  for (const url of paths(app, `${prefix}/:uuid/token`)) {
+    app.route<{ Params: { uuid: string } }>({
+      method: 'GET',
+      url,
+      schema: {
+        params: { type: 'object', properties: { uuid: { type: 'string' } } },
+        response: {
+          200: { type: 'object', properties: { token: { type: 'string' }, expires: { type: 'string' } } },
+          '4xx': errorSchema,
+        },
+      },
+      preHandler: access.authenticate,
+      handler: async (request, reply) => {
+        const { uuid } = request.params
+        const visible = await access.visible(request, uuid, await service.record(uuid))
+        if (!visible.ok) throw visible.error
+        void reply.header('cache-control', 'no-store')
+        return access.token(uuid)
+      },
+    })
+  }
+
+  // Listing shares POST's path, so it takes both spellings only when POST does.
+  for (const url of paths(app, prefix === '' ? '/' : prefix)) {
+    app.route<{ Querystring: { status?: TaskStatus, task?: string, limit: number } }>({
+      method: 'GET',
+      url,
+      schema: {
+        querystring: {
+          type: 'object',
+          properties: {
+            status: { type: 'string', enum: ['pending', 'running', 'succeeded', 'failed'] },
+            task: { type: 'string' },
+            limit: { type: 'integer', minimum: 1, maximum: 1000, default: 50 },
+          },
+          additionalProperties: false,
+        },
+        response: {
+          200: { type: 'object', properties: { tasks: { type: 'array', items: TaskStateSchema } } },
+          '4xx': errorSchema,
+        },
+      },
+      preHandler: access.authenticate,
+      handler: async (request) => {
+        const { status, task, limit } = request.query
+        const records = await service.list({
+          ...(access.scoped ? { owner: await access.ownerOf(request) } : {}),
+          ...(status !== undefined ? { status } : {}),
+          ...(task !== undefined ? { task } : {}),
+          limit,
+        })
+        const tasks = []
+        for (const record of records) {
+          if (await access.authorize(request, { action: 'read', task: record.task, inputs: record.inputs, record })) tasks.push(toState(record))
+        }
+        return { tasks }
       },
     })
   }

@@ -9,13 +9,19 @@ import {
 import type { ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { JobResult, Runner, RunnerEvents } from './runner/types.js'
-import { finalStatuses, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
+import { finalStatuses, type ListFilter, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
 import { describe } from './task.js'
 
 /** The logger calls the service makes (a pino/fastify logger fits). */
 export interface ServiceLogger {
   warn (obj: object, msg: string): void
   error (obj: object, msg: string): void
+}
+
+/** Options of a submission. */
+export interface SubmitOptions {
+  /** Who the task belongs to; only requests with the same owner can see it. */
+  owner?: string | null
 }
 
 /** Counts of what the runner holds. */
@@ -108,10 +114,10 @@ export class TaskService {
    * Validates and converts the inputs, creates the record and queues the task.
    * Throws FST_TASK_API_TASK_UNKNOWN or FST_TASK_API_INPUT_INVALID (both 400).
    */
-  async submit (name: string, inputs: unknown = {}): Promise<TaskState> {
+  async submit (name: string, inputs: unknown = {}, options: SubmitOptions = {}): Promise<TaskState> {
     const registered = this.#registry.get(name)
     if (registered === undefined) throw new FST_TASK_API_TASK_UNKNOWN(name)
-    return this.submitChecked(registered, this.checkInputs(registered, inputs))
+    return this.submitChecked(registered, this.checkInputs(registered, inputs), options)
   }
 
   /** Converts and validates inputs for a task; throws FST_TASK_API_INPUT_INVALID naming the input. */
@@ -128,7 +134,7 @@ export class TaskService {
    * Creates and queues a task whose inputs were already checked by `checkInputs`.
    * Resolves with its state as created (`pending`), whatever happened since.
    */
-  async submitChecked (registered: RegisteredTask, inputs: Record<string, unknown>): Promise<TaskState> {
+  async submitChecked (registered: RegisteredTask, inputs: Record<string, unknown>, options: SubmitOptions = {}): Promise<TaskState> {
     if (this.#closed) throw new FST_TASK_API_RUNNER_CLOSED()
     const record: TaskRecord = {
       uuid: randomUUID(),
@@ -143,6 +149,7 @@ export class TaskService {
       finished: null,
       error: null,
       inputs,
+      owner: options.owner ?? null,
       seq: 0,
     }
     await this.#store.create(record)
@@ -157,6 +164,17 @@ export class TaskService {
     if (!uuidPattern.test(uuid)) return undefined
     const record = await this.#store.get(uuid)
     return record === undefined ? undefined : toState(record)
+  }
+
+  /** The stored record, internals included (owner, inputs): for access checks. Read-only. */
+  async record (uuid: string): Promise<Readonly<TaskRecord> | undefined> {
+    if (!uuidPattern.test(uuid)) return undefined
+    return this.#store.get(uuid)
+  }
+
+  /** Stored records, newest first. */
+  async list (filter: ListFilter): Promise<Array<Readonly<TaskRecord>>> {
+    return this.#store.list(filter)
   }
 
   /** The task's stored record with its seq: what a stream's snapshot needs. */

@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
+import { Access } from './access.js'
 import { FST_TASK_API_STREAM_NOT_ACCEPTABLE, FST_TASK_API_STREAM_UPGRADE_REQUIRED, FST_TASK_API_TASK_NOT_FOUND } from './errors.js'
 import type { ProgressEvent, TaskEvent } from './events.js'
 import { Pace } from './pace.js'
@@ -310,12 +311,22 @@ function wsSink (socket: WebSocket, onEnd: () => void): Sink {
   }
 }
 
-type UuidRequest = FastifyRequest<{ Params: { uuid: string }, Querystring: { since?: string } }>
+type UuidRequest = FastifyRequest<{ Params: { uuid: string }, Querystring: { since?: string, token?: string } }>
+
+/** The request as the log shows it: a stream token in the query string never reaches the log. */
+const redactedRequest = (request: FastifyRequest): Record<string, unknown> => ({
+  method: request.method,
+  url: request.url.replace(/([?&]token=)[^&]*/g, '$1[redacted]'),
+  host: request.host,
+  remoteAddress: request.ip,
+  remotePort: request.socket?.remotePort,
+})
 
 /** The event routes: `GET {prefix}/:uuid/events` (WebSocket or SSE) and `GET {prefix}/events` (WebSocket). */
 export function registerStreams (
   app: FastifyInstance,
   service: TaskService,
+  access: Access,
   prefix: string,
   options: NormalizedStreamOptions & { progressInterval: number }
 ): void {
@@ -345,11 +356,33 @@ export function registerStreams (
     subscriptions.delete(subscription)
   }
 
-  // Refuse the upgrade (or the SSE stream) with a plain 404 before anything is opened.
-  const taskExists = async (request: UuidRequest, reply: FastifyReply): Promise<void> => {
-    if (await service.get(request.params.uuid) === undefined) {
-      await reply.code(404).send(new FST_TASK_API_TASK_NOT_FOUND(request.params.uuid))
+  // Everything is decided before the upgrade (or the SSE stream) opens, so a refusal is a
+  // plain HTTP answer: 403 for a foreign origin, 401 without credentials, 404 for a task
+  // that does not exist or is another owner's, 403 when authorize says no.
+  const mayFollow = async (request: UuidRequest, reply: FastifyReply): Promise<void> => {
+    if (request.ws) {
+      const refused = access.checkOrigin(request)
+      if (refused !== undefined) throw refused
     }
+    const { uuid } = request.params
+    const token = request.query.token
+    if (token !== undefined) {
+      // A token minted for this task stands in for the credentials a browser cannot send.
+      if (!access.verifyToken(uuid, token)) throw Access.invalidToken()
+      if (await service.record(uuid) === undefined) throw new FST_TASK_API_TASK_NOT_FOUND(uuid)
+      return
+    }
+    await access.authenticate(request, reply)
+    const visible = await access.visible(request, uuid, await service.record(uuid))
+    if (!visible.ok) throw visible.error
+  }
+
+  const mayConnect = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    if (request.ws) {
+      const refused = access.checkOrigin(request)
+      if (refused !== undefined) throw refused
+    }
+    await access.authenticate(request, reply)
   }
 
   const oneTask = (socket: WebSocket, request: UuidRequest): void => {
@@ -417,10 +450,11 @@ export function registerStreams (
   }
 
   for (const url of paths(app, `${prefix}/:uuid/events`)) {
-    app.route<{ Params: { uuid: string }, Querystring: { since?: string } }>({
+    app.route<{ Params: { uuid: string }, Querystring: { since?: string, token?: string } }>({
       method: 'GET',
       url,
-      preHandler: taskExists,
+      logSerializers: { req: redactedRequest },
+      preHandler: mayFollow,
       handler: sse,
       wsHandler: oneTask,
     })
@@ -448,7 +482,7 @@ export function registerStreams (
         error('frames must be JSON: {"type": "subscribe" | "unsubscribe", "uuid": "..."}')
         return
       }
-      const { type, uuid, since } = (typeof frame === 'object' && frame !== null ? frame : {}) as Record<string, unknown>
+      const { type, uuid, since, token } = (typeof frame === 'object' && frame !== null ? frame : {}) as Record<string, unknown>
       if (type !== 'subscribe' && type !== 'unsubscribe') {
         error('unknown frame type: expected {"type": "subscribe" | "unsubscribe", "uuid": "..."}')
         return
@@ -476,12 +510,25 @@ export function registerStreams (
         following.delete(uuid)
       }), subscriptionOptions))
       following.set(uuid, subscription)
-      subscription.start(typeof since === 'number' && Number.isInteger(since) && since >= 0 ? since : undefined).then((found) => {
-        if (found) return
+      const notFound = `task ${uuid} not found`
+      const refuse = (message: string): void => {
         following.delete(uuid)
         untrack(subscription)
-        error(`task ${uuid} not found`, uuid)
-      }, (err: unknown) => {
+        error(message, uuid)
+      }
+      // Another owner's task gets the very same error frame as a uuid that does not exist.
+      const allowed = typeof token === 'string'
+        ? Promise.resolve(access.verifyToken(uuid, token) ? undefined : 'the stream token is invalid or expired')
+        : service.record(uuid).then(record => access.visible(request, uuid, record)).then(visible =>
+          visible.ok ? undefined : (visible.error as Error & { statusCode?: number }).statusCode === 404 ? notFound : 'not allowed')
+      allowed.then(async (refusal) => {
+        if (refusal !== undefined) {
+          refuse(refusal)
+          return
+        }
+        const found = await subscription.start(typeof since === 'number' && Number.isInteger(since) && since >= 0 ? since : undefined)
+        if (!found) refuse(notFound)
+      }).catch((err: unknown) => {
         request.log.error({ err }, 'fastify-task-api: event stream failed')
         following.delete(uuid)
         untrack(subscription)
@@ -494,6 +541,7 @@ export function registerStreams (
     app.route({
       method: 'GET',
       url,
+      preHandler: mayConnect,
       handler: async () => { throw new FST_TASK_API_STREAM_UPGRADE_REQUIRED() },
       wsHandler: manyTasks,
     })

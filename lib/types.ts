@@ -1,5 +1,5 @@
 import type { TaskListener } from './events.js'
-import type { TaskStats } from './service.js'
+import type { SubmitOptions, TaskStats } from './service.js'
 import type { TaskState } from './store/types.js'
 
 /** What the plugin decorates the instance with, as `app.tasks`. */
@@ -11,7 +11,7 @@ export interface TaskApi {
    * its first state (`pending`). Rejects with FST_TASK_API_TASK_UNKNOWN or
    * FST_TASK_API_INPUT_INVALID.
    */
-  submit (task: string, inputs?: Record<string, unknown>): Promise<TaskState>
+  submit (task: string, inputs?: Record<string, unknown>, options?: SubmitOptions): Promise<TaskState>
   /** The task's current state, or undefined when no task has this uuid. */
   get (uuid: string): Promise<TaskState | undefined>
   /**
@@ -23,6 +23,12 @@ export interface TaskApi {
   wait (uuid: string): Promise<TaskState>
   /** How many tasks wait for a worker and how many run. */
   stats (): TaskStats
+  /**
+   * Mints a short-lived token that lets its holder follow one task
+   * (`/tasks/:uuid/events?token=…`), for browsers, which cannot set headers on a
+   * WebSocket. Check that the user may read the task before handing it out.
+   */
+  streamToken (uuid: string, ttl?: number): { token: string, expires: string }
 }
 
 declare module 'fastify' {

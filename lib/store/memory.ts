@@ -1,4 +1,4 @@
-import { finalStatuses, type RecordPatch, type Store, type TaskRecord } from './types.js'
+import { finalStatuses, type ListFilter, type RecordPatch, type Store, type TaskRecord } from './types.js'
 
 /** Options of the in-memory store. */
 export interface MemoryStoreOptions {
@@ -42,6 +42,20 @@ export class MemoryStore implements Store {
     }
     if (patch.status !== undefined && finalStatuses.has(patch.status)) this.#retire(uuid)
     return record
+  }
+
+  async list (filter: ListFilter): Promise<TaskRecord[]> {
+    const found: TaskRecord[] = []
+    // A Map iterates in insertion order, which is creation order: walk it backwards.
+    const records = [...this.#records.values()]
+    for (let i = records.length - 1; i >= 0 && found.length < filter.limit; i--) {
+      const record = records[i] as TaskRecord
+      if (filter.owner !== undefined && record.owner !== filter.owner) continue
+      if (filter.status !== undefined && record.status !== filter.status) continue
+      if (filter.task !== undefined && record.task !== filter.task) continue
+      found.push(record)
+    }
+    return found
   }
 
   /** How many records are held. */

@@ -25,12 +25,14 @@ export interface TaskState {
 export interface TaskRecord extends TaskState {
   /** The converted inputs. Never part of a response. */
   inputs: Record<string, unknown>
+  /** Who the task belongs to (the `owner` option's answer at submit), or null. Never part of a response. */
+  owner: string | null
   /** The sequence number of the last event published for this task. */
   seq: number
 }
 
 /** A change to a record. `messages` are appended, every other field replaced. */
-export type RecordPatch = Partial<Omit<TaskRecord, 'uuid' | 'task' | 'inputs' | 'created' | 'messages'>> & {
+export type RecordPatch = Partial<Omit<TaskRecord, 'uuid' | 'task' | 'inputs' | 'owner' | 'created' | 'messages'>> & {
   messages?: string[]
 }
 
@@ -45,6 +47,18 @@ export interface Store {
   get (uuid: string): Promise<Readonly<TaskRecord> | undefined>
   /** Applies a patch and returns the updated record, or undefined when there is none. */
   update (uuid: string, patch: RecordPatch): Promise<Readonly<TaskRecord> | undefined>
+  /** Records matching the filter, newest first, at most `filter.limit`. */
+  list (filter: ListFilter): Promise<Array<Readonly<TaskRecord>>>
   /** Releases what the store holds (connections, files). */
   close? (): Promise<void>
+}
+
+/** What `Store.list` selects. Unset fields do not filter. */
+export interface ListFilter {
+  /** Only this owner's records (null: records without an owner). */
+  owner?: string | null
+  status?: TaskStatus
+  task?: string
+  /** At most this many. */
+  limit: number
 }

@@ -1,0 +1,169 @@
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
+import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandler } from 'fastify'
+import type {} from '@fastify/auth'
+import { FST_TASK_API_FORBIDDEN, FST_TASK_API_ORIGIN_FORBIDDEN, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TOKEN_INVALID } from './errors.js'
+import type { TaskRecord } from './store/types.js'
+
+/**
+ * An @fastify/auth strategy: resolves to accept the request, throws (or rejects) to
+ * refuse it. Callback-style strategies `(request, reply, done)` work too.
+ */
+export type AuthStrategy =
+  | ((request: FastifyRequest, reply: FastifyReply) => Promise<void>)
+  | ((request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void)
+
+/** What `authorize` is asked about. */
+export interface AuthorizeContext {
+  /** `submit` for POST /tasks; `read` for fetching, listing and following a task. */
+  action: 'submit' | 'read'
+  /** The task's name. */
+  task: string
+  /** The converted inputs (of the submission, or of the stored task). */
+  inputs: Readonly<Record<string, unknown>>
+  /** The stored record, for `read`; undefined for `submit`. */
+  record: Readonly<TaskRecord> | undefined
+}
+
+/** The access options of the plugin. */
+export interface AccessOptions {
+  /**
+   * @fastify/auth strategies guarding every route of the plugin, WebSocket upgrades
+   * (before the 101 answer) and SSE included. A refusal answers 401.
+   */
+  auth?: AuthStrategy[]
+  /** How the strategies combine. @default 'or' */
+  authRelation?: 'or' | 'and'
+  /** Per-task permission: false answers 403 (a `read` of a listed task just leaves it out). */
+  authorize?: (request: FastifyRequest, context: AuthorizeContext) => boolean | Promise<boolean>
+  /**
+   * Who a request acts for. When given, each record stores its owner, and another
+   * owner's task answers 404 (the same answer as a uuid that does not exist).
+   */
+  owner?: (request: FastifyRequest) => string | null | undefined | Promise<string | null | undefined>
+  /**
+   * Origins allowed to open the WebSockets (`https://app.example.com`), or `'*'`.
+   * @default only the request's own host
+   */
+  allowedOrigins?: string[] | '*'
+  /** Stream tokens (`GET /tasks/:uuid/token`, `app.tasks.streamToken`). */
+  streamTokens?: {
+    /** The HMAC key. @default 32 random bytes per process (tokens then die with it) */
+    secret?: string | Buffer
+    /** Lifetime in ms. @default 60000 */
+    ttl?: number
+  }
+}
+
+type Visibility = { ok: true, record: Readonly<TaskRecord> } | { ok: false, error: Error }
+
+/** Authentication, ownership, permission, origins and stream tokens, in one place. */
+export class Access {
+  readonly #options: AccessOptions
+  readonly #secret: Buffer
+  readonly #ttl: number
+  readonly #authenticate: preHandlerHookHandler | undefined
+
+  constructor (app: FastifyInstance, options: AccessOptions) {
+    this.#options = options
+    this.#secret = options.streamTokens?.secret !== undefined ? Buffer.from(options.streamTokens.secret) : randomBytes(32)
+    this.#ttl = options.streamTokens?.ttl ?? 60_000
+    if (options.auth !== undefined && options.auth.length > 0) {
+      this.#authenticate = app.auth(options.auth as Parameters<FastifyInstance['auth']>[0], { relation: options.authRelation ?? 'or' })
+    }
+  }
+
+  /** Runs the auth strategies; rejects with their error, made a 401 when it has no status. */
+  authenticate = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const handler = this.#authenticate
+    if (handler === undefined) return
+    await new Promise<void>((resolve, reject) => {
+      handler.call(request.server, request, reply, (err?: Error) => {
+        if (err === undefined || err === null) {
+          resolve()
+          return
+        }
+        const error = err as Error & { statusCode?: number }
+        if (typeof error.statusCode !== 'number' || error.statusCode < 400) error.statusCode = 401
+        reject(error)
+      })
+    })
+  }
+
+  /** Whether an owner option is set. */
+  get scoped (): boolean {
+    return this.#options.owner !== undefined
+  }
+
+  /** The request's owner, or null (no owner option, or the option says none). */
+  async ownerOf (request: FastifyRequest): Promise<string | null> {
+    if (this.#options.owner === undefined) return null
+    const owner = await this.#options.owner(request)
+    return owner ?? null
+  }
+
+  async authorize (request: FastifyRequest, context: AuthorizeContext): Promise<boolean> {
+    if (this.#options.authorize === undefined) return true
+    return await this.#options.authorize(request, context) === true
+  }
+
+  /**
+   * Whether the request may read the task: another owner's task and a missing one get
+   * the very same 404; a permission refusal gets 403.
+   */
+  async visible (request: FastifyRequest, uuid: string, record: Readonly<TaskRecord> | undefined): Promise<Visibility> {
+    if (record === undefined || (this.scoped && record.owner !== await this.ownerOf(request))) {
+      return { ok: false, error: new FST_TASK_API_TASK_NOT_FOUND(uuid) }
+    }
+    if (!await this.authorize(request, { action: 'read', task: record.task, inputs: record.inputs, record })) {
+      return { ok: false, error: new FST_TASK_API_FORBIDDEN() }
+    }
+    return { ok: true, record }
+  }
+
+  /** A token that lets its holder follow one task until it expires. */
+  token (uuid: string, ttl = this.#ttl): { token: string, expires: string } {
+    const expires = Date.now() + ttl
+    return { token: `${expires.toString(36)}.${this.#sign(uuid, expires)}`, expires: new Date(expires).toISOString() }
+  }
+
+  /** True when `token` was minted for this uuid and has not expired. */
+  verifyToken (uuid: string, token: string): boolean {
+    const dot = token.indexOf('.')
+    if (dot <= 0) return false
+    const expires = parseInt(token.slice(0, dot), 36)
+    if (!Number.isSafeInteger(expires) || expires < Date.now()) return false
+    const given = Buffer.from(token.slice(dot + 1))
+    const expected = Buffer.from(this.#sign(uuid, expires))
+    return given.length === expected.length && timingSafeEqual(given, expected)
+  }
+
+  #sign (uuid: string, expires: number): string {
+    return createHmac('sha256', this.#secret).update(`${uuid}.${expires}`).digest('base64url')
+  }
+
+  /**
+   * Refuses cross-site WebSocket upgrades: a browser always sends Origin, and a page on
+   * another site must not ride the user's cookies into a socket (cross-site WebSocket
+   * hijacking). Clients that send no Origin (not browsers) pass.
+   */
+  checkOrigin (request: FastifyRequest): Error | undefined {
+    const origin = request.headers.origin
+    if (origin === undefined || this.#options.allowedOrigins === '*') return undefined
+    const allowed = this.#options.allowedOrigins
+    if (allowed !== undefined) {
+      return allowed.includes(origin) ? undefined : new FST_TASK_API_ORIGIN_FORBIDDEN(origin)
+    }
+    let host: string
+    try {
+      host = new URL(origin).host
+    } catch {
+      return new FST_TASK_API_ORIGIN_FORBIDDEN(origin)
+    }
+    return host === request.headers.host ? undefined : new FST_TASK_API_ORIGIN_FORBIDDEN(origin)
+  }
+
+  /** Refuses an invalid token with 401. */
+  static invalidToken (): Error {
+    return new FST_TASK_API_TOKEN_INVALID()
+  }
+}
