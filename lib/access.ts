@@ -8,9 +8,7 @@ import type { TaskRecord } from './store/types.js'
  * An @fastify/auth strategy: resolves to accept the request, throws (or rejects) to
  * refuse it. Callback-style strategies `(request, reply, done)` work too.
  */
-export type AuthStrategy =
-  | ((request: FastifyRequest, reply: FastifyReply) => Promise<void>)
-  | ((request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void)
+export type AuthStrategy = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void | Promise<void>
 
 /** What `authorize` is asked about. */
 export interface AuthorizeContext {

@@ -1,0 +1,294 @@
+import http from 'node:http'
+import { once } from 'node:events'
+import type { AddressInfo } from 'node:net'
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
+import t, { type Test } from 'tap'
+import WebSocket from 'ws'
+import taskApi, { type TaskApiOptions } from '../lib/index.js'
+import { childExecArgv, fixture } from './helpers.js'
+
+// Every route and transport × (no credentials, bad credentials, another owner, the right
+// user, the right user on a forbidden task). Owners are teams: alice and bob share team
+// "a", mallory is on team "b". Only admins (alice) may submit or read `multi`.
+
+interface User { name: string, team: string, admin: boolean }
+const users: Record<string, User> = {
+  'token-alice': { name: 'alice', team: 'a', admin: true },
+  'token-bob': { name: 'bob', team: 'a', admin: false },
+  'token-mallory': { name: 'mallory', team: 'b', admin: false },
+}
+const userOf = (request: FastifyRequest): User => (request as FastifyRequest & { user: User }).user
+const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
+const missing = '3f2a1b6e-8c4d-4e5f-9a0b-1c2d3e4f5a6b'
+
+const options: Partial<TaskApiOptions> = {
+  auth: [async (request) => {
+    const token = /^Bearer (.+)$/.exec(request.headers.authorization ?? '')?.[1]
+    const user = token === undefined ? undefined : users[token]
+    if (user === undefined) throw new Error('missing or unknown bearer token')
+    ;(request as FastifyRequest & { user: User }).user = user
+  }],
+  owner: request => userOf(request).team,
+  authorize: (request, { task }) => task !== 'multi' || userOf(request).admin,
+}
+
+interface World {
+  app: FastifyInstance
+  base: string
+  logs: string[]
+  /** alice's `hello` task: bob may read it, mallory may not see it. */
+  shared: string
+  /** alice's `multi` task: same team as bob, but bob may not read it. */
+  forbidden: string
+}
+
+async function world (t: Test, extra: Partial<TaskApiOptions> = {}): Promise<World> {
+  const logs: string[] = []
+  const app = Fastify({ logger: { level: 'debug', stream: { write: (line: string) => { logs.push(line) } } } })
+  t.teardown(() => app.close())
+  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, ...options, ...extra })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const submit = async (task: string, inputs: object): Promise<string> => {
+    const res = await app.inject({ method: 'POST', url: '/tasks', headers: bearer('token-alice'), payload: { task, inputs } })
+    if (res.statusCode !== 201) throw new Error(res.body)
+    return res.json().uuid
+  }
+  const shared = await submit('sleep', { ms: 1500 })
+  const forbidden = await submit('multi', {})
+  return { app, base: `127.0.0.1:${(app.server.address() as AddressInfo).port}`, logs, shared, forbidden }
+}
+
+/** The upgrade's HTTP status: 101 when it opened, else the refusal. */
+async function upgrade (url: string, headers: Record<string, string> = {}): Promise<{ status: number, socket?: WebSocket, first?: Record<string, unknown>, body?: string }> {
+  const socket = new WebSocket(url, { headers })
+  socket.on('error', () => {})
+  const first = new Promise<Record<string, unknown>>((resolve) => socket.once('message', data => resolve(JSON.parse(data.toString()) as Record<string, unknown>)))
+  return await new Promise((resolve) => {
+    socket.once('open', () => { void first.then(frame => resolve({ status: 101, socket, first: frame })) })
+    socket.once('unexpected-response', (_request, response: http.IncomingMessage) => {
+      let body = ''
+      response.on('data', (chunk: Buffer) => { body += chunk.toString() })
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body }))
+    })
+  })
+}
+
+/** The SSE response's status and its first event (the stream is dropped after it). */
+async function eventStream (url: string, headers: Record<string, string> = {}): Promise<{ status: number, body: string }> {
+  return await new Promise((resolve, reject) => {
+    const request = http.get(url, { headers: { accept: 'text/event-stream', ...headers } }, (response) => {
+      let body = ''
+      response.setEncoding('utf8')
+      response.on('data', (chunk: string) => {
+        body += chunk
+        if (response.statusCode === 200 && body.includes('data: ')) {
+          request.destroy()
+          resolve({ status: 200, body })
+        }
+      })
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, body }))
+    })
+    request.on('error', (err) => { if (!request.destroyed) reject(err) })
+  })
+}
+
+t.test('POST /tasks', async (t) => {
+  const { app } = await world(t)
+  const post = (headers: Record<string, string>, task = 'hello') =>
+    app.inject({ method: 'POST', url: '/tasks', headers, payload: { task, inputs: { name: 'x' } } })
+  const countTasks = async () => (await app.inject({ url: '/tasks', headers: bearer('token-alice') })).json().tasks.length as number
+  const before = await countTasks()
+  const none = await post({})
+  t.equal(none.statusCode, 401, 'no credentials')
+  t.equal(none.json().message, 'missing or unknown bearer token')
+  t.equal((await post(bearer('token-nobody'))).statusCode, 401, 'bad credentials')
+  t.equal((await post(bearer('token-bob'), 'no-such-task')).statusCode, 400, 'an authenticated user gets validation errors')
+  t.equal((await post(bearer('token-bob'))).statusCode, 201, 'the right user')
+  const forbidden = await post(bearer('token-bob'), 'multi')
+  t.equal(forbidden.statusCode, 403, 'the right user on a forbidden task')
+  t.equal(forbidden.json().code, 'FST_TASK_API_FORBIDDEN')
+  t.equal(await countTasks(), before + 1, 'only the allowed submission created a task')
+  const unauthenticatedInvalid = await app.inject({ method: 'POST', url: '/tasks', payload: { task: 'nope' } })
+  t.equal(unauthenticatedInvalid.statusCode, 401, 'authentication comes before validation: strangers learn nothing about tasks')
+})
+
+t.test('GET /tasks/:uuid', async (t) => {
+  const { app, shared, forbidden } = await world(t)
+  const get = (uuid: string, headers: Record<string, string>) => app.inject({ url: `/tasks/${uuid}`, headers })
+  t.equal((await get(shared, {})).statusCode, 401, 'no credentials')
+  t.equal((await get(shared, bearer('token-nobody'))).statusCode, 401, 'bad credentials')
+  const foreign = await get(shared, bearer('token-mallory'))
+  const unknown = await get(missing, bearer('token-mallory'))
+  t.equal(foreign.statusCode, 404, 'another owner')
+  t.same(foreign.json(), { ...unknown.json(), message: unknown.json().message.replace(missing, shared) }, 'the same answer as a uuid that does not exist')
+  t.equal((await get(shared, bearer('token-bob'))).statusCode, 200, 'the right user')
+  t.equal((await get(forbidden, bearer('token-bob'))).statusCode, 403, 'the right user on a forbidden task')
+  t.equal((await get(forbidden, bearer('token-alice'))).statusCode, 200, 'an admin')
+})
+
+t.test('GET /tasks (list)', async (t) => {
+  const { app, shared, forbidden } = await world(t)
+  const list = (headers: Record<string, string>, query = '') => app.inject({ url: `/tasks${query}`, headers })
+  t.equal((await list({})).statusCode, 401, 'no credentials')
+  t.equal((await list(bearer('token-nobody'))).statusCode, 401, 'bad credentials')
+  const uuids = async (token: string, query = '') => ((await list(bearer(token), query)).json().tasks as Array<{ uuid: string }>).map(task => task.uuid)
+  t.same(await uuids('token-mallory'), [], 'another owner sees none of them')
+  t.same(await uuids('token-bob'), [shared], 'the right user sees the task, not the forbidden one')
+  t.same(await uuids('token-alice'), [forbidden, shared], 'an admin sees both, newest first')
+  t.same(await uuids('token-alice', '?task=sleep'), [shared], 'filter by task')
+  t.same(await uuids('token-alice', '?limit=1'), [forbidden], 'limit')
+  t.equal((await list(bearer('token-alice'), '?limit=0')).statusCode, 400)
+  t.equal((await list(bearer('token-alice'), '?status=lost')).statusCode, 400)
+})
+
+t.test('GET /tasks/:uuid/token', async (t) => {
+  const { app, shared, forbidden } = await world(t)
+  const token = (uuid: string, headers: Record<string, string>) => app.inject({ url: `/tasks/${uuid}/token`, headers })
+  t.equal((await token(shared, {})).statusCode, 401, 'no credentials')
+  t.equal((await token(shared, bearer('token-nobody'))).statusCode, 401, 'bad credentials')
+  t.equal((await token(shared, bearer('token-mallory'))).statusCode, 404, 'another owner')
+  const ok = await token(shared, bearer('token-bob'))
+  t.equal(ok.statusCode, 200, 'the right user')
+  t.match(ok.json(), { token: /^[0-9a-z]+\.[\w-]+$/, expires: /^\d{4}-/ })
+  t.equal(ok.headers['cache-control'], 'no-store')
+  t.equal((await token(forbidden, bearer('token-bob'))).statusCode, 403, 'the right user on a forbidden task')
+})
+
+t.test('WebSocket GET /tasks/:uuid/events', async (t) => {
+  const { app, base, shared, forbidden } = await world(t)
+  const url = (uuid: string, query = '') => `ws://${base}/tasks/${uuid}/events${query}`
+  t.equal((await upgrade(url(shared))).status, 401, 'no credentials: refused before the 101')
+  t.equal((await upgrade(url(shared), bearer('token-nobody'))).status, 401, 'bad credentials')
+  const foreign = await upgrade(url(shared), bearer('token-mallory'))
+  const unknown = await upgrade(url(missing), bearer('token-mallory'))
+  t.equal(foreign.status, 404, 'another owner')
+  t.equal(foreign.body, unknown.body?.replace(missing, shared), 'the same answer as a uuid that does not exist')
+  const right = await upgrade(url(shared), bearer('token-bob'))
+  t.equal(right.status, 101, 'the right user')
+  t.equal(right.first?.type, 'snapshot')
+  right.socket?.terminate()
+  t.equal((await upgrade(url(forbidden), bearer('token-bob'))).status, 403, 'the right user on a forbidden task')
+
+  const { token } = app.tasks.streamToken(shared)
+  const withToken = await upgrade(url(shared, `?token=${token}`))
+  t.equal(withToken.status, 101, 'a stream token stands in for the credentials')
+  withToken.socket?.terminate()
+  t.equal((await upgrade(url(forbidden, `?token=${token}`))).status, 401, 'a token for another task is refused')
+  t.equal((await upgrade(url(shared, '?token=garbage'))).status, 401, 'a malformed token is refused')
+  const expired = app.tasks.streamToken(shared, 1)
+  await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal((await upgrade(url(shared, `?token=${expired.token}`))).status, 401, 'an expired token is refused')
+})
+
+t.test('SSE GET /tasks/:uuid/events', async (t) => {
+  const { app, base, shared, forbidden } = await world(t)
+  const url = (uuid: string, query = '') => `http://${base}/tasks/${uuid}/events${query}`
+  t.equal((await eventStream(url(shared))).status, 401, 'no credentials')
+  t.equal((await eventStream(url(shared), bearer('token-nobody'))).status, 401, 'bad credentials')
+  const foreign = await eventStream(url(shared), bearer('token-mallory'))
+  const unknown = await eventStream(url(missing), bearer('token-mallory'))
+  t.equal(foreign.status, 404, 'another owner')
+  t.equal(foreign.body, unknown.body.replace(missing, shared), 'the same answer as a uuid that does not exist')
+  const right = await eventStream(url(shared), bearer('token-bob'))
+  t.equal(right.status, 200, 'the right user')
+  t.match(right.body, /"type":"snapshot"/)
+  t.equal((await eventStream(url(forbidden), bearer('token-bob'))).status, 403, 'the right user on a forbidden task')
+  const { token } = app.tasks.streamToken(shared)
+  t.equal((await eventStream(url(shared, `?token=${token}`))).status, 200, 'an EventSource can use a stream token')
+})
+
+t.test('WebSocket GET /tasks/events (multiplexed)', async (t) => {
+  const { app, base, shared, forbidden } = await world(t)
+  const url = `ws://${base}/tasks/events`
+  t.equal((await upgrade(url)).status, 401, 'no credentials: refused before the 101')
+  t.equal((await upgrade(url, bearer('token-nobody'))).status, 401, 'bad credentials')
+
+  const frames = async (token: string, uuids: string[]): Promise<Array<Record<string, unknown>>> => {
+    const socket = new WebSocket(url, { headers: bearer(token) })
+    const got: Array<Record<string, unknown>> = []
+    socket.on('message', data => got.push(JSON.parse(data.toString()) as Record<string, unknown>))
+    await once(socket, 'open')
+    for (const uuid of uuids) socket.send(JSON.stringify({ type: 'subscribe', uuid }))
+    const deadline = Date.now() + 5000
+    while (got.length < uuids.length && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 10))
+    socket.terminate()
+    return got
+  }
+  const answers = await frames('token-mallory', [shared, missing])
+  const foreign = answers.find(frame => frame.uuid === shared)
+  const unknown = answers.find(frame => frame.uuid === missing)
+  t.same(foreign, { type: 'error', uuid: shared, message: `task ${shared} not found` }, 'another owner')
+  t.same(foreign, { ...unknown, uuid: shared, message: (unknown?.message as string).replace(missing, shared) }, 'the error frame is identical to the one for an unknown uuid')
+  const [right] = await frames('token-bob', [shared])
+  t.equal(right?.type, 'snapshot', 'the right user')
+  const [refused] = await frames('token-bob', [forbidden])
+  t.same(refused, { type: 'error', uuid: forbidden, message: 'not allowed' }, 'the right user on a forbidden task')
+  const socket = new WebSocket(url, { headers: bearer('token-mallory') })
+  await once(socket, 'open')
+  const { token } = app.tasks.streamToken(shared)
+  socket.send(JSON.stringify({ type: 'subscribe', uuid: shared, token }))
+  const [data] = await once(socket, 'message') as [Buffer]
+  t.equal((JSON.parse(data.toString()) as { type: string }).type, 'snapshot', 'a subscribe frame may carry a stream token')
+  socket.terminate()
+})
+
+t.test('a cross-origin WebSocket upgrade is refused; same-host and allowed origins pass', async (t) => {
+  const { base, shared } = await world(t)
+  const url = `ws://${base}/tasks/${shared}/events`
+  const evil = await upgrade(url, { ...bearer('token-bob'), origin: 'https://evil.example' })
+  t.equal(evil.status, 403, 'cross-site WebSocket hijacking fails even with valid credentials')
+  t.match(evil.body, /FST_TASK_API_ORIGIN_FORBIDDEN/)
+  t.equal((await upgrade(`ws://${base}/tasks/events`, { ...bearer('token-bob'), origin: 'https://evil.example' })).status, 403, 'on the multiplexed route too')
+  const same = await upgrade(url, { ...bearer('token-bob'), origin: `http://${base}` })
+  t.equal(same.status, 101, 'the page\'s own origin')
+  same.socket?.terminate()
+})
+
+t.test('allowedOrigins lists the origins that may connect', async (t) => {
+  const { base, shared } = await world(t, { allowedOrigins: ['https://app.example'] })
+  const url = `ws://${base}/tasks/${shared}/events`
+  const allowed = await upgrade(url, { ...bearer('token-bob'), origin: 'https://app.example' })
+  t.equal(allowed.status, 101)
+  allowed.socket?.terminate()
+  t.equal((await upgrade(url, { ...bearer('token-bob'), origin: `http://${base}` })).status, 403, 'only the listed ones')
+})
+
+t.test('logs never show a stream token or the inputs', async (t) => {
+  const { app, base, logs } = await world(t)
+  const secret = 'hunter2-do-not-log'
+  const res = await app.inject({ method: 'POST', url: '/tasks', headers: bearer('token-alice'), payload: { task: 'raises', inputs: { message: 'boom' }, secret } })
+  const failing = await app.inject({ method: 'POST', url: '/tasks', headers: bearer('token-alice'), payload: { task: 'hello', inputs: { name: secret } } })
+  await app.tasks.wait(res.json().uuid)
+  await app.tasks.wait(failing.json().uuid)
+  const { token } = app.tasks.streamToken(res.json().uuid)
+  const socket = await upgrade(`ws://${base}/tasks/${res.json().uuid}/events?token=${token}`)
+  t.equal(socket.status, 101)
+  await eventStream(`http://${base}/tasks/${res.json().uuid}/events?token=${token}&since=0`)
+  await new Promise(resolve => setTimeout(resolve, 100))
+  const text = logs.join('')
+  t.match(text, /token=\[redacted\]/, 'the stream requests were logged, redacted')
+  t.notOk(text.includes(token), 'the token never reaches the log')
+  t.notOk(text.includes(token.split('.')[1] as string), 'not even its signature')
+  t.notOk(text.includes(secret), 'inputs never reach the log')
+  t.match(text, /task failed/, 'the failure itself is logged')
+})
+
+t.test('without auth options the API stays open, and owner alone scopes by owner', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(taskApi, {
+    tasks: [fixture('basic.ts')],
+    concurrency: 1,
+    execArgv: childExecArgv,
+    owner: request => (request.headers['x-user'] as string | undefined) ?? null,
+  })
+  const created = await app.inject({ method: 'POST', url: '/tasks', headers: { 'x-user': 'ann' }, payload: { task: 'hello', inputs: { name: 'x' } } })
+  t.equal(created.statusCode, 201)
+  const uuid = created.json().uuid as string
+  t.equal((await app.inject({ url: `/tasks/${uuid}`, headers: { 'x-user': 'ann' } })).statusCode, 200)
+  t.equal((await app.inject({ url: `/tasks/${uuid}`, headers: { 'x-user': 'ben' } })).statusCode, 404)
+  t.equal((await app.inject({ url: `/tasks/${uuid}` })).statusCode, 404, 'an anonymous request is no owner')
+  t.equal((await app.tasks.get(uuid))?.uuid, uuid, 'server code is not scoped')
+  const mine = await app.tasks.submit('hello', { name: 'y' }, { owner: 'ben' })
+  t.equal((await app.inject({ url: `/tasks/${mine.uuid}`, headers: { 'x-user': 'ben' } })).statusCode, 200, 'app.tasks.submit takes an owner')
+})
