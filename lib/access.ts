@@ -70,6 +70,11 @@ export class Access {
     }
   }
 
+  /** The auth hook for a route, or undefined when there are no strategies (no hook costs nothing). */
+  get hook (): ((request: FastifyRequest, reply: FastifyReply) => Promise<void>) | undefined {
+    return this.#authenticate === undefined ? undefined : this.authenticate
+  }
+
   /** Runs the auth strategies; rejects with their error, made a 401 when it has no status. */
   authenticate = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const handler = this.#authenticate
@@ -85,6 +90,11 @@ export class Access {
         reject(error)
       })
     })
+  }
+
+  /** Whether an authorize option is set. */
+  get authorizes (): boolean {
+    return this.#options.authorize !== undefined
   }
 
   /** Whether an owner option is set. */

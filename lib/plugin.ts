@@ -58,21 +58,29 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     streamToken: () => { throw new Error('fastify-task-api is not ready yet') },
   }
   app.decorate('tasks', api)
-  if (!app.hasDecorator('websocketServer')) {
-    await app.register(websocket, {
-      options: { maxPayload: normalized.streams.maxPayload },
-      // A client's garbage (bad frames, oversized payloads) is the client's problem: log it quietly.
-      errorHandler: (err, socket, request) => {
-        request.log.info({ err }, 'fastify-task-api: websocket error')
-        socket.terminate()
-      },
-    })
-  }
   if (normalized.access.auth !== undefined && !app.hasDecorator('auth')) await app.register(fastifyAuth)
   const access = new Access(app, normalized.access)
   api.streamToken = (uuid, ttl) => access.token(uuid, ttl)
   registerRoutes(app, service, access, normalized.prefix)
-  registerStreams(app, service, access, normalized.prefix, { ...normalized.streams, progressInterval: normalized.progressInterval })
+  const streamOptions = { ...normalized.streams, progressInterval: normalized.progressInterval }
+  if (app.hasDecorator('websocketServer')) {
+    // The app registered @fastify/websocket itself: use it.
+    registerStreams(app, service, access, normalized.prefix, streamOptions)
+  } else {
+    // Registered in a context of its own, so that its onRequest and onResponse hooks run
+    // for the event routes only, not for every route of the app.
+    await app.register(async (streams) => {
+      await streams.register(websocket, {
+        options: { maxPayload: normalized.streams.maxPayload },
+        // A client's garbage (bad frames, oversized payloads) is the client's problem: log it quietly.
+        errorHandler: (err, socket, request) => {
+          request.log.info({ err }, 'fastify-task-api: websocket error')
+          socket.terminate()
+        },
+      })
+      registerStreams(streams, service, access, normalized.prefix, streamOptions)
+    })
+  }
 }
 
 /**

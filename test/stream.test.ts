@@ -5,7 +5,10 @@ import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
 import type { TaskApiOptions } from '../lib/index.js'
-import { build, fixture } from './helpers.js'
+import websocket from '@fastify/websocket'
+import Fastify from 'fastify'
+import taskApi from '../lib/index.js'
+import { build, childExecArgv, fixture } from './helpers.js'
 
 // Real sockets on 127.0.0.1: the `ws` client and a raw HTTP client for SSE.
 
@@ -93,8 +96,12 @@ t.test('an unknown or malformed uuid: the upgrade is refused with 404', async (t
   }
 })
 
-t.test('app.injectWS reaches the same stream', async (t) => {
-  const { app } = await serve(t)
+t.test('an app that registered @fastify/websocket itself: app.injectWS reaches the same stream', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(websocket)
+  await app.register(taskApi, { tasks: [fixture('stream.ts')], concurrency: 1, execArgv: childExecArgv })
+  await app.ready()
   const task = await app.tasks.submit('steps', { steps: 1, delay: 1 })
   await app.tasks.wait(task.uuid)
   let first: (data: Buffer) => void = () => {}
