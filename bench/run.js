@@ -3,7 +3,7 @@
 // Targets are not asserted: each line gets a verdict, the process exits 0 either way.
 import { fork } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
-import os from 'node:os'
+import { createReport, fmt, pass, percentile } from './report.js'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
 import Fastify from 'fastify'
@@ -25,23 +25,10 @@ if (typeof global.gc !== 'function') {
   process.exit(1)
 }
 
-const rows = []
-const notes = []
-const started = performance.now()
+const report = createReport()
+const { row, notes } = report
 
-function row (metric, result, target, verdict) {
-  rows.push({ metric, result, target, verdict })
-  console.error(`  ${metric}: ${result} (target ${target}) ${verdict}`)
-}
 
-const fmt = (n, digits = 0) => n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
-const pass = ok => ok ? 'PASS' : 'MISS'
-
-function percentile (sorted, p) {
-  if (sorted.length === 0) return NaN
-  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p / 100 * sorted.length) - 1))
-  return sorted[index]
-}
 
 async function newApp (options = {}) {
   const app = Fastify({ logger: false })
@@ -302,15 +289,6 @@ async function benchMemory () {
 
 // ---------------------------------------------------------------------------
 
-const cpus = os.cpus()
-const machine = [
-  `CPU: ${cpus[0]?.model ?? 'unknown'} x ${cpus.length} cores`,
-  `Node ${process.version} on ${os.type()} ${os.release()} (${os.arch()})`,
-  `Memory: ${fmt(os.totalmem() / 1024 ** 3, 1)} GB total`,
-  `Load average at start: ${os.loadavg().map(n => n.toFixed(2)).join(', ')}`,
-  `Date: ${new Date().toISOString()}`,
-]
-for (const line of machine) console.error(line)
 
 // `node --expose-gc bench/run.js http latency` runs only the steps named (http, latency,
 // throughput, spin, memory); no argument runs them all.
@@ -325,23 +303,7 @@ for (const step of steps) {
   }
 }
 
-const header = ['metric', 'result', 'target', 'verdict']
-const table = [
-  `| ${header.join(' | ')} |`,
-  `| ${header.map(() => '---').join(' | ')} |`,
-  ...rows.map(r => `| ${r.metric} | ${r.result} | ${r.target} | ${r.verdict} |`),
-]
-const output = [
-  '# fastify-task-api benchmarks',
-  '',
-  ...machine.map(line => `- ${line}`),
-  '',
-  ...table,
-  '',
-  ...notes.map(note => `- ${note}`),
-  `- Total bench time: ${fmt((performance.now() - started) / 1000, 1)} s.`,
-  '',
-].join('\n')
+const output = report.markdown('fastify-task-api benchmarks')
 
 console.log('\n' + output)
 await mkdir(new URL('./results/', import.meta.url), { recursive: true })

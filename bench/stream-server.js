@@ -19,11 +19,15 @@
 //   { type: 'loop', reset }            -> { delay }          event-loop delay percentiles (ms)
 //                                                            since the last reset
 import { monitorEventLoopDelay } from 'node:perf_hooks'
+import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import taskApi from 'fastify-task-api'
 import { serve } from './serve.js'
 
 const app = Fastify({ logger: false })
+// Registered here, before the plugin, so that this script can reach app.websocketServer
+// (to trace sends); the plugin then uses it, with its own maxPayload default.
+await app.register(websocket, { options: { maxPayload: 4096 } })
 await app.register(taskApi, {
   tasks: [new URL('./stream-tasks.js', import.meta.url)],
   concurrency: Number(process.env.BENCH_CONCURRENCY ?? 2),

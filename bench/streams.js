@@ -6,6 +6,7 @@
 import { fork } from 'node:child_process'
 import { mkdir, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
+import { createReport, fmt, pass, percentile } from './report.js'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
@@ -32,29 +33,16 @@ if (typeof global.gc !== 'function') {
   process.exit(1)
 }
 
-const rows = []
-const notes = []
-const started = performance.now()
+const report = createReport()
+const { row, notes } = report
 const servers = new Set()
 const ownLoop = monitorEventLoopDelay({ resolution: 5 })
 ownLoop.enable()
 
-function row (metric, result, target, verdict) {
-  rows.push({ metric, result, target, verdict })
-  console.error(`  ${metric}: ${result} (target ${target}) ${verdict}`)
-}
-
-const fmt = (n, digits = 0) => n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
-const pass = ok => ok ? 'PASS' : 'MISS'
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 /** Wall-clock ms with sub-ms resolution; the tasks stamp progress with the same clock. */
 const now = () => performance.timeOrigin + performance.now()
 
-function percentile (sorted, p) {
-  if (sorted.length === 0) return NaN
-  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p / 100 * sorted.length) - 1))
-  return sorted[index]
-}
 
 function summary (values) {
   const sorted = Float64Array.from(values).sort()
@@ -517,15 +505,6 @@ async function benchIdle (endpoint) {
 
 // ---------------------------------------------------------------------------
 
-const cpus = os.cpus()
-const machine = [
-  `CPU: ${cpus[0]?.model ?? 'unknown'} x ${cpus.length} cores`,
-  `Node ${process.version} on ${os.type()} ${os.release()} (${os.arch()})`,
-  `Memory: ${fmt(os.totalmem() / 1024 ** 3, 1)} GB total`,
-  `Load average at start: ${os.loadavg().map(n => n.toFixed(2)).join(', ')}`,
-  `Date: ${new Date().toISOString()}`,
-]
-for (const line of machine) console.error(line)
 
 const watchdog = setTimeout(() => {
   console.error(`streams bench: still running after ${config.watchdog / 1000} s; killing the servers and exiting`)
@@ -571,24 +550,7 @@ if (want('idle')) {
   for (const endpoint of config.idle.endpoints) await step(`idle ${endpoint}`, () => benchIdle(endpoint))
 }
 
-const header = ['metric', 'result', 'target', 'verdict']
-const table = [
-  `| ${header.join(' | ')} |`,
-  `| ${header.map(() => '---').join(' | ')} |`,
-  ...rows.map(r => `| ${r.metric} | ${r.result} | ${r.target} | ${r.verdict} |`),
-]
-const output = [
-  '# fastify-task-api stream benchmarks',
-  '',
-  ...machine.map(line => `- ${line}`),
-  `- progressInterval ${PROGRESS_INTERVAL} ms; server (bench/stream-server.js) forked, 2 pool children; clients (\`ws\`) in the bench process; 127.0.0.1`,
-  '',
-  ...table,
-  '',
-  ...notes.map(note => `- ${note}`),
-  `- Total bench time: ${fmt((performance.now() - started) / 1000, 1)} s.`,
-  '',
-].join('\n')
+const output = report.markdown('fastify-task-api stream benchmarks', [`progressInterval ${PROGRESS_INTERVAL} ms; server (bench/stream-server.js) forked, 2 pool children; clients (\`ws\`) in the bench process; 127.0.0.1`])
 
 console.log('\n' + output)
 await writeFile(new URL('./results/streams.md', import.meta.url), output)
