@@ -52,6 +52,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     names,
     submit: (task, inputs, options) => service.submit(task, inputs, options),
     get: uuid => service.get(uuid),
+    snapshot: uuid => service.snapshot(uuid),
     subscribe: (uuid, listener) => service.subscribe(uuid, listener),
     wait: uuid => service.wait(uuid),
     stats: () => service.stats(),

@@ -35,11 +35,14 @@ export interface TaskStats {
 interface ActiveTask {
   registered: RegisteredTask
   seq: number
-  /** Store writes for one task happen one after another, in the order the runner reported them. */
-  chain: Promise<void>
+  /**
+   * Store writes for one task happen one after another, in the order the runner
+   * reported them: steps wait here while one runs. `draining` settles when the queue is
+   * empty. (A queue drained by one async loop costs far fewer promises than a chain.)
+   */
+  steps: Array<[(active: ActiveTask) => Promise<void>, boolean]>
+  draining: Promise<void> | undefined
 }
-
-const settled = Promise.resolve()
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
 
@@ -154,7 +157,7 @@ export class TaskService {
     }
     await this.#store.create(record)
     const created = toState(record)
-    this.#active.set(record.uuid, { registered, seq: 0, chain: settled })
+    this.#active.set(record.uuid, { registered, seq: 0, steps: [], draining: undefined })
     this.#runner.enqueue({ uuid: record.uuid, task: record.task, inputs })
     return created
   }
@@ -241,7 +244,7 @@ export class TaskService {
     for (const job of dropped) {
       this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'the server closed before the task ran' }, false), true)
     }
-    await Promise.all([...this.#active.values()].map(active => active.chain))
+    await Promise.all([...this.#active.values()].map(active => active.draining))
     this.#history.clear()
     await this.#store.close?.()
   }
@@ -249,12 +252,23 @@ export class TaskService {
   #apply (uuid: string, step: (active: ActiveTask) => Promise<void>, last = false): void {
     const active = this.#active.get(uuid)
     if (active === undefined) return
-    active.chain = active.chain.then(() => step(active)).catch((err: unknown) => {
-      this.#log.error({ err, uuid }, 'fastify-task-api: could not record a task event')
-    })
-    if (last) {
-      void active.chain.then(() => this.#active.delete(uuid))
+    active.steps.push([step, last])
+    active.draining ??= this.#drain(uuid, active)
+  }
+
+  async #drain (uuid: string, active: ActiveTask): Promise<void> {
+    let next = active.steps.shift()
+    while (next !== undefined) {
+      const [step, last] = next
+      try {
+        await step(active)
+      } catch (err) {
+        this.#log.error({ err, uuid }, 'fastify-task-api: could not record a task event')
+      }
+      if (last) this.#active.delete(uuid)
+      next = active.steps.shift()
     }
+    active.draining = undefined
   }
 
   async #started (uuid: string): Promise<void> {

@@ -19,6 +19,12 @@ export interface TaskApi {
    * the function that stops it. Each event carries the task's seq.
    */
   subscribe (uuid: string, listener: TaskListener): () => void
+  /**
+   * The task's state with the seq of the last event it reflects, or undefined. To follow
+   * a task without missing anything: subscribe, then take the snapshot, then drop the
+   * events whose seq the snapshot covers.
+   */
+  snapshot (uuid: string): Promise<{ seq: number, task: TaskState } | undefined>
   /** Resolves with the task's final state once it has succeeded or failed. */
   wait (uuid: string): Promise<TaskState>
   /** How many tasks wait for a worker and how many run. */

@@ -157,6 +157,8 @@ t.test('works on a server that ignores trailing slashes', async (t) => {
 t.test('app.tasks: submit, get, wait, subscribe, stats, names', async (t) => {
   const app = await build(t)
   t.same([...app.tasks.names].sort(), ['bad-output', 'crash', 'hello', 'multi', 'no-outputs', 'raises', 'seed-task', 'sleep'])
+  // The one child is busy, so the task is still pending when we subscribe: we see every event.
+  const blocker = await app.tasks.submit('sleep', { ms: 200 })
   const created = await app.tasks.submit('hello', { name: 'api', count: '3' })
   t.equal(created.status, 'pending')
   const events: string[] = []
@@ -175,6 +177,9 @@ t.test('app.tasks: submit, get, wait, subscribe, stats, names', async (t) => {
   t.equal(events.filter(type => type === 'message').length, 3)
   t.same(seqs, seqs.map((_, i) => i + 1), 'seq counts up from 1 without gaps')
   t.same(await app.tasks.get(created.uuid), done)
+  t.same(await app.tasks.snapshot(created.uuid), { seq: seqs.at(-1), task: done }, 'the snapshot carries the last seq')
+  t.equal(await app.tasks.snapshot('3f2a1b6e-8c4d-4e5f-9a0b-1c2d3e4f5a6b'), undefined)
+  await app.tasks.wait(blocker.uuid)
   t.equal(await app.tasks.get('3f2a1b6e-8c4d-4e5f-9a0b-1c2d3e4f5a6b'), undefined)
   t.same(app.tasks.stats(), { queued: 0, running: 0 })
   await t.rejects(app.tasks.submit('nope'), { code: 'FST_TASK_API_TASK_UNKNOWN', statusCode: 400 })
