@@ -232,6 +232,7 @@ async function benchSpin () {
     let progressEvents = 0
     let runningAt
     let finishedAt
+    const submittedAt = performance.now()
     const record = await app.tasks.submit('spin', { calls })
     const unsubscribe = app.tasks.subscribe(record.uuid, (event) => {
       if (event.type === 'progress') progressEvents++
@@ -243,8 +244,9 @@ async function benchSpin () {
     if (final.status !== 'succeeded') throw new Error(`spin task ${final.status}: ${final.error}`)
     const perSecond = final.outputs.perSecond
     const loopMs = calls / perSecond * 1000
-    // The run as the parent saw it: from the "running" status to the final status.
-    const runMs = (finishedAt ?? performance.now()) - (runningAt ?? 0)
+    // The run as the parent saw it: from the "running" status (or the submit, when the
+    // task was already running by the time we subscribed) to the final status.
+    const runMs = (finishedAt ?? performance.now()) - (runningAt ?? submittedAt)
     const bound = Math.ceil(runMs / PROGRESS_INTERVAL) + 2
     row(`setProgress calls/s inside the child (${fmt(calls)} calls)`, `${fmt(perSecond)} /s`, '>= 5,000,000 /s', pass(perSecond >= 5_000_000))
     row('setProgress IPC updates', `${progressEvents} for a ${fmt(runMs)} ms run (bound ${bound})`, `<= ${bound}`, pass(progressEvents <= bound))
