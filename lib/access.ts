@@ -12,8 +12,8 @@ export type AuthStrategy = (request: FastifyRequest, reply: FastifyReply, done: 
 
 /** What `authorize` is asked about. */
 export interface AuthorizeContext {
-  /** `submit` for POST /tasks; `read` for fetching, listing and following a task. */
-  action: 'submit' | 'read'
+  /** `submit` for POST /tasks; `read` for fetching, listing and following a task; `cancel`. */
+  action: 'submit' | 'read' | 'cancel'
   /** The task's name. */
   task: string
   /** The converted inputs (of the submission, or of the stored task). */
@@ -118,11 +118,11 @@ export class Access {
    * Whether the request may read the task: another owner's task and a missing one get
    * the very same 404; a permission refusal gets 403.
    */
-  async visible (request: FastifyRequest, uuid: string, record: Readonly<TaskRecord> | undefined): Promise<Visibility> {
+  async visible (request: FastifyRequest, uuid: string, record: Readonly<TaskRecord> | undefined, action: 'read' | 'cancel' = 'read'): Promise<Visibility> {
     if (record === undefined || (this.scoped && record.owner !== await this.ownerOf(request))) {
       return { ok: false, error: new FST_TASK_API_TASK_NOT_FOUND(uuid) }
     }
-    if (!await this.authorize(request, { action: 'read', task: record.task, inputs: record.inputs, record })) {
+    if (!await this.authorize(request, { action, task: record.task, inputs: record.inputs, record })) {
       return { ok: false, error: new FST_TASK_API_FORBIDDEN() }
     }
     return { ok: true, record }

@@ -61,6 +61,10 @@ export const FST_TASK_API_ORIGIN_FORBIDDEN = createError<[string]>(
 export const FST_TASK_API_TOKEN_INVALID = createError(
   'FST_TASK_API_TOKEN_INVALID', 'the stream token is invalid or expired', 401)
 
+/** `maxQueued` tasks already wait: try again later (the answer carries Retry-After). */
+export const FST_TASK_API_QUEUE_FULL = createError<[number]>(
+  'FST_TASK_API_QUEUE_FULL', 'too many tasks waiting (at most %d): try again later', 429)
+
 /** Every error code, for documentation and tests. */
 export const codes = {
   FST_TASK_API_OPT_INVALID,
@@ -77,4 +81,5 @@ export const codes = {
   FST_TASK_API_FORBIDDEN,
   FST_TASK_API_ORIGIN_FORBIDDEN,
   FST_TASK_API_TOKEN_INVALID,
+  FST_TASK_API_QUEUE_FULL,
 } as const

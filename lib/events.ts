@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import type { TaskState, TaskStatus } from './store/types.js'
+import { statuses, type TaskState, type TaskStatus } from './store/types.js'
 
 /*
  * The events a task emits, as clients receive them. Each carries the task's `seq`,
@@ -10,7 +10,7 @@ import type { TaskState, TaskStatus } from './store/types.js'
 // serializes a multi-type field directly, but runs a validator per value for anyOf.
 const nullable = <T>(type: 'number' | 'string') => Type.Unsafe<T | null>({ type: [type, 'null'] })
 
-export const TaskStatusSchema = Type.Unsafe<TaskStatus>({ type: 'string', enum: ['pending', 'running', 'succeeded', 'failed'] })
+export const TaskStatusSchema = Type.Unsafe<TaskStatus>({ type: 'string', enum: [...statuses] })
 
 export const TaskStateSchema = Type.Object({
   uuid: Type.String(),

@@ -51,6 +51,24 @@ export interface TaskApiOptions extends AccessOptions {
   env?: NodeJS.ProcessEnv
   /** Limits and timings of the WebSocket and SSE event streams. */
   streams?: StreamOptions
+  /**
+   * Default milliseconds a task may run (a task's own `timeout` wins); past it the task's
+   * signal is aborted, then its process stopped, and it ends `failed`. 0: no limit.
+   * @default 0
+   */
+  timeout?: number
+  /**
+   * Milliseconds between aborting a cancelled or timed-out task's signal and stopping its
+   * child process (SIGTERM, then SIGKILL 2 s later).
+   * @default 5000
+   */
+  cancelGrace?: number
+  /**
+   * Most tasks waiting for a worker; past it, submit answers 429 with Retry-After and
+   * creates nothing. 0: no bound.
+   * @default 0
+   */
+  maxQueued?: number
 }
 
 /** Options after checking, with every default filled in. */
@@ -65,10 +83,11 @@ export interface NormalizedOptions {
   env: NodeJS.ProcessEnv | undefined
   streams: NormalizedStreamOptions
   access: AccessOptions
+  execution: { timeout: number, cancelGrace: number, maxQueued: number }
 }
 
 const known = new Set(['tasks', 'prefix', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
-  'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens'])
+  'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -110,7 +129,14 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   if (env !== undefined && (typeof env !== 'object' || env === null || Array.isArray(env))) {
     throw new FST_TASK_API_OPT_INVALID('env', 'an object of environment variables', describe(env))
   }
+  const execution = { timeout: options.timeout ?? 0, cancelGrace: options.cancelGrace ?? 5000, maxQueued: options.maxQueued ?? 0 }
+  for (const [name, value] of Object.entries(execution)) {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+      throw new FST_TASK_API_OPT_INVALID(name, 'an integer, 0 or more', describe(value))
+    }
+  }
   return {
+    execution,
     access: normalizeAccess(options),
     streams: normalizeStreams(options.streams),
     modules: tasks.map((location, index) => moduleUrl(location, index)),

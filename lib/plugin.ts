@@ -38,6 +38,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     runner,
     log,
     history: { size: normalized.streams.historySize, ttl: normalized.streams.historyTtl },
+    execution: normalized.execution,
   })
   try {
     await service.start()
@@ -55,6 +56,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     snapshot: uuid => service.snapshot(uuid),
     subscribe: (uuid, listener) => service.subscribe(uuid, listener),
     wait: uuid => service.wait(uuid),
+    cancel: uuid => service.cancel(uuid),
     stats: () => service.stats(),
     streamToken: () => { throw new Error('fastify-task-api is not ready yet') },
   }

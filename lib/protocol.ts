@@ -18,6 +18,8 @@ export interface ProgressUpdate {
 /** Parent -> child. */
 export type ParentMessage =
   | { type: 'run', id: string, task: string, inputs: Record<string, unknown> }
+  /** Abort the running task's signal (cancel or timeout); the parent escalates if it does not end. */
+  | { type: 'abort', id: string }
 
 /** Child -> parent. */
 export type ChildMessage =
@@ -70,5 +72,6 @@ export function isChildMessage (value: unknown): value is ChildMessage {
 /** Checks the shape of a message received from the parent. */
 export function isParentMessage (value: unknown): value is ParentMessage {
   if (!isObject(value)) return false
+  if (value.type === 'abort') return typeof value.id === 'string'
   return value.type === 'run' && typeof value.id === 'string' && typeof value.task === 'string' && isObject(value.inputs)
 }

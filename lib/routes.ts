@@ -4,7 +4,7 @@ import { FST_TASK_API_BODY_INVALID, FST_TASK_API_TASK_UNKNOWN } from './errors.j
 import type { Access } from './access.js'
 import { FST_TASK_API_FORBIDDEN } from './errors.js'
 import { toState, type TaskService } from './service.js'
-import type { TaskStatus } from './store/types.js'
+import { statuses, type TaskStatus } from './store/types.js'
 import { describe } from './task.js'
 
 interface Submission {
@@ -73,8 +73,13 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
           throw new FST_TASK_API_FORBIDDEN()
         }
         const owner = access.scoped ? await access.ownerOf(request) : null
-        const state = await service.submitChecked(service.task(task) as NonNullable<ReturnType<TaskService['task']>>, inputs, { owner })
-        return reply.code(201).send(state)
+        try {
+          const state = await service.submitChecked(service.task(task) as NonNullable<ReturnType<TaskService['task']>>, inputs, { owner })
+          return await reply.code(201).send(state)
+        } catch (err) {
+          if ((err as { code?: string }).code === 'FST_TASK_API_QUEUE_FULL') void reply.header('retry-after', '1')
+          throw err
+        }
       },
     })
   }
@@ -93,6 +98,24 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
         const visible = await access.visible(request, uuid, await service.record(uuid))
         if (!visible.ok) throw visible.error
         return toState(visible.record)
+      },
+    })
+  }
+
+  for (const url of paths(app, `${prefix}/:uuid/cancel`)) {
+    app.route<{ Params: { uuid: string } }>({
+      method: 'POST',
+      url,
+      schema: {
+        params: { type: 'object', properties: { uuid: { type: 'string' } } },
+        response: { 200: TaskStateSchema, '4xx': errorSchema },
+      },
+      ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
+      handler: async (request) => {
+        const { uuid } = request.params
+        const visible = await access.visible(request, uuid, await service.record(uuid), 'cancel')
+        if (!visible.ok) throw visible.error
+        return await service.cancel(uuid) ?? toState(visible.record)
       },
     })
   }
@@ -128,7 +151,7 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
         querystring: {
           type: 'object',
           properties: {
-            status: { type: 'string', enum: ['pending', 'running', 'succeeded', 'failed'] },
+            status: { type: 'string', enum: [...statuses] },
             task: { type: 'string' },
             limit: { type: 'integer', minimum: 1, maximum: 1000, default: 50 },
           },

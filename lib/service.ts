@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { EventBus, EventHistory, type TaskEvent, type TaskListener } from './events.js'
 import {
   FST_TASK_API_INPUT_INVALID,
+  FST_TASK_API_QUEUE_FULL,
   FST_TASK_API_RUNNER_CLOSED,
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_TASK_UNKNOWN,
@@ -42,6 +43,19 @@ interface ActiveTask {
    */
   steps: Array<[(active: ActiveTask) => Promise<void>, boolean]>
   draining: Promise<void> | undefined
+  /** Why the task is being stopped, once it is: its final status follows from it. */
+  stopping?: { reason: 'cancel' } | { reason: 'timeout', ms: number }
+  timer?: NodeJS.Timeout
+}
+
+/** Execution limits of the service. */
+export interface ExecutionOptions {
+  /** Default milliseconds a run may take (a task's own `timeout` wins); 0: none. */
+  timeout: number
+  /** Milliseconds between aborting a task's signal and stopping its process. */
+  cancelGrace: number
+  /** Most tasks waiting for a worker; past it submit answers 429. 0: no bound. */
+  maxQueued: number
 }
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
@@ -76,6 +90,7 @@ export class TaskService {
   readonly #bus = new EventBus()
   readonly #history: EventHistory
   readonly #active = new Map<string, ActiveTask>()
+  readonly #execution: ExecutionOptions
   #closed = false
 
   constructor (options: {
@@ -85,7 +100,9 @@ export class TaskService {
     log: ServiceLogger
     /** Events kept per followed task for reconnecting clients, and for how long after it ends. */
     history?: { size: number, ttl: number }
+    execution?: Partial<ExecutionOptions>
   }) {
+    this.#execution = { timeout: 0, cancelGrace: 5000, maxQueued: 0, ...options.execution }
     this.#history = new EventHistory(options.history?.size ?? 0, options.history?.ttl ?? 0)
     this.#registry = options.registry
     this.#store = options.store
@@ -139,6 +156,8 @@ export class TaskService {
    */
   async submitChecked (registered: RegisteredTask, inputs: Record<string, unknown>, options: SubmitOptions = {}): Promise<TaskState> {
     if (this.#closed) throw new FST_TASK_API_RUNNER_CLOSED()
+    const { maxQueued } = this.#execution
+    if (maxQueued > 0 && this.#runner.queued >= maxQueued) throw new FST_TASK_API_QUEUE_FULL(maxQueued)
     const record: TaskRecord = {
       uuid: randomUUID(),
       task: registered.name,
@@ -210,7 +229,30 @@ export class TaskService {
     return this.#history.since(uuid, seq)
   }
 
-  /** Resolves with the task's final state once it has succeeded or failed. */
+  /**
+   * Cancels a task. A pending one leaves the queue at once; a running one has its signal
+   * aborted, and its process is stopped if it has not ended after `cancelGrace`; either
+   * way it ends `cancelled`. A finished task is left as it is. Resolves with the task's
+   * state after the request (a running task is still `running` then), or undefined.
+   */
+  async cancel (uuid: string): Promise<TaskState | undefined> {
+    const record = await this.record(uuid)
+    if (record === undefined) return undefined
+    const active = this.#active.get(uuid)
+    if (active === undefined || finalStatuses.has(record.status)) return toState(record)
+    this.#stop(uuid, active, { reason: 'cancel' })
+    await active.draining
+    return this.get(uuid)
+  }
+
+  #stop (uuid: string, active: ActiveTask, why: NonNullable<ActiveTask['stopping']>): void {
+    if (active.stopping !== undefined) return
+    active.stopping = why
+    const outcome = this.#runner.abort(uuid, this.#execution.cancelGrace)
+    if (outcome === 'dequeued') this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false), true)
+  }
+
+  /** Resolves with the task's final state once it has succeeded, failed or been cancelled. */
   async wait (uuid: string): Promise<TaskState> {
     let unsubscribe: (() => void) | undefined
     const ended = new Promise<TaskState>((resolve) => {
@@ -274,6 +316,8 @@ export class TaskService {
   async #started (uuid: string): Promise<void> {
     const active = this.#active.get(uuid) as ActiveTask
     const seq = ++active.seq
+    const timeout = active.registered.task.timeout ?? this.#execution.timeout
+    if (timeout > 0) active.timer = setTimeout(() => this.#stop(uuid, active, { reason: 'timeout', ms: timeout }), timeout)
     await this.#write(uuid, { status: 'running', started: new Date().toISOString(), seq })
     this.#publish({ type: 'status', uuid, seq, status: 'running' })
   }
@@ -299,9 +343,14 @@ export class TaskService {
 
   async #finished (uuid: string, result: JobResult, log = true): Promise<void> {
     const active = this.#active.get(uuid) as ActiveTask
-    const { registered } = active
+    const { registered, stopping } = active
+    clearTimeout(active.timer)
     let patch: RecordPatch
-    if (result.ok) {
+    if (stopping?.reason === 'cancel') {
+      patch = { status: 'cancelled' }
+    } else if (stopping?.reason === 'timeout') {
+      patch = { status: 'failed', error: `timed out after ${stopping.ms} ms` }
+    } else if (result.ok) {
       const outputs = this.#outputs(registered, result.value)
       patch = 'error' in outputs
         ? { status: 'failed', error: outputs.error }

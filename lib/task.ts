@@ -51,6 +51,12 @@ export interface TaskOptions<I extends TProperties, O extends TProperties> {
   inputs?: I
   /** The output schemas, keyed by output name. */
   outputs?: O
+  /**
+   * Milliseconds a run may take; past it the task's signal is aborted, then its process
+   * is stopped, and it ends `failed` with `timed out after N ms`. Overrides the plugin's
+   * `timeout` option.
+   */
+  timeout?: number
   /** The task's code. Sync or async. */
   run (inputs: TaskInputs<I>, task: TaskContext): TaskResult<O> | Promise<TaskResult<O>>
 }
@@ -61,6 +67,7 @@ export interface TaskDefinition<I extends TProperties = TProperties, O extends T
   readonly name: string
   readonly inputs: I
   readonly outputs: O
+  readonly timeout: number | undefined
   run (inputs: TaskInputs<I>, task: TaskContext): TaskResult<O> | Promise<TaskResult<O>>
 }
 
@@ -87,6 +94,7 @@ export function defineTask<const I extends TProperties = {}, const O extends TPr
     name: options.name,
     inputs: options.inputs ?? ({} as I),
     outputs: options.outputs ?? ({} as O),
+    timeout: options.timeout,
     run: options.run,
   })
 }
@@ -112,6 +120,8 @@ export abstract class Task {
   inputs: TProperties = {}
   /** The output schemas, keyed by output name. */
   outputs: TProperties = {}
+  /** Milliseconds a run may take; see {@link TaskOptions.timeout}. */
+  timeout: number | undefined = undefined
   declare [kContext]?: TaskContext
 
   /** The task's code; receives the converted inputs. */
@@ -144,6 +154,7 @@ export interface LoadedTask {
   name: string
   inputs: TProperties
   outputs: TProperties
+  timeout: number | undefined
   /** Runs the task once with converted inputs. */
   invoke (inputs: Record<string, unknown>, context: TaskContext): unknown
 }
@@ -172,6 +183,7 @@ export function loadTask (exported: unknown, exportName: string): LoadedTask {
       name: probe.name,
       inputs: probe.inputs ?? {},
       outputs: probe.outputs ?? {},
+      timeout: probe.timeout,
       invoke (inputs, context) {
         const instance = new Ctor()
         instance[kContext] = context
@@ -185,11 +197,15 @@ export function loadTask (exported: unknown, exportName: string): LoadedTask {
     name: definition.name,
     inputs: definition.inputs,
     outputs: definition.outputs,
+    timeout: definition.timeout,
     invoke: (inputs, context) => definition.run(inputs as never, context),
   }
 }
 
-function checkShape (task: { name: unknown, inputs: unknown, outputs: unknown, run: unknown }, exportName: string): void {
+function checkShape (task: { name: unknown, inputs: unknown, outputs: unknown, run: unknown, timeout?: unknown }, exportName: string): void {
+  if (task.timeout !== undefined && !(typeof task.timeout === 'number' && Number.isInteger(task.timeout) && task.timeout > 0)) {
+    throw new Error(`export "${exportName}": timeout must be a positive number of milliseconds, got ${describe(task.timeout)}`)
+  }
   if (typeof task.name !== 'string' || task.name.length === 0) {
     throw new Error(`export "${exportName}": name must be a non-empty string, got ${describe(task.name)}`)
   }

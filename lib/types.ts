@@ -25,7 +25,13 @@ export interface TaskApi {
    * events whose seq the snapshot covers.
    */
   snapshot (uuid: string): Promise<{ seq: number, task: TaskState } | undefined>
-  /** Resolves with the task's final state once it has succeeded or failed. */
+  /**
+   * Cancels a task: a pending one at once, a running one through its signal, then its
+   * process after `cancelGrace`; it ends `cancelled`. A finished task is left as it is.
+   * Resolves with the state after the request, or undefined for an unknown uuid.
+   */
+  cancel (uuid: string): Promise<TaskState | undefined>
+  /** Resolves with the task's final state once it has succeeded, failed or been cancelled. */
   wait (uuid: string): Promise<TaskState>
   /** How many tasks wait for a worker and how many run. */
   stats (): TaskStats

@@ -11,6 +11,7 @@ const init = JSON.parse(process.argv[2] ?? '{}') as ChildInit
 const tasks = new Map<string, LoadedTask>()
 const loadErrors: string[] = []
 let current: string | undefined
+let controller: AbortController | undefined
 
 function send (message: ChildMessage, then?: () => void): void {
   if (process.send === undefined) return
@@ -35,8 +36,9 @@ async function load (): Promise<void> {
 async function run (message: Extract<ParentMessage, { type: 'run' }>): Promise<void> {
   const { id } = message
   current = id
+  controller = new AbortController()
   const task = tasks.get(message.task)
-  const context = new ReportingContext(id, new AbortController().signal, init.progressInterval,
+  const context = new ReportingContext(id, controller.signal, init.progressInterval,
     (update: ProgressUpdate) => send({ type: 'update', id, update }))
   try {
     if (task === undefined) {
@@ -56,6 +58,7 @@ async function run (message: Extract<ParentMessage, { type: 'run' }>): Promise<v
     send({ type: 'fail', id, ...errorText(err), update: context.finish() })
   } finally {
     current = undefined
+    controller = undefined
   }
 }
 
@@ -79,7 +82,9 @@ process.on('uncaughtException', fatal)
 process.on('disconnect', () => process.exit(0))
 
 process.on('message', (message: unknown) => {
-  if (isParentMessage(message)) void run(message)
+  if (!isParentMessage(message)) return
+  if (message.type === 'run') void run(message)
+  else if (message.id === current) controller?.abort(new Error('the task was cancelled'))
 })
 
 await load()

@@ -21,6 +21,9 @@ export class InlineRunner implements Runner {
   #events: RunnerEvents | undefined
   #running = 0
   #closing = false
+  readonly #controllers = new Map<string, AbortController>()
+  /** Jobs given up on after an abort's grace period: their late result is ignored. */
+  readonly #abandoned = new Set<string>()
 
   constructor (options: InlineRunnerOptions) {
     this.#options = options
@@ -38,6 +41,22 @@ export class InlineRunner implements Runner {
     this.#dispatch()
   }
 
+  abort (uuid: string, grace: number): 'dequeued' | 'aborting' | 'unknown' {
+    if (this.#queue.remove(job => job.uuid === uuid) !== undefined) return 'dequeued'
+    const controller = this.#controllers.get(uuid)
+    if (controller === undefined || controller.signal.aborted) return 'unknown'
+    controller.abort(new Error('the task was cancelled'))
+    // In this process nothing can be killed: past the grace period the task is given up
+    // on (it may still be running) and reported as ended.
+    setTimeout(() => {
+      if (!this.#controllers.has(uuid)) return
+      this.#abandoned.add(uuid)
+      this.#controllers.delete(uuid)
+      this.#events?.finished(uuid, { ok: false, error: 'the task did not stop after its signal was aborted' })
+    }, grace)
+    return 'aborting'
+  }
+
   async close (): Promise<Job[]> {
     this.#closing = true
     return this.#queue.drain()
@@ -53,20 +72,25 @@ export class InlineRunner implements Runner {
     const events = this.#events as RunnerEvents
     this.#running++
     events.started(job.uuid)
-    const context = new ReportingContext(job.uuid, new AbortController().signal, this.#options.progressInterval,
-      update => events.update(job.uuid, update))
+    const controller = new AbortController()
+    this.#controllers.set(job.uuid, controller)
+    const context = new ReportingContext(job.uuid, controller.signal, this.#options.progressInterval,
+      update => { if (!this.#abandoned.has(job.uuid)) events.update(job.uuid, update) })
+    const finish = (result: Parameters<RunnerEvents['finished']>[1]): void => {
+      this.#controllers.delete(job.uuid)
+      if (this.#abandoned.delete(job.uuid)) return
+      const update = context.finish()
+      if (update !== undefined) events.update(job.uuid, update)
+      events.finished(job.uuid, result)
+    }
     try {
       const task = this.#options.tasks.get(job.task)
       if (task === undefined) throw new Error(`task "${job.task}" is not registered`)
       const value = await task.invoke(job.inputs, context)
-      const update = context.finish()
-      if (update !== undefined) events.update(job.uuid, update)
-      events.finished(job.uuid, { ok: true, value: sendable(value) })
+      finish({ ok: true, value: sendable(value) })
     } catch (err) {
-      const update = context.finish()
-      if (update !== undefined) events.update(job.uuid, update)
       const error = err instanceof Error ? err : new Error(`a non-Error value was thrown: ${String(err)}`)
-      events.finished(job.uuid, { ok: false, error: error.message, stack: error.stack })
+      finish({ ok: false, error: error.message, stack: error.stack })
     } finally {
       this.#running--
       this.#dispatch()

@@ -32,6 +32,8 @@ interface Worker {
   child: ChildProcess
   ready: boolean
   job: Job | undefined
+  /** Escalation of an abort: SIGTERM after the grace period, then SIGKILL. */
+  abortTimers: NodeJS.Timeout[]
 }
 
 /**
@@ -73,6 +75,22 @@ export class ProcessPool implements Runner {
     this.#dispatch()
   }
 
+  abort (uuid: string, grace: number): 'dequeued' | 'aborting' | 'unknown' {
+    if (this.#queue.remove(job => job.uuid === uuid) !== undefined) return 'dequeued'
+    for (const worker of this.#workers) {
+      if (worker.job?.uuid !== uuid || worker.abortTimers.length > 0) continue
+      const message: ParentMessage = { type: 'abort', id: uuid }
+      worker.child.send(message, () => {})
+      // A task that ignores its signal, or never yields (while (true) {}), is ended for
+      // real: SIGTERM after the grace period, SIGKILL if it ignores that too.
+      worker.abortTimers.push(
+        setTimeout(() => worker.child.kill('SIGTERM'), grace).unref(),
+        setTimeout(() => worker.child.kill('SIGKILL'), grace + killGrace).unref())
+      return 'aborting'
+    }
+    return 'unknown'
+  }
+
   async close (): Promise<Job[]> {
     this.#closing = true
     const dropped = this.#queue.drain()
@@ -87,7 +105,7 @@ export class ProcessPool implements Runner {
       env: this.#options.env ?? process.env,
       serialization: 'json',
     })
-    const worker: Worker = { child, ready: false, job: undefined }
+    const worker: Worker = { child, ready: false, job: undefined, abortTimers: [] }
     this.#workers.add(worker)
     return new Promise((resolve, reject) => {
       child.on('message', (message: unknown) => {
@@ -108,6 +126,7 @@ export class ProcessPool implements Runner {
         this.#options.log?.warn({ err, pid: child.pid }, 'fastify-task-api: child process error')
       })
       child.once('exit', (code, signal) => {
+        clearAbort(worker)
         this.#workers.delete(worker)
         const index = this.#idle.indexOf(worker)
         if (index !== -1) this.#idle.splice(index, 1)
@@ -151,6 +170,7 @@ export class ProcessPool implements Runner {
       return
     }
     if (message.update !== undefined) events.update(job.uuid, message.update)
+    clearAbort(worker)
     worker.job = undefined
     this.#running--
     if (message.type === 'done') {
@@ -186,6 +206,11 @@ export class ProcessPool implements Runner {
       })
     }
   }
+}
+
+function clearAbort (worker: Worker): void {
+  for (const timer of worker.abortTimers) clearTimeout(timer)
+  worker.abortTimers = []
 }
 
 /** Ends a child: SIGTERM, then SIGKILL if it has not exited after a grace period. */

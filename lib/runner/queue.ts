@@ -25,6 +25,18 @@ export class Fifo<T> {
     return item
   }
 
+  /** Removes the first item matching; O(n), for the rare cancel of a queued job. */
+  remove (match: (item: T) => boolean): T | undefined {
+    for (let i = this.#head; i < this.#items.length; i++) {
+      const item = this.#items[i] as T
+      if (match(item)) {
+        this.#items.splice(i, 1)
+        return item
+      }
+    }
+    return undefined
+  }
+
   /** Empties the queue and returns what it held, in order. */
   drain (): T[] {
     const items = this.#items.slice(this.#head) as T[]

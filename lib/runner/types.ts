@@ -32,6 +32,13 @@ export interface Runner {
   readonly queued: number
   /** Jobs being run. */
   readonly running: number
+  /**
+   * Asks a job to stop: a queued one leaves the queue at once ('dequeued'); a running
+   * one has its signal aborted, and if it has not ended after `grace` ms its worker is
+   * stopped for real ('aborting': its `finished` event follows). 'unknown' when the
+   * runner does not hold it.
+   */
+  abort (uuid: string, grace: number): 'dequeued' | 'aborting' | 'unknown'
   /** Stops every worker. Jobs still queued are returned, so the caller can settle them. */
   close (): Promise<Job[]>
 }

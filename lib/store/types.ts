@@ -1,8 +1,11 @@
 /** A task's lifecycle. `pending` and `running` are live; the others are final. */
-export type TaskStatus = 'pending' | 'running' | 'succeeded' | 'failed'
+export type TaskStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled'
+
+/** Every status, in lifecycle order. */
+export const statuses: readonly TaskStatus[] = ['pending', 'running', 'succeeded', 'failed', 'cancelled']
 
 /** The statuses a task never leaves. */
-export const finalStatuses: ReadonlySet<TaskStatus> = new Set(['succeeded', 'failed'])
+export const finalStatuses: ReadonlySet<TaskStatus> = new Set(['succeeded', 'failed', 'cancelled'])
 
 /** A task as clients see it: what `GET /tasks/:uuid` answers. */
 export interface TaskState {
