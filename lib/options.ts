@@ -69,6 +69,12 @@ export interface TaskApiOptions extends AccessOptions {
    * @default 0
    */
   maxQueued?: number
+  /**
+   * Milliseconds `app.close()` waits for running tasks to finish; then they are
+   * cancelled. Queued tasks are cancelled at once.
+   * @default 10000
+   */
+  shutdownTimeout?: number
 }
 
 /** Options after checking, with every default filled in. */
@@ -83,11 +89,11 @@ export interface NormalizedOptions {
   env: NodeJS.ProcessEnv | undefined
   streams: NormalizedStreamOptions
   access: AccessOptions
-  execution: { timeout: number, cancelGrace: number, maxQueued: number }
+  execution: { timeout: number, cancelGrace: number, maxQueued: number, shutdownTimeout: number }
 }
 
 const known = new Set(['tasks', 'prefix', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
-  'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued'])
+  'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -129,7 +135,12 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   if (env !== undefined && (typeof env !== 'object' || env === null || Array.isArray(env))) {
     throw new FST_TASK_API_OPT_INVALID('env', 'an object of environment variables', describe(env))
   }
-  const execution = { timeout: options.timeout ?? 0, cancelGrace: options.cancelGrace ?? 5000, maxQueued: options.maxQueued ?? 0 }
+  const execution = {
+    timeout: options.timeout ?? 0,
+    cancelGrace: options.cancelGrace ?? 5000,
+    maxQueued: options.maxQueued ?? 0,
+    shutdownTimeout: options.shutdownTimeout ?? 10_000,
+  }
   for (const [name, value] of Object.entries(execution)) {
     if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
       throw new FST_TASK_API_OPT_INVALID(name, 'an integer, 0 or more', describe(value))

@@ -46,6 +46,8 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     await service.close()
     throw err
   }
+  // preClose: refuse submissions while in-flight requests finish; onClose: drain the tasks.
+  app.addHook('preClose', async () => service.stopAccepting())
   app.addHook('onClose', async () => service.close())
 
   const names = Object.freeze(service.taskNames)

@@ -56,6 +56,8 @@ export interface ExecutionOptions {
   cancelGrace: number
   /** Most tasks waiting for a worker; past it submit answers 429. 0: no bound. */
   maxQueued: number
+  /** Milliseconds `close()` waits for running tasks before cancelling them. */
+  shutdownTimeout: number
 }
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
@@ -91,6 +93,7 @@ export class TaskService {
   readonly #history: EventHistory
   readonly #active = new Map<string, ActiveTask>()
   readonly #execution: ExecutionOptions
+  #closing: Promise<void> | undefined
   #closed = false
 
   constructor (options: {
@@ -102,7 +105,7 @@ export class TaskService {
     history?: { size: number, ttl: number }
     execution?: Partial<ExecutionOptions>
   }) {
-    this.#execution = { timeout: 0, cancelGrace: 5000, maxQueued: 0, ...options.execution }
+    this.#execution = { timeout: 0, cancelGrace: 5000, maxQueued: 0, shutdownTimeout: 10_000, ...options.execution }
     this.#history = new EventHistory(options.history?.size ?? 0, options.history?.ttl ?? 0)
     this.#registry = options.registry
     this.#store = options.store
@@ -275,18 +278,43 @@ export class TaskService {
     return { queued: this.#runner.queued, running: this.#runner.running }
   }
 
-  /** Stops accepting tasks, stops the runner, and fails the tasks it never started. */
-  async close (): Promise<void> {
-    if (this.#closed) return
+  /** Refuses new submissions (503) from now on; called as the server starts closing. */
+  stopAccepting (): void {
     this.#closed = true
-    const dropped = await this.#runner.close()
-    if (dropped.length > 0) {
-      this.#log.warn({ count: dropped.length }, 'fastify-task-api: the server closed with tasks still queued; they are failed')
+  }
+
+  /**
+   * Graceful shutdown: refuses new submissions, cancels the tasks still queued, waits up
+   * to `shutdownTimeout` ms for the running ones, then cancels the rest and stops the
+   * runner. Every task ends in a final status; no process is left.
+   */
+  async close (): Promise<void> {
+    if (this.#closing !== undefined) return await this.#closing
+    this.#closed = true
+    this.#closing = this.#shutdown()
+    await this.#closing
+  }
+
+  async #shutdown (): Promise<void> {
+    const pending = [...this.#active.entries()].filter(([uuid, active]) =>
+      active.stopping === undefined && this.#runner.dequeue(uuid))
+    for (const [uuid, active] of pending) {
+      active.stopping = { reason: 'cancel' }
+      this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false), true)
     }
+    if (pending.length > 0) this.#log.warn({ count: pending.length }, 'fastify-task-api: closing: queued tasks are cancelled')
+    const deadline = Date.now() + this.#execution.shutdownTimeout
+    while (this.#runner.running > 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+    if (this.#runner.running > 0) {
+      this.#log.warn({ count: this.#runner.running }, 'fastify-task-api: closing: tasks still running after shutdownTimeout are cancelled')
+      for (const active of this.#active.values()) active.stopping ??= { reason: 'cancel' }
+    }
+    const dropped = await this.#runner.close()
     for (const job of dropped) {
-      this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'the server closed before the task ran' }, false), true)
+      this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'cancelled before it ran' }, false), true)
     }
     await Promise.all([...this.#active.values()].map(active => active.draining))
+    for (const active of this.#active.values()) clearTimeout(active.timer)
     this.#history.clear()
     await this.#store.close?.()
   }

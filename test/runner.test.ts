@@ -110,22 +110,22 @@ t.test('runner "inline" runs tasks in this process with the same task API', asyn
 t.test('app.close() ends every child: none left, no zombies', async (t) => {
   const before = childPids()
   const app = Fastify()
-  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 3, execArgv: childExecArgv })
+  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 3, execArgv: childExecArgv, shutdownTimeout: 200, cancelGrace: 100 })
   const pids = childPids().filter(pid => !before.includes(pid))
   t.equal(pids.length, 3, 'three children while open')
   const [running] = await Promise.all([1, 2, 3].map(() => app.tasks.submit('sleep', { ms: 30_000 })))
   const queued = await app.tasks.submit('sleep', { ms: 1 })
   if (running === undefined) throw new Error('unreachable')
   let finalRunning: string | undefined
-  app.tasks.subscribe(running.uuid, event => { if (event.type === 'status' && event.task) finalRunning = event.task.error ?? undefined })
+  app.tasks.subscribe(running.uuid, event => { if (event.type === 'status' && event.task) finalRunning = event.task.status })
   while ((await app.tasks.get(running.uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
   await app.close()
   t.same(childPids().filter(pid => pids.includes(pid)), [], 'no child left')
   t.same(zombiePids().filter(pid => pids.includes(pid)), [], 'no zombie left')
   for (const pid of pids) t.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, `process ${pid} is gone`)
-  t.equal(finalRunning, 'the server closed while the task was running', 'the running task did not stay running')
+  t.equal(finalRunning, 'cancelled', 'a task still running after shutdownTimeout is cancelled')
   t.equal(app.tasks.stats().running, 0)
-  t.equal((await app.tasks.get(queued.uuid))?.error, 'the server closed before the task ran', 'the queued task did not stay pending')
+  t.equal((await app.tasks.get(queued.uuid))?.status, 'cancelled', 'a queued task is cancelled')
   await t.rejects(app.tasks.submit('hello', { name: 'late' }), { code: 'FST_TASK_API_RUNNER_CLOSED', statusCode: 503 })
 })
 
@@ -140,4 +140,35 @@ t.test('children exit when the parent process dies', async (t) => {
   const alive = (): number[] => pids.filter(pid => { try { process.kill(pid, 0); return true } catch { return false } })
   while (alive().length > 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 50))
   t.same(alive(), [], 'no orphan outlives its parent')
+})
+
+t.test('graceful shutdown: running tasks finish, new submissions get 503', async (t) => {
+  const app = Fastify()
+  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 5000 })
+  const running = await app.tasks.submit('sleep', { ms: 300 })
+  while ((await app.tasks.get(running.uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
+  const closing = app.close()
+  await new Promise(resolve => setImmediate(resolve))
+  await t.rejects(app.tasks.submit('hello', { name: 'late' }), { code: 'FST_TASK_API_RUNNER_CLOSED', statusCode: 503 })
+  await closing
+  t.equal((await app.tasks.get(running.uuid))?.status, 'succeeded', 'the running task was allowed to finish')
+  t.same(childPids(), [], 'and no child is left')
+})
+
+t.test('children inherit the environment unless option env gives an explicit set', async (t) => {
+  process.env.TASK_API_TEST_SECRET = 'inherited'
+  t.teardown(() => { delete process.env.TASK_API_TEST_SECRET })
+  const inherit = await build(t, { tasks: [fixture('env.ts')] })
+  t.equal((await inherit.tasks.wait((await inherit.tasks.submit('env', { name: 'TASK_API_TEST_SECRET' })).uuid)).outputs.value, 'inherited')
+  const explicit = await build(t, { tasks: [fixture('env.ts')], env: { PATH: process.env.PATH ?? '', ONLY_THIS: 'yes' } })
+  t.equal((await explicit.tasks.wait((await explicit.tasks.submit('env', { name: 'TASK_API_TEST_SECRET' })).uuid)).outputs.value, null, 'the secret did not leak')
+  t.equal((await explicit.tasks.wait((await explicit.tasks.submit('env', { name: 'ONLY_THIS' })).uuid)).outputs.value, 'yes')
+})
+
+t.test('a module that fails to load in the children fails its tasks; other tasks keep working', async (t) => {
+  const app = await build(t, { tasks: [fixture('env.ts'), fixture('basic.ts')], env: { ...process.env, FAIL_IN_CHILD: '1' } })
+  const failed = await app.tasks.wait((await app.tasks.submit('env', { name: 'PATH' })).uuid)
+  t.equal(failed.status, 'failed')
+  t.match(failed.error, /^task "env" could not be loaded in the child process: .*env\.ts: this module refuses to load in a child$/)
+  t.equal((await app.tasks.wait((await app.tasks.submit('hello', { name: 'x' })).uuid)).status, 'succeeded')
 })

@@ -41,8 +41,12 @@ export class InlineRunner implements Runner {
     this.#dispatch()
   }
 
+  dequeue (uuid: string): boolean {
+    return this.#queue.remove(job => job.uuid === uuid) !== undefined
+  }
+
   abort (uuid: string, grace: number): 'dequeued' | 'aborting' | 'unknown' {
-    if (this.#queue.remove(job => job.uuid === uuid) !== undefined) return 'dequeued'
+    if (this.dequeue(uuid)) return 'dequeued'
     const controller = this.#controllers.get(uuid)
     if (controller === undefined || controller.signal.aborted) return 'unknown'
     controller.abort(new Error('the task was cancelled'))
@@ -59,6 +63,13 @@ export class InlineRunner implements Runner {
 
   async close (): Promise<Job[]> {
     this.#closing = true
+    // Nothing here can be killed: runs still going are aborted and reported as ended now.
+    for (const [uuid, controller] of this.#controllers) {
+      controller.abort(new Error('the server is closing'))
+      this.#abandoned.add(uuid)
+      this.#controllers.delete(uuid)
+      this.#events?.finished(uuid, { ok: false, error: 'the server closed while the task was running' })
+    }
     return this.#queue.drain()
   }
 

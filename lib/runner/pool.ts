@@ -75,8 +75,12 @@ export class ProcessPool implements Runner {
     this.#dispatch()
   }
 
+  dequeue (uuid: string): boolean {
+    return this.#queue.remove(job => job.uuid === uuid) !== undefined
+  }
+
   abort (uuid: string, grace: number): 'dequeued' | 'aborting' | 'unknown' {
-    if (this.#queue.remove(job => job.uuid === uuid) !== undefined) return 'dequeued'
+    if (this.dequeue(uuid)) return 'dequeued'
     for (const worker of this.#workers) {
       if (worker.job?.uuid !== uuid || worker.abortTimers.length > 0) continue
       const message: ParentMessage = { type: 'abort', id: uuid }
@@ -137,7 +141,7 @@ export class ProcessPool implements Runner {
           this.#running--
           this.#events?.finished(job.uuid, {
             ok: false,
-            error: this.#closing ? 'the server closed while the task was running' : `the child process running the task ${how}`,
+            error: `the child process running the task ${how}`,
           })
         }
         if (!worker.ready) {

@@ -39,6 +39,8 @@ export interface Runner {
    * runner does not hold it.
    */
   abort (uuid: string, grace: number): 'dequeued' | 'aborting' | 'unknown'
+  /** Takes a job out of the queue if it is still there; true when it was. */
+  dequeue (uuid: string): boolean
   /** Stops every worker. Jobs still queued are returned, so the caller can settle them. */
   close (): Promise<Job[]>
 }
