@@ -311,6 +311,8 @@ export class TaskService {
     }
     const dropped = await this.#runner.close()
     for (const job of dropped) {
+      const active = this.#active.get(job.uuid)
+      if (active !== undefined) active.stopping ??= { reason: 'cancel' }
       this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'cancelled before it ran' }, false), true)
     }
     await Promise.all([...this.#active.values()].map(active => active.draining))
