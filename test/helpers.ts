@@ -20,7 +20,8 @@ export async function build (
 ): Promise<FastifyInstance> {
   const app = Fastify({ logger: false, ...server })
   t.teardown(() => app.close())
-  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, ...options })
+  // A short shutdownTimeout: tests end with tasks still running, and need not wait for them.
+  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200, ...options })
   await app.ready()
   return app
 }

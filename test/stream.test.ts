@@ -391,7 +391,7 @@ t.test('WebSocket resume: ?since= and "since" send only the missed events', asyn
 })
 
 t.test('app.close() ends open SSE streams and sockets', async (t) => {
-  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 1 })
+  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 1, shutdownTimeout: 100, cancelGrace: 100 })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const base = `127.0.0.1:${(app.server.address() as AddressInfo).port}`
   const task = await app.tasks.submit('hold', { ms: 30_000 })
