@@ -1,10 +1,10 @@
-import type { FastifyInstance, FastifySchemaValidationError } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
 import { TaskStateSchema } from './events.js'
 import { FST_TASK_API_BODY_INVALID, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
 import type { Access } from './access.js'
 import { FST_TASK_API_FORBIDDEN } from './errors.js'
 import { toState, type TaskService } from './service.js'
-import { statuses, type TaskStatus } from './store/types.js'
+import { statuses, type TaskRecord, type TaskStatus } from './store/types.js'
 import { describe } from './task.js'
 
 interface Submission {
@@ -84,63 +84,44 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
     })
   }
 
-  for (const url of paths(app, `${prefix}/:uuid`)) {
-    app.route<{ Params: { uuid: string } }>({
-      method: 'GET',
-      url,
-      schema: {
-        params: { type: 'object', properties: { uuid: { type: 'string' } } },
-        response: { 200: TaskStateSchema, '4xx': errorSchema },
-      },
-      ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
-      handler: async (request) => {
-        const { uuid } = request.params
-        const visible = await access.visible(request, uuid, await service.record(uuid))
-        if (!visible.ok) throw visible.error
-        return toState(visible.record)
-      },
-    })
-  }
-
-  for (const url of paths(app, `${prefix}/:uuid/cancel`)) {
-    app.route<{ Params: { uuid: string } }>({
-      method: 'POST',
-      url,
-      schema: {
-        params: { type: 'object', properties: { uuid: { type: 'string' } } },
-        response: { 200: TaskStateSchema, '4xx': errorSchema },
-      },
-      ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
-      handler: async (request) => {
-        const { uuid } = request.params
-        const visible = await access.visible(request, uuid, await service.record(uuid), 'cancel')
-        if (!visible.ok) throw visible.error
-        return await service.cancel(uuid) ?? toState(visible.record)
-      },
-    })
-  }
-
-  for (const url of paths(app, `${prefix}/:uuid/token`)) {
-    app.route<{ Params: { uuid: string } }>({
-      method: 'GET',
-      url,
-      schema: {
-        params: { type: 'object', properties: { uuid: { type: 'string' } } },
-        response: {
-          200: { type: 'object', properties: { token: { type: 'string' }, expires: { type: 'string' } } },
-          '4xx': errorSchema,
+  // The routes about one task share their checks: authentication, then the task must
+  // exist and be visible to the requester (404 alike otherwise), then authorize.
+  const taskRoute = (
+    method: 'GET' | 'POST',
+    suffix: string,
+    action: 'read' | 'cancel',
+    response: object,
+    handler: (request: FastifyRequest<{ Params: { uuid: string } }>, reply: FastifyReply, record: Readonly<TaskRecord>) => Promise<unknown>
+  ): void => {
+    for (const url of paths(app, `${prefix}/:uuid${suffix}`)) {
+      app.route<{ Params: { uuid: string } }>({
+        method,
+        url,
+        schema: {
+          params: { type: 'object', properties: { uuid: { type: 'string' } } },
+          response: { 200: response, '4xx': errorSchema },
         },
-      },
-      ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
-      handler: async (request, reply) => {
-        const { uuid } = request.params
-        const visible = await access.visible(request, uuid, await service.record(uuid))
-        if (!visible.ok) throw visible.error
-        void reply.header('cache-control', 'no-store')
-        return access.token(uuid)
-      },
-    })
+        ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
+        handler: async (request, reply) => {
+          const { uuid } = request.params
+          const visible = await access.visible(request, uuid, await service.record(uuid), action)
+          if (!visible.ok) throw visible.error
+          return await handler(request, reply, visible.record)
+        },
+      })
+    }
   }
+
+  taskRoute('GET', '', 'read', TaskStateSchema, async (_request, _reply, record) => toState(record))
+
+  taskRoute('POST', '/cancel', 'cancel', TaskStateSchema, async (_request, _reply, record) =>
+    await service.cancel(record.uuid) ?? toState(record))
+
+  taskRoute('GET', '/token', 'read', { type: 'object', properties: { token: { type: 'string' }, expires: { type: 'string' } } },
+    async (_request, reply, record) => {
+      void reply.header('cache-control', 'no-store')
+      return access.token(record.uuid)
+    })
 
   // Listing shares POST's path, so it takes both spellings only when POST does.
   for (const url of paths(app, prefix === '' ? '/' : prefix)) {
