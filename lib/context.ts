@@ -1,4 +1,4 @@
-import type { ProgressUpdate } from './protocol.js'
+import type { MessageLimits, ProgressUpdate } from './protocol.js'
 import type { TaskContext } from './task.js'
 import { describe } from './task.js'
 import { Pace } from './pace.js'
@@ -28,7 +28,11 @@ export class ReportingContext implements TaskContext {
   #finished = false
   readonly #flush: (update: ProgressUpdate) => void
 
-  constructor (uuid: string, signal: AbortSignal, interval: number, flush: (update: ProgressUpdate) => void) {
+  readonly #limits: MessageLimits
+  #dropped = 0
+
+  constructor (uuid: string, signal: AbortSignal, interval: number, flush: (update: ProgressUpdate) => void, limits: MessageLimits) {
+    this.#limits = limits
     this.uuid = uuid
     this.signal = signal
     this.#pace = new Pace(interval)
@@ -62,7 +66,16 @@ export class ReportingContext implements TaskContext {
   }
 
   addMessage (message: string): void {
-    this.#messages.push(String(message))
+    let text = String(message)
+    const { maxMessages, maxMessageLength } = this.#limits
+    if (text.length > maxMessageLength) text = text.slice(0, Math.max(0, maxMessageLength - 1)) + '…'
+    this.#messages.push(text)
+    // Keep the buffer bounded between flushes (a loop adding 100,000 messages), cheaply:
+    // drop a whole cap's worth of the oldest at a time.
+    if (this.#messages.length >= 2 * maxMessages) {
+      this.#messages.splice(0, this.#messages.length - maxMessages)
+      this.#dropped += maxMessages
+    }
     this.#changed()
   }
 
@@ -115,13 +128,22 @@ export class ReportingContext implements TaskContext {
   }
 
   #take (): ProgressUpdate | undefined {
-    if (!this.#dirtyProgress && !this.#dirtyTarget && this.#messages.length === 0) return undefined
+    if (!this.#dirtyProgress && !this.#dirtyTarget && this.#messages.length === 0 && this.#dropped === 0) return undefined
     const update: ProgressUpdate = {}
     if (this.#dirtyProgress) update.progress = this.#progress as number
     if (this.#dirtyTarget) update.target = this.#target as number
+    const { maxMessages } = this.#limits
+    if (this.#messages.length > maxMessages) {
+      this.#dropped += this.#messages.length - maxMessages
+      this.#messages = this.#messages.slice(-maxMessages)
+    }
     if (this.#messages.length > 0) {
       update.messages = this.#messages
       this.#messages = []
+    }
+    if (this.#dropped > 0) {
+      update.dropped = this.#dropped
+      this.#dropped = 0
     }
     this.#dirtyProgress = false
     this.#dirtyTarget = false

@@ -20,6 +20,7 @@ export const TaskStateSchema = Type.Object({
   target: nullable<number>('number'),
   outputs: Type.Unsafe<Record<string, unknown>>({ type: 'object', additionalProperties: true }),
   messages: Type.Array(Type.String()),
+  messagesDropped: Type.Integer(),
   created: Type.String(),
   started: nullable<string>('string'),
   finished: nullable<string>('string'),

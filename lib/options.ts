@@ -75,6 +75,17 @@ export interface TaskApiOptions extends AccessOptions {
    * @default 10000
    */
   shutdownTimeout?: number
+  /**
+   * Messages a task keeps; past it the oldest are dropped (the record counts them in
+   * `messagesDropped`).
+   * @default 1000
+   */
+  maxMessages?: number
+  /**
+   * Characters a message keeps; a longer one is cut and ends with '…'.
+   * @default 2000
+   */
+  maxMessageLength?: number
 }
 
 /** Options after checking, with every default filled in. */
@@ -90,10 +101,11 @@ export interface NormalizedOptions {
   streams: NormalizedStreamOptions
   access: AccessOptions
   execution: { timeout: number, cancelGrace: number, maxQueued: number, shutdownTimeout: number }
+  limits: { maxMessages: number, maxMessageLength: number }
 }
 
 const known = new Set(['tasks', 'prefix', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
-  'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout'])
+  'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -146,7 +158,14 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
       throw new FST_TASK_API_OPT_INVALID(name, 'an integer, 0 or more', describe(value))
     }
   }
+  const limits = { maxMessages: options.maxMessages ?? 1000, maxMessageLength: options.maxMessageLength ?? 2000 }
+  for (const [name, value] of Object.entries(limits)) {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
+      throw new FST_TASK_API_OPT_INVALID(name, 'a positive integer', describe(value))
+    }
+  }
   return {
+    limits,
     execution,
     access: normalizeAccess(options),
     streams: normalizeStreams(options.streams),

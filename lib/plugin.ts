@@ -21,12 +21,13 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   let runner: Runner
   if (normalized.runner === 'inline') {
     const tasks = new Map<string, LoadedTask>([...registry.values()].map(entry => [entry.name, entry.task]))
-    runner = new InlineRunner({ tasks, concurrency: normalized.concurrency, progressInterval: normalized.progressInterval })
+    runner = new InlineRunner({ tasks, concurrency: normalized.concurrency, progressInterval: normalized.progressInterval, limits: normalized.limits })
   } else {
     runner = new ProcessPool({
       modules: normalized.modules,
       concurrency: normalized.concurrency,
       progressInterval: normalized.progressInterval,
+      limits: normalized.limits,
       execArgv: normalized.execArgv,
       env: normalized.env,
       log,
@@ -39,6 +40,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     log,
     history: { size: normalized.streams.historySize, ttl: normalized.streams.historyTtl },
     execution: normalized.execution,
+    limits: normalized.limits,
   })
   try {
     await service.start()

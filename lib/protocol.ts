@@ -11,8 +11,18 @@ export interface ProgressUpdate {
   progress?: number
   /** Latest target, when it changed since the last flush. */
   target?: number
-  /** Messages added since the last flush, in order. */
+  /** Messages added since the last flush, in order (the newest, at most the cap). */
   messages?: string[]
+  /** How many older messages the child dropped since the last flush (the cap). */
+  dropped?: number
+}
+
+/** Caps on a task's messages, applied in the child and again in the record. */
+export interface MessageLimits {
+  /** Messages kept per task; the oldest go first. */
+  maxMessages: number
+  /** Characters kept per message; a longer one is cut and ends with an ellipsis. */
+  maxMessageLength: number
 }
 
 /** Parent -> child. */
@@ -34,6 +44,7 @@ export type ChildMessage =
 export interface ChildInit {
   modules: string[]
   progressInterval: number
+  limits: MessageLimits
 }
 
 function isObject (value: unknown): value is Record<string, unknown> {
@@ -46,6 +57,7 @@ function isUpdate (value: unknown): value is ProgressUpdate | undefined {
   if (value.progress !== undefined && typeof value.progress !== 'number') return false
   if (value.target !== undefined && typeof value.target !== 'number') return false
   if (value.messages !== undefined && !(Array.isArray(value.messages) && value.messages.every(m => typeof m === 'string'))) return false
+  if (value.dropped !== undefined && !(typeof value.dropped === 'number' && Number.isInteger(value.dropped) && value.dropped >= 0)) return false
   return true
 }
 

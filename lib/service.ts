@@ -7,7 +7,7 @@ import {
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_TASK_UNKNOWN,
 } from './errors.js'
-import type { ProgressUpdate } from './protocol.js'
+import type { MessageLimits, ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { JobResult, Runner, RunnerEvents } from './runner/types.js'
 import { finalStatuses, type ListFilter, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
@@ -36,6 +36,9 @@ export interface TaskStats {
 interface ActiveTask {
   registered: RegisteredTask
   seq: number
+  /** Messages the record holds, and how many were dropped: to keep the cap without reading it. */
+  kept: number
+  dropped: number
   /**
    * Store writes for one task happen one after another, in the order the runner
    * reported them: steps wait here while one runs. `draining` settles when the queue is
@@ -72,6 +75,7 @@ export function toState (record: Readonly<TaskRecord>): TaskState {
     target: record.target,
     outputs: record.outputs,
     messages: record.messages.slice(),
+    messagesDropped: record.messagesDropped,
     created: record.created,
     started: record.started,
     finished: record.finished,
@@ -93,6 +97,7 @@ export class TaskService {
   readonly #history: EventHistory
   readonly #active = new Map<string, ActiveTask>()
   readonly #execution: ExecutionOptions
+  readonly #limits: MessageLimits
   #closing: Promise<void> | undefined
   #closed = false
 
@@ -104,7 +109,9 @@ export class TaskService {
     /** Events kept per followed task for reconnecting clients, and for how long after it ends. */
     history?: { size: number, ttl: number }
     execution?: Partial<ExecutionOptions>
+    limits?: MessageLimits
   }) {
+    this.#limits = options.limits ?? { maxMessages: 1000, maxMessageLength: 2000 }
     this.#execution = { timeout: 0, cancelGrace: 5000, maxQueued: 0, shutdownTimeout: 10_000, ...options.execution }
     this.#history = new EventHistory(options.history?.size ?? 0, options.history?.ttl ?? 0)
     this.#registry = options.registry
@@ -169,6 +176,7 @@ export class TaskService {
       target: null,
       outputs: {},
       messages: [],
+      messagesDropped: 0,
       created: new Date().toISOString(),
       started: null,
       finished: null,
@@ -179,7 +187,7 @@ export class TaskService {
     }
     await this.#store.create(record)
     const created = toState(record)
-    this.#active.set(record.uuid, { registered, seq: 0, steps: [], draining: undefined })
+    this.#active.set(record.uuid, { registered, seq: 0, kept: 0, dropped: 0, steps: [], draining: undefined })
     this.#runner.enqueue({ uuid: record.uuid, task: record.task, inputs })
     return created
   }
@@ -363,6 +371,14 @@ export class TaskService {
     if (update.progress !== undefined) patch.progress = update.progress
     if (update.target !== undefined) patch.target = update.target
     if (messages.length > 0) patch.messages = messages
+    // The child already capped what it sent; the record keeps the newest maxMessages overall.
+    const trim = Math.max(0, active.kept + messages.length - this.#limits.maxMessages)
+    active.kept += messages.length - trim
+    if (trim > 0) patch.trimMessages = trim
+    if (trim > 0 || (update.dropped ?? 0) > 0) {
+      active.dropped += trim + (update.dropped ?? 0)
+      patch.messagesDropped = active.dropped
+    }
     const record = await this.#write(uuid, patch)
     if (!this.#followed(uuid)) return // events of a task nobody follows are never built
     if (hasProgress) this.#publish({ type: 'progress', uuid, seq: progressSeq, progress: record.progress, target: record.target })

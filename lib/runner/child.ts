@@ -39,7 +39,7 @@ async function run (message: Extract<ParentMessage, { type: 'run' }>): Promise<v
   controller = new AbortController()
   const task = tasks.get(message.task)
   const context = new ReportingContext(id, controller.signal, init.progressInterval,
-    (update: ProgressUpdate) => send({ type: 'update', id, update }))
+    (update: ProgressUpdate) => send({ type: 'update', id, update }), init.limits)
   try {
     if (task === undefined) {
       throw new Error(loadErrors.length > 0

@@ -1,4 +1,5 @@
 import { ReportingContext } from '../context.js'
+import type { MessageLimits } from '../protocol.js'
 import type { LoadedTask } from '../task.js'
 import { Fifo } from './queue.js'
 import type { Job, Runner, RunnerEvents } from './types.js'
@@ -8,6 +9,7 @@ export interface InlineRunnerOptions {
   tasks: Map<string, LoadedTask>
   concurrency: number
   progressInterval: number
+  limits: MessageLimits
 }
 
 /**
@@ -86,7 +88,7 @@ export class InlineRunner implements Runner {
     const controller = new AbortController()
     this.#controllers.set(job.uuid, controller)
     const context = new ReportingContext(job.uuid, controller.signal, this.#options.progressInterval,
-      update => { if (!this.#abandoned.has(job.uuid)) events.update(job.uuid, update) })
+      update => { if (!this.#abandoned.has(job.uuid)) events.update(job.uuid, update) }, this.#options.limits)
     const finish = (result: Parameters<RunnerEvents['finished']>[1]): void => {
       this.#controllers.delete(job.uuid)
       if (this.#abandoned.delete(job.uuid)) return

@@ -1,6 +1,6 @@
 import { fork, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { isChildMessage, type ChildInit, type ChildMessage, type ParentMessage } from '../protocol.js'
+import { isChildMessage, type ChildInit, type ChildMessage, type MessageLimits, type ParentMessage } from '../protocol.js'
 import { Fifo } from './queue.js'
 import type { Job, Runner, RunnerEvents } from './types.js'
 
@@ -12,6 +12,8 @@ export interface ProcessPoolOptions {
   concurrency: number
   /** Milliseconds between progress flushes from a child. */
   progressInterval: number
+  /** Caps on each task's messages. */
+  limits: MessageLimits
   /** Node flags for the children. @default process.execArgv (so a tsx loader carries over) */
   execArgv?: string[]
   /** The children's environment. @default process.env */
@@ -103,7 +105,7 @@ export class ProcessPool implements Runner {
   }
 
   #spawn (): Promise<void> {
-    const init: ChildInit = { modules: this.#options.modules, progressInterval: this.#options.progressInterval }
+    const init: ChildInit = { modules: this.#options.modules, progressInterval: this.#options.progressInterval, limits: this.#options.limits }
     const child = fork(childEntry, [JSON.stringify(init)], {
       execArgv: this.#options.execArgv ?? process.execArgv,
       env: this.#options.env ?? process.env,

@@ -35,11 +35,12 @@ export class MemoryStore implements Store {
   async update (uuid: string, patch: RecordPatch): Promise<TaskRecord | undefined> {
     const record = this.#records.get(uuid)
     if (record === undefined) return undefined
-    const { messages, ...fields } = patch
+    const { messages, trimMessages, ...fields } = patch
     Object.assign(record, fields)
     if (messages !== undefined) {
       for (const message of messages) record.messages.push(message)
     }
+    if (trimMessages !== undefined && trimMessages > 0) record.messages.splice(0, trimMessages)
     if (patch.status !== undefined && finalStatuses.has(patch.status)) this.#retire(uuid)
     return record
   }

@@ -16,6 +16,8 @@ export interface TaskState {
   target: number | null
   outputs: Record<string, unknown>
   messages: string[]
+  /** How many of the oldest messages were dropped to keep `messages` within its cap. */
+  messagesDropped: number
   /** ISO 8601. */
   created: string
   started: string | null
@@ -34,9 +36,13 @@ export interface TaskRecord extends TaskState {
   seq: number
 }
 
-/** A change to a record. `messages` are appended, every other field replaced. */
+/**
+ * A change to a record. `messages` are appended, then the `trimMessages` oldest removed;
+ * every other field is replaced.
+ */
 export type RecordPatch = Partial<Omit<TaskRecord, 'uuid' | 'task' | 'inputs' | 'owner' | 'created' | 'messages'>> & {
   messages?: string[]
+  trimMessages?: number
 }
 
 /**
