@@ -241,7 +241,8 @@ t.test('per-subscriber coalescing: at most one progress frame per interval, fina
 })
 
 t.test('a client that stops reading is disconnected; the server stays up', async (t) => {
-  const { app, base } = await serve(t, { streams: { softBufferLimit: 16 * 1024, hardBufferLimit: 256 * 1024 } })
+  // Messages are the frames that are never dropped: raise their cap so the flood reaches the socket.
+  const { app, base } = await serve(t, { streams: { softBufferLimit: 16 * 1024, hardBufferLimit: 256 * 1024 }, maxMessages: 50_000 })
   const task = await app.tasks.submit('flood', { count: 40_000, size: 500, hold: 500 })
   const slow = follow(`ws://${base}/tasks/${task.uuid}/events`)
   await once(slow.socket, 'open')
