@@ -4,6 +4,7 @@
 import { fork } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { createReport, fmt, pass, percentile } from './report.js'
+import { serverCpu } from './serve.js'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
 import Fastify from 'fastify'
@@ -64,18 +65,6 @@ function stopServer (child) {
     const kill = setTimeout(() => child.kill('SIGKILL'), 5_000)
     child.once('exit', () => { clearTimeout(kill); resolve(info) })
     child.kill('SIGTERM')
-  })
-}
-
-function serverCpu (child) {
-  return new Promise((resolve) => {
-    const onMessage = (message) => {
-      if (message?.type !== 'cpu') return
-      child.off('message', onMessage)
-      resolve(message.usage)
-    }
-    child.on('message', onMessage)
-    child.send({ type: 'cpu' })
   })
 }
 

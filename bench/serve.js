@@ -1,6 +1,19 @@
 // Shared by the bench servers: listen on 127.0.0.1 (port 0), report the port over IPC,
 // answer CPU-time queries, and close on 'stop', SIGTERM or a lost parent.
 
+/** From the bench side: the forked server's own CPU time (process.cpuUsage()), over IPC. */
+export function serverCpu (child) {
+  return new Promise((resolve) => {
+    const onMessage = (message) => {
+      if (message?.type !== 'cpu') return
+      child.off('message', onMessage)
+      resolve(message.usage)
+    }
+    child.on('message', onMessage)
+    child.send({ type: 'cpu' })
+  })
+}
+
 /** Starts `app` and wires it to bench/run.js. `closedInfo()` is sent back when it closes. */
 export async function serve (app, closedInfo = () => ({})) {
   await app.listen({ host: '127.0.0.1', port: 0 })

@@ -7,6 +7,7 @@ import { fork } from 'node:child_process'
 import { mkdir, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { createReport, fmt, pass, percentile } from './report.js'
+import { serverCpu } from './serve.js'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import WebSocket from 'ws'
@@ -99,15 +100,7 @@ function startServer () {
     pending.set(id, { resolve, reject })
     child.send({ type, id, ...payload })
   })
-  const cpu = () => new Promise((resolve) => {
-    const onMessage = (message) => {
-      if (message?.type !== 'cpu') return
-      child.off('message', onMessage)
-      resolve(message.usage)
-    }
-    child.on('message', onMessage)
-    child.send({ type: 'cpu' })
-  })
+  const cpu = () => serverCpu(child)
   return { child, port, request, cpu }
 }
 

@@ -36,7 +36,7 @@ function newAjv (): Ajv {
 const ajv = newAjv()
 
 /** The object schema that holds a set of named parameters; required unless Optional. */
-export function objectSchema (properties: TProperties): TSchema {
+function objectSchema (properties: TProperties): TSchema {
   const required = Object.entries(properties)
     .filter(([, schema]) => !isOptional(schema))
     .map(([key]) => key)
@@ -120,7 +120,7 @@ function convertObject (properties: TProperties, value: Record<string, unknown>)
  * The seed's conversions, one schema level at a time. A value that cannot be converted
  * is returned unchanged so that validation reports it against its schema.
  */
-export function convertValue (schema: TSchema, value: unknown): unknown {
+function convertValue (schema: TSchema, value: unknown): unknown {
   if (value === undefined || value === null) return value
   const branches = (schema as { anyOf?: unknown }).anyOf ?? (schema as { oneOf?: unknown }).oneOf
   if (Array.isArray(branches)) return convertUnion(branches as TSchema[], value)

@@ -34,7 +34,6 @@ export type ParentMessage =
 /** Child -> parent. */
 export type ChildMessage =
   | { type: 'ready' }
-  | { type: 'load-error', message: string, stack?: string }
   | { type: 'update', id: string, update: ProgressUpdate }
   | { type: 'done', id: string, value: unknown, update?: ProgressUpdate }
   /** `fatal`: the child is exiting after this (an uncaught exception); do not give it more work. */
@@ -67,8 +66,6 @@ export function isChildMessage (value: unknown): value is ChildMessage {
   switch (value.type) {
     case 'ready':
       return true
-    case 'load-error':
-      return typeof value.message === 'string'
     case 'update':
       return typeof value.id === 'string' && isUpdate(value.update) && value.update !== undefined
     case 'done':

@@ -60,11 +60,6 @@ export class ProcessPool implements Runner {
   get queued (): number { return this.#queue.length }
   get running (): number { return this.#running }
 
-  /** The children's process ids. */
-  get pids (): number[] {
-    return [...this.#workers].map(worker => worker.child.pid).filter((pid): pid is number => pid !== undefined)
-  }
-
   async start (events: RunnerEvents): Promise<void> {
     this.#events = events
     const starting: Promise<void>[] = []
@@ -169,7 +164,7 @@ export class ProcessPool implements Runner {
 
   #onMessage (worker: Worker, message: Exclude<ChildMessage, { type: 'ready' }>): void {
     const job = worker.job
-    if (message.type === 'load-error' || job === undefined || message.id !== job.uuid) return
+    if (job === undefined || message.id !== job.uuid) return
     const events = this.#events as RunnerEvents
     if (message.type === 'update') {
       events.update(job.uuid, message.update)
