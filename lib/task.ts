@@ -44,9 +44,9 @@ export type TaskResult<O extends TProperties> =
 export type TaskOutputs<O extends TProperties> = Static<TObject<O>>
 
 /** The options accepted by `defineTask`. */
-export interface TaskOptions<I extends TProperties, O extends TProperties> {
+export interface TaskOptions<I extends TProperties, O extends TProperties, N extends string = string> {
   /** The name clients submit the task by. Unique among the registered tasks. */
-  name: string
+  name: N
   /** The input schemas, keyed by input name. Inputs are required unless wrapped in `Type.Optional`. */
   inputs?: I
   /** The output schemas, keyed by output name. */
@@ -62,9 +62,9 @@ export interface TaskOptions<I extends TProperties, O extends TProperties> {
 }
 
 /** A task created by `defineTask`. */
-export interface TaskDefinition<I extends TProperties = TProperties, O extends TProperties = TProperties> {
+export interface TaskDefinition<I extends TProperties = TProperties, O extends TProperties = TProperties, N extends string = string> {
   readonly [kTask]: 'definition'
-  readonly name: string
+  readonly name: N
   readonly inputs: I
   readonly outputs: O
   readonly timeout: number | undefined
@@ -83,9 +83,9 @@ export interface TaskDefinition<I extends TProperties = TProperties, O extends T
  * })
  * ```
  */
-export function defineTask<const I extends TProperties = {}, const O extends TProperties = {}> (
-  options: TaskOptions<I, O>
-): TaskDefinition<I, O> {
+export function defineTask<const I extends TProperties = {}, const O extends TProperties = {}, const N extends string = string> (
+  options: TaskOptions<I, O, N>
+): TaskDefinition<I, O, N> {
   if (typeof options !== 'object' || options === null) {
     throw new TypeError(`defineTask expects an options object, got ${describe(options)}`)
   }
