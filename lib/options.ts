@@ -21,6 +21,12 @@ export interface TaskApiOptions extends AccessOptions {
    */
   prefix?: string
   /**
+   * Serves the browser client at `GET {prefix}/client.js` (an ES module, see
+   * `fastify-task-api/client`). False leaves the route out.
+   * @default true
+   */
+  client?: boolean
+  /**
    * `'process'` runs tasks in a warm pool of child processes; `'inline'` runs them in
    * the server's own process (for unit tests; a CPU-bound task blocks the server).
    * @default 'process'
@@ -92,6 +98,7 @@ export interface TaskApiOptions extends AccessOptions {
 export interface NormalizedOptions {
   modules: string[]
   prefix: string
+  client: boolean
   runner: 'process' | 'inline'
   concurrency: number
   progressInterval: number
@@ -104,7 +111,7 @@ export interface NormalizedOptions {
   limits: { maxMessages: number, maxMessageLength: number }
 }
 
-const known = new Set(['tasks', 'prefix', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
+const known = new Set(['tasks', 'prefix', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
   'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
@@ -122,6 +129,10 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   const prefix = options.prefix ?? '/tasks'
   if (typeof prefix !== 'string' || !prefix.startsWith('/') || (prefix.length > 1 && prefix.endsWith('/'))) {
     throw new FST_TASK_API_OPT_INVALID('prefix', 'a path starting with "/" and not ending with "/"', describe(prefix))
+  }
+  const client = options.client ?? true
+  if (typeof client !== 'boolean') {
+    throw new FST_TASK_API_OPT_INVALID('client', 'a boolean', describe(client))
   }
   const runner = options.runner ?? 'process'
   if (runner !== 'process' && runner !== 'inline') {
@@ -171,6 +182,7 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     streams: normalizeStreams(options.streams),
     modules: tasks.map((location, index) => moduleUrl(location, index)),
     prefix: prefix === '/' ? '' : prefix,
+    client,
     runner,
     concurrency,
     progressInterval,

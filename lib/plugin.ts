@@ -3,6 +3,7 @@ import fastifyAuth from '@fastify/auth'
 import websocket from '@fastify/websocket'
 import fp from 'fastify-plugin'
 import { Access } from './access.js'
+import { loadClientBundle, registerClientBundle } from './client-bundle.js'
 import { normalizeOptions, type TaskApiOptions } from './options.js'
 import { loadRegistry } from './registry.js'
 import { registerRoutes } from './routes.js'
@@ -17,6 +18,7 @@ import type { TaskApi } from './types.js'
 async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Promise<void> {
   const normalized = normalizeOptions(options as TaskApiOptions & Record<string, unknown>)
   const registry = await loadRegistry(normalized.modules)
+  const clientBundle = normalized.client ? await loadClientBundle() : undefined
   const log = app.log
   let runner: Runner
   if (normalized.runner === 'inline') {
@@ -69,6 +71,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   const access = new Access(app, normalized.access)
   api.streamToken = (uuid, ttl) => access.token(uuid, ttl)
   registerRoutes(app, service, access, normalized.prefix)
+  if (clientBundle !== undefined) registerClientBundle(app, normalized.prefix, clientBundle)
   const streamOptions = { ...normalized.streams, progressInterval: normalized.progressInterval }
   if (app.hasDecorator('websocketServer')) {
     // The app registered @fastify/websocket itself: use it.

@@ -1,0 +1,348 @@
+import type {
+  Client, ClientOptions, ClientTasks, EventSourceConstructor, Frame, ProgressCallback, RunOptions,
+  SubscribeHandlers, TaskState, TaskTypeMap, Transport, WebSocketConstructor,
+} from './types.js'
+
+/*
+ * The client for browsers and Node: fetch for REST; a task's events over a WebSocket,
+ * else Server-Sent Events, else polling. Nothing here may import fastify, TypeBox or a
+ * Node module: the same file is bundled for browsers (served at /tasks/client.js).
+ */
+
+export type * from './types.js'
+
+/** The server refused a request: carries its status and Fastify's error body. */
+export class TaskApiError extends Error {
+  /** The HTTP status. */
+  readonly statusCode: number
+  /** The error code, such as `FST_TASK_API_INPUT_INVALID`. */
+  readonly code: string | undefined
+
+  constructor (statusCode: number, body: { message?: string, code?: string } | undefined) {
+    super(body?.message ?? `the task API answered ${statusCode}`)
+    this.name = 'TaskApiError'
+    this.statusCode = statusCode
+    this.code = body?.code
+  }
+}
+
+/** A task ended without succeeding: `task` is its final record (status `failed` or `cancelled`). */
+export class TaskRunError extends Error {
+  /** The final record. */
+  readonly task: TaskState
+
+  constructor (task: TaskState) {
+    super(task.status === 'failed' ? `task "${task.task}" failed: ${task.error ?? 'unknown error'}` : `task "${task.task}" was ${task.status}`)
+    this.name = 'TaskRunError'
+    this.task = task
+  }
+}
+
+const isFinal = (task: TaskState): boolean => /^(succeeded|failed|cancelled)$/.test(task.status)
+
+/** Messages the task has added so far, dropped ones included: the absolute index of the next one. */
+const messageCount = (task: TaskState): number => task.messagesDropped + task.messages.length
+
+// Frames come from the network: anything that is not a frame of the task is ignored.
+function parseFrame (data: unknown, uuid: string): Frame | undefined {
+  try {
+    const frame = JSON.parse(String(data)) as { type?: string, seq?: unknown, uuid?: unknown, task?: { uuid?: unknown } } | null
+    if (typeof frame?.seq !== 'number') return undefined
+    if (frame.type === 'snapshot') return frame.task?.uuid === uuid ? frame as Frame : undefined
+    return frame.uuid === uuid && /^(progress|message|status)$/.test(frame.type ?? '') ? frame as Frame : undefined
+  } catch {
+    return undefined
+  }
+}
+
+interface Connection {
+  request<T> (method: string, path: string, body?: unknown): Promise<T>
+  url (path: string, scheme?: 'ws'): string
+  options: ClientOptions
+}
+
+function connection (options: ClientOptions): Connection {
+  const fetchFn = options.fetch ?? ((input: string, init?: RequestInit) => fetch(input, init))
+  const base = (): URL => {
+    const raw = (options.baseURL ?? '/tasks').replace(/\/+$/, '')
+    try {
+      return new URL(raw, globalThis.location?.href)
+    } catch {
+      throw new TypeError(`options.baseURL must be an absolute URL outside a browser, got "${raw}"`)
+    }
+  }
+  const headers = (): Record<string, string> => typeof options.headers === 'function' ? options.headers() : options.headers ?? {}
+  return {
+    options,
+    url (path, scheme) {
+      const url = base()
+      url.pathname += path
+      if (scheme === 'ws') url.protocol = url.protocol.replace('http', 'ws')
+      return url.href
+    },
+    async request (method, path, body) {
+      const response = await fetchFn(this.url(path), {
+        method,
+        headers: body === undefined ? headers() : { ...headers(), 'content-type': 'application/json' },
+        body: body === undefined ? null : JSON.stringify(body),
+      })
+      const json = await response.json().catch(() => undefined)
+      if (!response.ok) throw new TaskApiError(response.status, json)
+      return json
+    },
+  }
+}
+
+/**
+ * Follows one task until it ends or `stop` is called. Frames are applied in seq order and
+ * at most once, whatever the reconnects and fallbacks; messages are told by their
+ * absolute index, so a snapshot after a gap yields exactly the missed ones.
+ */
+function follow (connection: Connection, uuid: string, handlers: SubscribeHandlers): () => void {
+  const { options } = connection
+  const WS = options.WebSocket ?? globalThis.WebSocket as WebSocketConstructor | undefined
+  const ES = options.EventSource ?? globalThis.EventSource as EventSourceConstructor | undefined
+  const transports = (options.transports ?? ['websocket', 'sse', 'poll'])
+    .filter(kind => kind === 'poll' || (kind === 'websocket' ? WS : ES) !== undefined)
+  let record: TaskState | undefined
+  let seq = -1
+  let stopped = false
+  let closeCurrent = (): void => {}
+  let wake = (): void => {}
+  let timer: ReturnType<typeof setTimeout> | undefined
+
+  const stop = (): void => {
+    stopped = true
+    clearTimeout(timer)
+    wake()
+    closeCurrent()
+  }
+  const sleep = (ms: number): Promise<void> => new Promise((resolve) => {
+    wake = resolve
+    timer = setTimeout(resolve, ms)
+  })
+
+  // A whole state (snapshot or poll): tell what changed since the last one.
+  const applyState = (next: TaskState): void => {
+    const previous = record
+    record = next
+    const known = previous === undefined ? 0 : messageCount(previous)
+    if (previous?.status !== next.status) handlers.onStatus?.(next.status, next)
+    if (previous === undefined || previous.progress !== next.progress || previous.target !== next.target) {
+      handlers.onProgress?.(next.progress, next.target, next)
+    }
+    next.messages.forEach((message, index) => {
+      if (next.messagesDropped + index >= known) handlers.onMessage?.(message, next)
+    })
+  }
+
+  const applyFrame = (frame: Frame): void => {
+    if (stopped || frame.seq <= seq) return
+    if (frame.type !== 'snapshot' && record === undefined) return
+    seq = frame.seq
+    handlers.onEvent?.(frame)
+    const task = record as TaskState
+    if (frame.type === 'snapshot') {
+      applyState(frame.task)
+    } else if (frame.type === 'progress') {
+      task.progress = frame.progress
+      task.target = frame.target
+      handlers.onProgress?.(frame.progress, frame.target, task)
+    } else if (frame.type === 'message') {
+      task.messages.push(frame.message)
+      handlers.onMessage?.(frame.message, task)
+    } else if (frame.task !== undefined) {
+      applyState(frame.task)
+    } else {
+      task.status = frame.status
+      handlers.onStatus?.(frame.status, task)
+    }
+    updated()
+  }
+
+  const updated = (): void => {
+    const task = record as TaskState
+    handlers.onUpdate?.(task)
+    if (isFinal(task) && !stopped) {
+      stop()
+      handlers.onEnd?.(task)
+    }
+  }
+
+  const streamUrl = async (): Promise<string> => {
+    const query = new URLSearchParams()
+    if (record !== undefined) query.set('since', String(seq))
+    if (options.streamToken === true) {
+      query.set('token', (await connection.request<{ token: string }>('GET', `/${uuid}/token`)).token)
+    }
+    const search = String(query)
+    return connection.url(`/${uuid}/events`) + (search === '' ? '' : `?${search}`)
+  }
+
+  // Each stream resolves when its connection ends: true when it delivered a frame.
+  const stream = (open: () => { close (): void, onmessage: unknown, onerror: unknown, onclose?: unknown }): Promise<boolean> =>
+    new Promise((resolve) => {
+      let received = false
+      const source = open()
+      const done = (): void => {
+        source.close()
+        resolve(received)
+      }
+      closeCurrent = done
+      source.onmessage = (event: { data: unknown }) => {
+        const frame = parseFrame(event.data, uuid)
+        if (frame === undefined) return
+        received = true
+        applyFrame(frame)
+      }
+      // A WebSocket ends with close (error comes first); an EventSource only errors.
+      source.onerror = done
+      source.onclose = done
+    })
+
+  const connect: Record<Transport, () => Promise<boolean>> = {
+    websocket: async () => {
+      const url = (await streamUrl()).replace(/^http/, 'ws')
+      const headers = typeof options.headers === 'function' ? options.headers() : options.headers
+      // The third argument reaches `ws` in Node (browsers ignore it and send cookies).
+      return await stream(() => new (WS as WebSocketConstructor)(url, undefined, { headers: headers ?? {} }) as never)
+    },
+    sse: async () => {
+      const url = await streamUrl()
+      return await stream(() => new (ES as EventSourceConstructor)(url) as never)
+    },
+    poll: async () => {
+      let failures = 0
+      while (!stopped) {
+        try {
+          const state = await connection.request<TaskState>('GET', `/${uuid}`)
+          failures = 0
+          if (stopped) break
+          applyState(state)
+          updated()
+        } catch (err) {
+          // Refusals are final; the network gets two more tries.
+          if (err instanceof TaskApiError || ++failures > 2) throw err
+        }
+        if (!stopped) await sleep(options.pollInterval ?? 1000)
+      }
+      return true
+    },
+  }
+
+  const run = async (): Promise<void> => {
+    let index = 0
+    while (!stopped) {
+      const kind = transports[index] as Transport
+      let delivered = false
+      try {
+        delivered = await connect[kind]()
+      } catch (err) {
+        if (kind === 'poll') throw err
+      }
+      if (stopped) return
+      // A connection that delivered nothing falls back to the next transport; one that
+      // dropped after delivering reconnects, resuming after the last seq.
+      if (!delivered) index++
+      else await sleep(options.retryDelay ?? 500)
+    }
+  }
+  run().catch((err: Error) => {
+    if (stopped) return
+    stop()
+    handlers.onError?.(err)
+  })
+  return stop
+}
+
+/**
+ * Creates a client. Type it with the server's tasks for checked names, inputs and outputs:
+ *
+ * ```ts
+ * import type * as tasks from './tasks/wait.js'
+ * const client = createClient<typeof tasks>({ baseURL: '/tasks' })
+ * const { waited } = await client.run('wait', { seconds: 3 }, { onProgress: (p, t) => draw(p, t) })
+ * ```
+ */
+export function createClient<T = unknown> (options: ClientOptions = {}): Client<ClientTasks<T> & TaskTypeMap> {
+  const api = connection(options)
+  const subscribe = (uuid: string, handlers: SubscribeHandlers): () => void => follow(api, uuid, handlers)
+  const cancel = (uuid: string): Promise<TaskState> => api.request('POST', `/${uuid}/cancel`)
+  const client: Client = {
+    submit: (task, inputs) => api.request('POST', '', { task, inputs: inputs ?? {} }),
+    get: uuid => api.request('GET', `/${uuid}`),
+    cancel,
+    subscribe,
+    run: async (task, inputs, optionsOrProgress, callback, errback) =>
+      await settle(runToEnd(client, task, inputs, optionsOrProgress), callback, errback).then(final => final.outputs),
+  }
+  return client as never
+}
+
+async function runToEnd (client: Client, task: string, inputs: Record<string, unknown> | undefined, optionsOrProgress: RunOptions | ProgressCallback | null | undefined): Promise<TaskState> {
+  const options: RunOptions = typeof optionsOrProgress === 'function' ? { onUpdate: optionsOrProgress } : optionsOrProgress ?? {}
+  const { signal } = options
+  signal?.throwIfAborted()
+  const submitted = await client.submit(task, inputs)
+  let cancel = (): void => {}
+  try {
+    const final = await new Promise<TaskState>((resolve, reject) => {
+      cancel = () => { client.cancel(submitted.uuid).catch(reject) }
+      client.subscribe(submitted.uuid, { ...options, onEnd: resolve, onError: reject })
+      if (signal?.aborted === true) cancel()
+      else signal?.addEventListener('abort', cancel, { once: true })
+    })
+    if (final.status !== 'succeeded') throw new TaskRunError(final)
+    return final
+  } finally {
+    signal?.removeEventListener('abort', cancel)
+  }
+}
+
+/** Calls the seed's callback or errback too; with an errback, a failure is handled there (no unhandled rejection). */
+function settle (promise: Promise<TaskState>, callback?: ((task: TaskState) => void) | null, errback?: ((error: Error) => void) | null): Promise<TaskState> {
+  const settled = promise.then((final) => {
+    callback?.(final)
+    return final
+  }, (err: Error) => {
+    errback?.(err)
+    throw err
+  })
+  if (typeof errback === 'function') settled.catch(() => {})
+  return settled
+}
+
+/** django-task-api's `TaskAPI.options`: read at each call, so they can be changed at any time. */
+export interface SeedOptions {
+  /** @default '/tasks' */
+  baseURL: string
+  /** The cookie holding the CSRF token, sent back in `csrfHeaderName`. @default 'csrftoken' */
+  csrfCookieName: string
+  /** @default 'X-CSRFToken' */
+  csrfHeaderName: string
+  /** Extra headers for every request. */
+  headers: Record<string, string>
+}
+
+/**
+ * django-task-api's client, for front ends that port by changing an import:
+ * `TaskAPI.run(task, inputs, progressCallback, callback, errback)` resolves with the
+ * final record (`json.outputs.sum`); `TaskAPI.options.baseURL` and the CSRF names work
+ * as in the seed.
+ */
+export const TaskAPI: { options: SeedOptions, run (task: string, inputs?: Record<string, unknown>, progressCallback?: ProgressCallback | null, callback?: ((task: TaskState) => void) | null, errback?: ((error: Error) => void) | null): Promise<TaskState> } = {
+  options: { baseURL: '/tasks', csrfCookieName: 'csrftoken', csrfHeaderName: 'X-CSRFToken', headers: {} },
+  async run (task, inputs, progressCallback, callback, errback) {
+    const { options } = TaskAPI
+    const client = createClient({
+      baseURL: options.baseURL,
+      headers: () => {
+        const cookie = globalThis.document?.cookie.match(new RegExp(`(?:^|; )${options.csrfCookieName}=([^;]*)`))
+        return cookie == null ? options.headers : { ...options.headers, [options.csrfHeaderName]: decodeURIComponent(cookie[1] as string) }
+      },
+    })
+    return await settle(runToEnd(client, task, inputs, progressCallback), callback, errback)
+  },
+}
+
+export default TaskAPI

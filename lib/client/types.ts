@@ -1,0 +1,167 @@
+// Types only: this file compiles to nothing, so the browser bundle never pulls in
+// TypeBox or anything from the server side.
+import type { TaskDefinition, TaskInputs, TaskOutputs } from '../task.js'
+import type { TaskEvent } from '../events.js'
+import type { TaskState, TaskStatus } from '../store/types.js'
+
+export type { TaskEvent, TaskState, TaskStatus }
+export type { ProgressEvent, MessageEvent, StatusEvent } from '../events.js'
+
+/** The first frame of a stream: the task's state and the seq of the last event it reflects. */
+export interface SnapshotFrame {
+  type: 'snapshot'
+  seq: number
+  task: TaskState
+}
+
+/** Any frame of a task's event stream. */
+export type Frame = SnapshotFrame | TaskEvent
+
+/** What the client knows about one task: the types of its inputs and of its outputs. */
+export interface TaskTypes {
+  inputs: Record<string, unknown>
+  outputs: Record<string, unknown>
+}
+
+/** Task name -> its types. What an untyped client (`createClient()`) uses. */
+export type TaskTypeMap = Record<string, TaskTypes>
+
+type AnyDefinition = TaskDefinition<any, any, string>
+
+type DefinitionsIn<T> = T extends AnyDefinition
+  ? T
+  : T extends object ? Extract<T[keyof T], AnyDefinition> : never
+
+/** The task definitions held by `T`: an array or tuple of definitions and modules, or one module. */
+export type DefinitionsOf<T> = T extends readonly unknown[] ? DefinitionsIn<T[number]> : DefinitionsIn<T>
+
+/**
+ * Task name -> `{ inputs, outputs }`, from the server's task definitions. `T` is an array
+ * or tuple of `defineTask` results (`[typeof wait, typeof resize]`), a module namespace
+ * (`typeof import('./tasks/wait.js')`), or an array mixing both. Inputs wrapped in
+ * `Type.Optional` are optional. Exports that are not `defineTask` results are ignored
+ * (a `Task` subclass carries no literal name).
+ */
+export type TaskMap<T> = {
+  [D in DefinitionsOf<T> as D extends TaskDefinition<any, any, infer N> ? N : never]:
+  D extends TaskDefinition<infer I, infer O, string> ? { inputs: TaskInputs<I>, outputs: TaskOutputs<O> } : never
+}
+
+/** The map a client with type argument `T` uses: `TaskMap<T>`, or any task when `T` is not given. */
+export type ClientTasks<T> = unknown extends T ? TaskTypeMap : TaskMap<T>
+
+/** Callbacks for the updates of one task. Each receives the client's current view of the record. */
+export interface UpdateHandlers {
+  /** Any change: a snapshot, progress, a message or a status. */
+  onUpdate? (task: TaskState): void
+  /** Progress or target changed. */
+  onProgress? (progress: number | null, target: number | null, task: TaskState): void
+  /** A message was added; each message once, in order. */
+  onMessage? (message: string, task: TaskState): void
+  /** The status changed (`running`, then a final one; `pending` again before a retry). */
+  onStatus? (status: TaskStatus, task: TaskState): void
+}
+
+/** Callbacks of `client.subscribe`. */
+export interface SubscribeHandlers extends UpdateHandlers {
+  /** Each frame received, after deduplication: seq only grows. Polling makes no frames. */
+  onEvent? (frame: Frame): void
+  /** The task ended (succeeded, failed or cancelled); nothing follows. */
+  onEnd? (task: TaskState): void
+  /** Following failed for good (an unknown task, an HTTP error while polling); nothing follows. */
+  onError? (error: Error): void
+}
+
+/** Options of `client.run`. */
+export interface RunOptions extends UpdateHandlers {
+  /** Aborting it cancels the task (POST /tasks/:uuid/cancel); `run` then rejects once the task ends. */
+  signal?: AbortSignal
+}
+
+/** django-task-api's progress callback: the whole record at each update. */
+export type ProgressCallback = (task: TaskState) => void
+
+/** The inputs argument: optional when every input is. */
+export type InputsArg<E extends TaskTypes> = {} extends E['inputs'] ? [inputs?: E['inputs']] : [inputs: E['inputs']]
+
+/** The arguments after `task`: inputs, then options or the seed's callbacks. */
+export type RunArgs<E extends TaskTypes> = [
+  ...InputsArg<E>,
+  options?: RunOptions | ProgressCallback | null,
+  callback?: ((task: TaskState) => void) | null,
+  errback?: ((error: Error) => void) | null,
+]
+
+/** A WebSocket constructor: the browser's, or `WebSocket` from the `ws` package in Node. */
+export type WebSocketConstructor = new (url: string, protocols?: undefined, options?: { headers: Record<string, string> }) => { close (): void }
+
+/** An EventSource constructor: the browser's, or a WHATWG-compatible one in Node. */
+export type EventSourceConstructor = new (url: string) => { close (): void }
+
+/** A way to follow a task, in the order the client tries them. */
+export type Transport = 'websocket' | 'sse' | 'poll'
+
+/** Options of `createClient`. */
+export interface ClientOptions {
+  /**
+   * Where the task API lives. Relative URLs resolve against the page; outside a browser
+   * it must be absolute (`http://127.0.0.1:3000/tasks`).
+   * @default '/tasks'
+   */
+  baseURL?: string
+  /**
+   * Extra headers for every HTTP request (a CSRF token, an Authorization header), or a
+   * function returning them, called per request. Browsers cannot send headers on a
+   * WebSocket or an EventSource: use a cookie session or `streamToken` for those.
+   */
+  headers?: Record<string, string> | (() => Record<string, string>)
+  /**
+   * Fetches a stream token (`GET /tasks/:uuid/token`, with `headers`) before each stream
+   * connection, for servers that authenticate with a header.
+   * @default false
+   */
+  streamToken?: boolean
+  /** @default globalThis.fetch */
+  fetch?: typeof fetch
+  /** @default globalThis.WebSocket (Node 20 has none: pass `WebSocket` from `ws`) */
+  WebSocket?: WebSocketConstructor
+  /** @default globalThis.EventSource */
+  EventSource?: EventSourceConstructor
+  /**
+   * How to follow tasks, tried in this order; one without its constructor is skipped.
+   * @default ['websocket', 'sse', 'poll']
+   */
+  transports?: Transport[]
+  /**
+   * Milliseconds between two `GET /tasks/:uuid` while polling.
+   * @default 1000
+   */
+  pollInterval?: number
+  /**
+   * Milliseconds before reconnecting a stream that dropped.
+   * @default 500
+   */
+  retryDelay?: number
+}
+
+/** The client, typed by its task map `M`. */
+export interface Client<M extends TaskTypeMap = TaskTypeMap> {
+  /** Submits a task (POST /tasks); resolves with its first record. */
+  submit<N extends keyof M & string> (task: N, ...inputs: InputsArg<M[N]>): Promise<TaskState>
+  /** The task's record (GET /tasks/:uuid). */
+  get (uuid: string): Promise<TaskState>
+  /** Cancels the task (POST /tasks/:uuid/cancel); resolves with the record as it stands after the request. */
+  cancel (uuid: string): Promise<TaskState>
+  /**
+   * Follows a task: over a WebSocket, reconnecting with resume; else SSE; else polling.
+   * Returns the function that stops following.
+   */
+  subscribe (uuid: string, handlers: SubscribeHandlers): () => void
+  /**
+   * Submits a task and follows it to its end. Resolves with its outputs; rejects with a
+   * `TaskRunError` (carrying the record as `.task`) when it fails or is cancelled, or a
+   * `TaskApiError` when the server refuses it. Also takes django-task-api's
+   * `(task, inputs, progressCallback, callback, errback)`.
+   */
+  run<N extends keyof M & string> (task: N, ...args: RunArgs<M[N]>): Promise<M[N]['outputs']>
+}
