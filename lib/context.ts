@@ -14,6 +14,7 @@ import { Pace } from './pace.js'
  */
 export class ReportingContext implements TaskContext {
   readonly uuid: string
+  readonly attempt: number
   readonly signal: AbortSignal
   #progress: number | null = null
   #dirtyProgress = false
@@ -31,9 +32,10 @@ export class ReportingContext implements TaskContext {
   readonly #limits: MessageLimits
   #dropped = 0
 
-  constructor (uuid: string, signal: AbortSignal, interval: number, flush: (update: ProgressUpdate) => void, limits: MessageLimits) {
+  constructor (uuid: string, signal: AbortSignal, interval: number, flush: (update: ProgressUpdate) => void, limits: MessageLimits, attempt = 1) {
     this.#limits = limits
     this.uuid = uuid
+    this.attempt = attempt
     this.signal = signal
     this.#pace = new Pace(interval)
     this.#flush = flush

@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { statuses, type TaskState, type TaskStatus } from './store/types.js'
+import { finalStatuses, statuses, type TaskState, type TaskStatus } from './store/types.js'
 
 /*
  * The events a task emits, as clients receive them. Each carries the task's `seq`,
@@ -21,6 +21,7 @@ export const TaskStateSchema = Type.Object({
   outputs: Type.Unsafe<Record<string, unknown>>({ type: 'object', additionalProperties: true }),
   messages: Type.Array(Type.String()),
   messagesDropped: Type.Integer(),
+  attempt: Type.Integer(),
   created: Type.String(),
   started: nullable<string>('string'),
   finished: nullable<string>('string'),
@@ -47,7 +48,7 @@ export const StatusEventSchema = Type.Object({
   uuid: Type.String(),
   seq: Type.Integer(),
   status: TaskStateSchema.properties.status,
-  /** The whole record, on the event that ends the task. */
+  /** The whole record, on the event that ends the task and on the one that schedules a retry. */
   task: Type.Optional(TaskStateSchema),
 })
 
@@ -135,7 +136,7 @@ export class EventHistory {
       entry.events = entry.events.slice(-this.#size)
       entry.from = (entry.events[0] as TaskEvent).seq
     }
-    if (event.type === 'status' && event.task !== undefined && entry.timer === undefined) {
+    if (event.type === 'status' && event.task !== undefined && finalStatuses.has(event.status) && entry.timer === undefined) {
       entry.timer = setTimeout(() => this.#tasks.delete(event.uuid), this.#ttl).unref()
     }
   }

@@ -2,8 +2,8 @@ import { taskApi } from './plugin.js'
 
 export { taskApi }
 export default taskApi
-export { defineTask, Task } from './task.js'
-export type { TaskContext, TaskDefinition, TaskOptions, TaskInputs, TaskResult, TaskOutputs } from './task.js'
+export { defineTask, Task, TaskError } from './task.js'
+export type { Backoff, TaskContext, TaskDefinition, TaskOptions, TaskInputs, TaskResult, TaskOutputs } from './task.js'
 export { Type } from '@sinclair/typebox'
 export type { Static, TSchema, TProperties } from '@sinclair/typebox'
 export * from './errors.js'

@@ -92,6 +92,27 @@ export interface TaskApiOptions extends AccessOptions {
    * @default 2000
    */
   maxMessageLength?: number
+  /**
+   * Bytes a task's result may take as JSON; a bigger one fails the task with a clear
+   * error instead of crossing the process boundary.
+   * @default 1048576 (1 MiB)
+   */
+  maxOutputSize?: number
+  /**
+   * Tasks a child process runs before it is replaced by a fresh one (recycling, for task
+   * code that leaks). 0: no limit.
+   * @default 0
+   */
+  maxTasksPerChild?: number
+  /**
+   * Memory limits of each child process. A child past its heap limit is ended by V8 and
+   * its task fails with `the child process ran out of memory (heap limit N MB)`; the
+   * server's own memory is untouched.
+   */
+  resourceLimits?: {
+    /** The child's V8 old-space limit, in MB (`--max-old-space-size`). @default Node's own (about a quarter of RAM, up to 4 GB) */
+    maxOldGenerationSizeMb?: number
+  }
 }
 
 /** Options after checking, with every default filled in. */
@@ -108,11 +129,14 @@ export interface NormalizedOptions {
   streams: NormalizedStreamOptions
   access: AccessOptions
   execution: { timeout: number, cancelGrace: number, maxQueued: number, shutdownTimeout: number }
-  limits: { maxMessages: number, maxMessageLength: number }
+  limits: { maxMessages: number, maxMessageLength: number, maxOutputSize: number }
+  maxTasksPerChild: number
+  maxOldGenerationSizeMb: number | undefined
 }
 
 const known = new Set(['tasks', 'prefix', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
-  'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength'])
+  'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength',
+  'maxOutputSize', 'maxTasksPerChild', 'resourceLimits'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -169,13 +193,19 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
       throw new FST_TASK_API_OPT_INVALID(name, 'an integer, 0 or more', describe(value))
     }
   }
-  const limits = { maxMessages: options.maxMessages ?? 1000, maxMessageLength: options.maxMessageLength ?? 2000 }
+  const limits = { maxMessages: options.maxMessages ?? 1000, maxMessageLength: options.maxMessageLength ?? 2000, maxOutputSize: options.maxOutputSize ?? 1024 * 1024 }
   for (const [name, value] of Object.entries(limits)) {
     if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
       throw new FST_TASK_API_OPT_INVALID(name, 'a positive integer', describe(value))
     }
   }
+  const maxTasksPerChild = options.maxTasksPerChild ?? 0
+  if (typeof maxTasksPerChild !== 'number' || !Number.isInteger(maxTasksPerChild) || maxTasksPerChild < 0) {
+    throw new FST_TASK_API_OPT_INVALID('maxTasksPerChild', 'an integer, 0 or more', describe(maxTasksPerChild))
+  }
   return {
+    maxTasksPerChild,
+    maxOldGenerationSizeMb: normalizeResourceLimits(options.resourceLimits),
     limits,
     execution,
     access: normalizeAccess(options),
@@ -190,6 +220,23 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     execArgv,
     env,
   }
+}
+
+function normalizeResourceLimits (limits: unknown): number | undefined {
+  if (limits === undefined) return undefined
+  if (typeof limits !== 'object' || limits === null || Array.isArray(limits)) {
+    throw new FST_TASK_API_OPT_INVALID('resourceLimits', 'an object', describe(limits))
+  }
+  for (const key of Object.keys(limits)) {
+    if (key !== 'maxOldGenerationSizeMb') {
+      throw new FST_TASK_API_OPT_INVALID(`resourceLimits.${key}`, 'a known option (maxOldGenerationSizeMb)', 'an unknown option')
+    }
+  }
+  const { maxOldGenerationSizeMb: mb } = limits as { maxOldGenerationSizeMb?: unknown }
+  if (mb !== undefined && !(typeof mb === 'number' && Number.isInteger(mb) && mb >= 16)) {
+    throw new FST_TASK_API_OPT_INVALID('resourceLimits.maxOldGenerationSizeMb', 'an integer number of MB, 16 or more', describe(mb))
+  }
+  return mb as number | undefined
 }
 
 function normalizeStreams (streams: unknown): NormalizedStreamOptions {

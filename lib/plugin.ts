@@ -32,6 +32,8 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
       limits: normalized.limits,
       execArgv: normalized.execArgv,
       env: normalized.env,
+      maxTasksPerChild: normalized.maxTasksPerChild,
+      maxOldGenerationSizeMb: normalized.maxOldGenerationSizeMb,
       log,
     })
   }

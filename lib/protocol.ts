@@ -17,17 +17,19 @@ export interface ProgressUpdate {
   dropped?: number
 }
 
-/** Caps on a task's messages, applied in the child and again in the record. */
+/** Caps on what a task sends back: messages (applied in the child and again in the record) and its result. */
 export interface MessageLimits {
   /** Messages kept per task; the oldest go first. */
   maxMessages: number
   /** Characters kept per message; a longer one is cut and ends with an ellipsis. */
   maxMessageLength: number
+  /** Bytes the result may take as JSON. */
+  maxOutputSize: number
 }
 
 /** Parent -> child. */
 export type ParentMessage =
-  | { type: 'run', id: string, task: string, inputs: Record<string, unknown> }
+  | { type: 'run', id: string, task: string, inputs: Record<string, unknown>, attempt: number }
   /** Abort the running task's signal (cancel or timeout); the parent escalates if it does not end. */
   | { type: 'abort', id: string }
 
@@ -36,8 +38,11 @@ export type ChildMessage =
   | { type: 'ready' }
   | { type: 'update', id: string, update: ProgressUpdate }
   | { type: 'done', id: string, value: unknown, update?: ProgressUpdate }
-  /** `fatal`: the child is exiting after this (an uncaught exception); do not give it more work. */
-  | { type: 'fail', id: string, message: string, stack?: string, update?: ProgressUpdate, fatal?: boolean }
+  /**
+   * `fatal`: the child is exiting after this (an uncaught exception); do not give it more work.
+   * `retry: false`: another attempt cannot help (TaskError with retry false, an unsendable result).
+   */
+  | { type: 'fail', id: string, message: string, stack?: string, update?: ProgressUpdate, fatal?: boolean, retry?: boolean }
 
 /** Sent as the `data` of `fork()` so the child knows which modules to load. */
 export interface ChildInit {
@@ -72,7 +77,8 @@ export function isChildMessage (value: unknown): value is ChildMessage {
       return typeof value.id === 'string' && isUpdate(value.update)
     case 'fail':
       return typeof value.id === 'string' && typeof value.message === 'string' && isUpdate(value.update) &&
-        (value.fatal === undefined || typeof value.fatal === 'boolean')
+        (value.fatal === undefined || typeof value.fatal === 'boolean') &&
+        (value.retry === undefined || typeof value.retry === 'boolean')
     default:
       return false
   }
@@ -82,5 +88,6 @@ export function isChildMessage (value: unknown): value is ChildMessage {
 export function isParentMessage (value: unknown): value is ParentMessage {
   if (!isObject(value)) return false
   if (value.type === 'abort') return typeof value.id === 'string'
-  return value.type === 'run' && typeof value.id === 'string' && typeof value.task === 'string' && isObject(value.inputs)
+  return value.type === 'run' && typeof value.id === 'string' && typeof value.task === 'string' && isObject(value.inputs) &&
+    typeof value.attempt === 'number'
 }

@@ -9,9 +9,9 @@ import {
 } from './errors.js'
 import type { MessageLimits, ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
-import type { JobResult, Runner, RunnerEvents } from './runner/types.js'
+import type { Job, JobResult, Runner, RunnerEvents } from './runner/types.js'
 import { finalStatuses, type ListFilter, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
-import { describe } from './task.js'
+import { backoffDelay, describe } from './task.js'
 
 /** The logger calls the service makes (a pino/fastify logger fits). */
 export interface ServiceLogger {
@@ -35,7 +35,14 @@ export interface TaskStats {
 
 interface ActiveTask {
   registered: RegisteredTask
+  job: Job
   seq: number
+  /** Runs started so far. */
+  attempt: number
+  /** Set while a failed task waits for its retry. */
+  retryTimer?: NodeJS.Timeout
+  /** The task reached a final status: the drain forgets it after this step. */
+  ended: boolean
   /** Messages the record holds, and how many were dropped: to keep the cap without reading it. */
   kept: number
   dropped: number
@@ -44,7 +51,7 @@ interface ActiveTask {
    * reported them: steps wait here while one runs. `draining` settles when the queue is
    * empty. (A queue drained by one async loop costs far fewer promises than a chain.)
    */
-  steps: Array<[(active: ActiveTask) => Promise<void>, boolean]>
+  steps: Array<(active: ActiveTask) => Promise<void>>
   draining: Promise<void> | undefined
   /** Why the task is being stopped, once it is: its final status follows from it. */
   stopping?: { reason: 'cancel' } | { reason: 'timeout', ms: number }
@@ -76,6 +83,7 @@ export function toState (record: Readonly<TaskRecord>): TaskState {
     outputs: record.outputs,
     messages: record.messages.slice(),
     messagesDropped: record.messagesDropped,
+    attempt: record.attempt,
     created: record.created,
     started: record.started,
     finished: record.finished,
@@ -111,7 +119,7 @@ export class TaskService {
     execution?: Partial<ExecutionOptions>
     limits?: MessageLimits
   }) {
-    this.#limits = options.limits ?? { maxMessages: 1000, maxMessageLength: 2000 }
+    this.#limits = options.limits ?? { maxMessages: 1000, maxMessageLength: 2000, maxOutputSize: 1024 * 1024 }
     this.#execution = { timeout: 0, cancelGrace: 5000, maxQueued: 0, shutdownTimeout: 10_000, ...options.execution }
     this.#history = new EventHistory(options.history?.size ?? 0, options.history?.ttl ?? 0)
     this.#registry = options.registry
@@ -125,7 +133,7 @@ export class TaskService {
     const events: RunnerEvents = {
       started: uuid => this.#apply(uuid, () => this.#started(uuid)),
       update: (uuid, update) => this.#apply(uuid, () => this.#updated(uuid, update)),
-      finished: (uuid, result) => this.#apply(uuid, () => this.#finished(uuid, result), true),
+      finished: (uuid, result) => this.#apply(uuid, () => this.#finished(uuid, result)),
     }
     await this.#runner.start(events)
   }
@@ -177,6 +185,7 @@ export class TaskService {
       outputs: {},
       messages: [],
       messagesDropped: 0,
+      attempt: 0,
       created: new Date().toISOString(),
       started: null,
       finished: null,
@@ -187,8 +196,9 @@ export class TaskService {
     }
     await this.#store.create(record)
     const created = toState(record)
-    this.#active.set(record.uuid, { registered, seq: 0, kept: 0, dropped: 0, steps: [], draining: undefined })
-    this.#runner.enqueue({ uuid: record.uuid, task: record.task, inputs })
+    const job: Job = { uuid: record.uuid, task: record.task, inputs, attempt: 1 }
+    this.#active.set(record.uuid, { registered, job, seq: 0, attempt: 0, ended: false, kept: 0, dropped: 0, steps: [], draining: undefined })
+    this.#runner.enqueue(job)
     return created
   }
 
@@ -259,8 +269,15 @@ export class TaskService {
   #stop (uuid: string, active: ActiveTask, why: NonNullable<ActiveTask['stopping']>): void {
     if (active.stopping !== undefined) return
     active.stopping = why
+    if (active.retryTimer !== undefined) {
+      // Waiting for a retry: nothing runs, so it ends now.
+      clearTimeout(active.retryTimer)
+      active.retryTimer = undefined
+      this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false))
+      return
+    }
     const outcome = this.#runner.abort(uuid, this.#execution.cancelGrace)
-    if (outcome === 'dequeued') this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false), true)
+    if (outcome === 'dequeued') this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false))
   }
 
   /** Resolves with the task's final state once it has succeeded, failed or been cancelled. */
@@ -305,10 +322,12 @@ export class TaskService {
 
   async #shutdown (): Promise<void> {
     const pending = [...this.#active.entries()].filter(([uuid, active]) =>
-      active.stopping === undefined && this.#runner.dequeue(uuid))
+      active.stopping === undefined && (active.retryTimer !== undefined || this.#runner.dequeue(uuid)))
     for (const [uuid, active] of pending) {
+      clearTimeout(active.retryTimer)
+      active.retryTimer = undefined
       active.stopping = { reason: 'cancel' }
-      this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false), true)
+      this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false))
     }
     if (pending.length > 0) this.#log.warn({ count: pending.length }, 'fastify-task-api: closing: queued tasks are cancelled')
     const deadline = Date.now() + this.#execution.shutdownTimeout
@@ -321,7 +340,7 @@ export class TaskService {
     for (const job of dropped) {
       const active = this.#active.get(job.uuid)
       if (active !== undefined) active.stopping ??= { reason: 'cancel' }
-      this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'cancelled before it ran' }, false), true)
+      this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'cancelled before it ran' }, false))
     }
     await Promise.all([...this.#active.values()].map(active => active.draining))
     for (const active of this.#active.values()) clearTimeout(active.timer)
@@ -329,24 +348,23 @@ export class TaskService {
     await this.#store.close?.()
   }
 
-  #apply (uuid: string, step: (active: ActiveTask) => Promise<void>, last = false): void {
+  #apply (uuid: string, step: (active: ActiveTask) => Promise<void>): void {
     const active = this.#active.get(uuid)
     if (active === undefined) return
-    active.steps.push([step, last])
+    active.steps.push(step)
     active.draining ??= this.#drain(uuid, active)
   }
 
   async #drain (uuid: string, active: ActiveTask): Promise<void> {
-    let next = active.steps.shift()
-    while (next !== undefined) {
-      const [step, last] = next
+    let step = active.steps.shift()
+    while (step !== undefined) {
       try {
         await step(active)
       } catch (err) {
         this.#log.error({ err, uuid }, 'fastify-task-api: could not record a task event')
       }
-      if (last) this.#active.delete(uuid)
-      next = active.steps.shift()
+      if (active.ended) this.#active.delete(uuid)
+      step = active.steps.shift()
     }
     active.draining = undefined
   }
@@ -354,9 +372,10 @@ export class TaskService {
   async #started (uuid: string): Promise<void> {
     const active = this.#active.get(uuid) as ActiveTask
     const seq = ++active.seq
+    const attempt = ++active.attempt
     const timeout = active.registered.task.timeout ?? this.#execution.timeout
     if (timeout > 0) active.timer = setTimeout(() => this.#stop(uuid, active, { reason: 'timeout', ms: timeout }), timeout)
-    await this.#write(uuid, { status: 'running', started: new Date().toISOString(), seq })
+    await this.#write(uuid, { status: 'running', started: new Date().toISOString(), attempt, seq })
     this.#publish({ type: 'status', uuid, seq, status: 'running' })
   }
 
@@ -404,13 +423,42 @@ export class TaskService {
     } else {
       patch = { status: 'failed', error: result.error }
     }
+    const retryable = stopping?.reason !== 'cancel' && (result.ok ? stopping !== undefined : result.retry !== false)
+    if (patch.status === 'failed' && retryable && active.attempt <= registered.task.retries && this.#closing === undefined) {
+      await this.#retry(uuid, active, patch.error as string)
+      return
+    }
     if (patch.status === 'failed' && log) {
       this.#log.warn({ uuid, task: registered.name, error: patch.error, stack: result.ok ? undefined : result.stack }, 'fastify-task-api: task failed')
     }
+    if (patch.status === 'succeeded') patch.error = null // an earlier attempt's
     patch.finished = new Date().toISOString()
     patch.seq = ++active.seq
+    active.ended = true
     const record = await this.#write(uuid, patch)
     if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq: patch.seq, status: record.status, task: toState(record) })
+  }
+
+  /** A failed attempt with retries left: back to pending, and queued again after the backoff. */
+  async #retry (uuid: string, active: ActiveTask, error: string): Promise<void> {
+    const { task } = active.registered
+    const delay = backoffDelay(task.backoff, active.attempt)
+    active.stopping = undefined // the timeout that ended this attempt, if one did
+    this.#log.warn({ uuid, task: task.name, attempt: active.attempt, error, delay }, 'fastify-task-api: task failed, retrying')
+    const seq = ++active.seq
+    const record = await this.#write(uuid, { status: 'pending', error, progress: null, target: null, seq })
+    if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(record) })
+    if (active.stopping !== undefined || this.#closing !== undefined) {
+      // Cancelled, or the server began closing, while the retry was being recorded.
+      active.stopping ??= { reason: 'cancel' }
+      await this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false)
+      return
+    }
+    active.retryTimer = setTimeout(() => {
+      active.retryTimer = undefined
+      active.job.attempt = active.attempt + 1
+      this.#runner.enqueue(active.job)
+    }, delay)
   }
 
   #outputs (registered: RegisteredTask, value: unknown): { outputs: Record<string, unknown> } | { error: string } {

@@ -3,7 +3,7 @@
  * that import from here keep the child processes small; importing the package root
  * works too but loads fastify into every child.
  */
-export { defineTask, Task } from './task.js'
-export type { TaskContext, TaskDefinition, TaskOptions, TaskInputs, TaskResult, TaskOutputs } from './task.js'
+export { defineTask, Task, TaskError } from './task.js'
+export type { Backoff, TaskContext, TaskDefinition, TaskOptions, TaskInputs, TaskResult, TaskOutputs } from './task.js'
 export { Type } from '@sinclair/typebox'
 export type { Static, TSchema, TProperties } from '@sinclair/typebox'

@@ -9,11 +9,56 @@ import type { Static, TObject, TProperties } from '@sinclair/typebox'
 /** Brand that marks task definitions and Task subclasses, shared across copies of this package. */
 export const kTask: unique symbol = Symbol.for('fastify-task-api.task') as never
 const kContext: unique symbol = Symbol.for('fastify-task-api.context') as never
+const kTaskError: unique symbol = Symbol.for('fastify-task-api.task-error') as never
+
+/**
+ * An error a task throws to fail on purpose. `{ retry: false }` fails the task at once,
+ * whatever its `retries`: for failures another attempt cannot fix (bad data, a missing
+ * record). Any other thrown value counts as retryable.
+ *
+ * ```ts
+ * if (!found) throw new TaskError(`no invoice ${id}`, { retry: false })
+ * ```
+ */
+export class TaskError extends Error {
+  /** False when the task must not be retried after this error. */
+  readonly retry: boolean
+  declare readonly [kTaskError]: true
+
+  constructor (message: string, options: { retry?: boolean, cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+    this.name = 'TaskError'
+    this.retry = options.retry !== false
+    Object.defineProperty(this, kTaskError, { value: true })
+  }
+
+  /** True for a TaskError from any copy of this package. */
+  static override [Symbol.hasInstance] (value: unknown): boolean {
+    return typeof value === 'object' && value !== null && (value as Partial<TaskError>)[kTaskError] === true
+  }
+}
+
+/**
+ * How long to wait before a retry: a number of milliseconds (fixed), or a fixed or
+ * exponential schedule. Exponential waits `delay`, then twice that, four times, and so
+ * on, each at most `maxDelay`.
+ */
+export type Backoff = number | { type: 'fixed' | 'exponential', delay: number, maxDelay?: number }
+
+/** Milliseconds to wait before the attempt that follows failed attempt `attempt` (1-based). */
+export function backoffDelay (backoff: Backoff, attempt: number): number {
+  if (typeof backoff === 'number') return backoff
+  if (backoff.type === 'fixed') return backoff.delay
+  const delay = backoff.delay * 2 ** (attempt - 1)
+  return Math.min(delay, backoff.maxDelay ?? Number.MAX_SAFE_INTEGER)
+}
 
 /** What `run()` receives as its second argument (and what a `Task` subclass reaches through `this`). */
 export interface TaskContext {
   /** The task's uuid. */
   readonly uuid: string
+  /** Which run this is: 1 for the first, 2 for the first retry, and so on. */
+  readonly attempt: number
   /** Aborted when the task is cancelled or times out. */
   readonly signal: AbortSignal
   /** Sets the target that progress counts towards: a finite number greater than 0. */
@@ -57,6 +102,14 @@ export interface TaskOptions<I extends TProperties, O extends TProperties, N ext
    * `timeout` option.
    */
   timeout?: number
+  /**
+   * How many more times a failed run is tried (0, the default: none). A thrown error, a
+   * crash of its process (out of memory included) and a timeout are retried; a cancel,
+   * invalid outputs and `new TaskError(message, { retry: false })` are not.
+   */
+  retries?: number
+  /** The wait before each retry. @default { type: 'exponential', delay: 1000 } */
+  backoff?: Backoff
   /** The task's code. Sync or async. */
   run (inputs: TaskInputs<I>, task: TaskContext): TaskResult<O> | Promise<TaskResult<O>>
 }
@@ -68,6 +121,8 @@ export interface TaskDefinition<I extends TProperties = TProperties, O extends T
   readonly inputs: I
   readonly outputs: O
   readonly timeout: number | undefined
+  readonly retries: number | undefined
+  readonly backoff: Backoff | undefined
   run (inputs: TaskInputs<I>, task: TaskContext): TaskResult<O> | Promise<TaskResult<O>>
 }
 
@@ -95,6 +150,8 @@ export function defineTask<const I extends TProperties = {}, const O extends TPr
     inputs: options.inputs ?? ({} as I),
     outputs: options.outputs ?? ({} as O),
     timeout: options.timeout,
+    retries: options.retries,
+    backoff: options.backoff,
     run: options.run,
   })
 }
@@ -122,6 +179,10 @@ export abstract class Task {
   outputs: TProperties = {}
   /** Milliseconds a run may take; see {@link TaskOptions.timeout}. */
   timeout: number | undefined = undefined
+  /** How many more times a failed run is tried; see {@link TaskOptions.retries}. */
+  retries: number | undefined = undefined
+  /** The wait before each retry; see {@link TaskOptions.backoff}. */
+  backoff: Backoff | undefined = undefined
   declare [kContext]?: TaskContext
 
   /** The task's code; receives the converted inputs. */
@@ -135,6 +196,8 @@ export abstract class Task {
 
   /** The running task's uuid. */
   get uuid (): string { return this.#context().uuid }
+  /** Which run this is; see {@link TaskContext.attempt}. */
+  get attempt (): number { return this.#context().attempt }
   /** Aborted when the task is cancelled or times out. */
   get signal (): AbortSignal { return this.#context().signal }
   /** See {@link TaskContext.setTarget}. */
@@ -155,6 +218,9 @@ export interface LoadedTask {
   inputs: TProperties
   outputs: TProperties
   timeout: number | undefined
+  /** Retries after a failed run: 0 for none. */
+  retries: number
+  backoff: Backoff
   /** Runs the task once with converted inputs. */
   invoke (inputs: Record<string, unknown>, context: TaskContext): unknown
 }
@@ -184,6 +250,8 @@ export function loadTask (exported: unknown, exportName: string): LoadedTask {
       inputs: probe.inputs ?? {},
       outputs: probe.outputs ?? {},
       timeout: probe.timeout,
+      retries: probe.retries ?? 0,
+      backoff: probe.backoff ?? defaultBackoff,
       invoke (inputs, context) {
         const instance = new Ctor()
         instance[kContext] = context
@@ -198,13 +266,26 @@ export function loadTask (exported: unknown, exportName: string): LoadedTask {
     inputs: definition.inputs,
     outputs: definition.outputs,
     timeout: definition.timeout,
+    retries: definition.retries ?? 0,
+    backoff: definition.backoff ?? defaultBackoff,
     invoke: (inputs, context) => definition.run(inputs as never, context),
   }
 }
 
-function checkShape (task: { name: unknown, inputs: unknown, outputs: unknown, run: unknown, timeout?: unknown }, exportName: string): void {
-  if (task.timeout !== undefined && !(typeof task.timeout === 'number' && Number.isInteger(task.timeout) && task.timeout > 0)) {
+const defaultBackoff: Backoff = { type: 'exponential', delay: 1000 }
+
+const isMs = (value: unknown, min: number): boolean =>
+  typeof value === 'number' && Number.isInteger(value) && value >= min && value <= 2 ** 31 - 1
+
+function checkShape (task: { name: unknown, inputs: unknown, outputs: unknown, run: unknown, timeout?: unknown, retries?: unknown, backoff?: unknown }, exportName: string): void {
+  if (task.timeout !== undefined && !isMs(task.timeout, 1)) {
     throw new Error(`export "${exportName}": timeout must be a positive number of milliseconds, got ${describe(task.timeout)}`)
+  }
+  if (task.retries !== undefined && !(isMs(task.retries, 0) && (task.retries as number) <= 1000)) {
+    throw new Error(`export "${exportName}": retries must be an integer from 0 to 1000, got ${describe(task.retries)}`)
+  }
+  if (task.backoff !== undefined && !isBackoff(task.backoff)) {
+    throw new Error(`export "${exportName}": backoff must be milliseconds or { type: 'fixed' | 'exponential', delay, maxDelay? }, got ${describe(task.backoff)}`)
   }
   if (typeof task.name !== 'string' || task.name.length === 0) {
     throw new Error(`export "${exportName}": name must be a non-empty string, got ${describe(task.name)}`)
@@ -224,6 +305,13 @@ function checkShape (task: { name: unknown, inputs: unknown, outputs: unknown, r
       }
     }
   }
+}
+
+function isBackoff (value: unknown): value is Backoff {
+  if (isMs(value, 0)) return true
+  if (typeof value !== 'object' || value === null) return false
+  const { type, delay, maxDelay } = value as Record<string, unknown>
+  return (type === 'fixed' || type === 'exponential') && isMs(delay, 0) && (maxDelay === undefined || isMs(maxDelay, 0))
 }
 
 /**

@@ -48,7 +48,7 @@ t.test('GET returns outputs and messages and hides internals', async (t) => {
     const res = await app.inject({ method: 'GET', url })
     t.equal(res.statusCode, 200, url)
     const body = res.json()
-    t.same(Object.keys(body).sort(), ['created', 'error', 'finished', 'messages', 'messagesDropped', 'outputs', 'progress', 'started', 'status', 'target', 'task', 'uuid'])
+    t.same(Object.keys(body).sort(), ['attempt', 'created', 'error', 'finished', 'messages', 'messagesDropped', 'outputs', 'progress', 'started', 'status', 'target', 'task', 'uuid'])
     t.equal(body.status, 'succeeded')
     t.same(body.outputs, { output: 'Hello World' })
     t.same(body.messages, ['step 0', 'step 1'])

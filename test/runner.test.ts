@@ -5,52 +5,6 @@ import t from 'tap'
 import taskApi from '../lib/index.js'
 import { build, childExecArgv, childPids, fixture, zombiePids } from './helpers.js'
 
-t.test('a child that exits mid-task fails that task; the next task succeeds', async (t) => {
-  const app = await build(t)
-  const before = childPids()
-  const crashed = await app.tasks.submit('crash', { code: 3 })
-  const done = await app.tasks.wait(crashed.uuid)
-  t.equal(done.status, 'failed')
-  t.equal(done.error, 'the child process running the task exited with code 3')
-  t.equal(done.progress, 1, 'progress reported before the crash is kept')
-  const next = await app.tasks.wait((await app.tasks.submit('hello', { name: 'after' })).uuid)
-  t.equal(next.status, 'succeeded')
-  t.same(next.outputs, { output: 'Hello after' })
-  const after = childPids()
-  t.equal(after.length, before.length, 'the pool is back to its size')
-  t.notSame(after, before, 'the dead child was replaced')
-})
-
-t.test("a child's exit(0) without a result is a failure", async (t) => {
-  const app = await build(t)
-  const done = await app.tasks.wait((await app.tasks.submit('crash', { code: 0 })).uuid)
-  t.equal(done.status, 'failed')
-  t.equal(done.error, 'the child process running the task exited with code 0')
-  t.equal((await app.tasks.wait((await app.tasks.submit('hello', { name: 'x' })).uuid)).status, 'succeeded')
-})
-
-t.test('a child killed by a signal fails its task naming the signal', async (t) => {
-  const app = await build(t)
-  const done = await app.tasks.wait((await app.tasks.submit('crash', { signal: 'SIGKILL' })).uuid)
-  t.equal(done.status, 'failed')
-  t.equal(done.error, 'the child process running the task was killed by signal SIGKILL')
-  t.equal((await app.tasks.wait((await app.tasks.submit('hello', { name: 'x' })).uuid)).status, 'succeeded')
-})
-
-t.test('a child killed from outside fails its task; the pool replaces it', async (t) => {
-  const app = await build(t)
-  const running = await app.tasks.submit('sleep', { ms: 30_000 })
-  while ((await app.tasks.get(running.uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
-  const [pid] = childPids()
-  process.kill(pid as number, 'SIGKILL')
-  const done = await app.tasks.wait(running.uuid)
-  t.equal(done.status, 'failed')
-  t.equal(done.error, 'the child process running the task was killed by signal SIGKILL')
-  const next = await app.tasks.wait((await app.tasks.submit('sleep', { ms: 1 })).uuid)
-  t.equal(next.status, 'succeeded')
-  t.not(next.outputs.pid, pid)
-})
-
 t.test('tasks queued behind a crash still run', async (t) => {
   const app = await build(t)
   const crashed = await app.tasks.submit('crash', { code: 1 })

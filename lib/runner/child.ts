@@ -4,7 +4,7 @@
  * guards, the task loader and the reporting context.
  */
 import { isParentMessage, type ChildInit, type ChildMessage, type ParentMessage, type ProgressUpdate } from '../protocol.js'
-import { tasksOfModule, type LoadedTask } from '../task.js'
+import { TaskError, tasksOfModule, type LoadedTask } from '../task.js'
 import { ReportingContext } from '../context.js'
 
 const init = JSON.parse(process.argv[2] ?? '{}') as ChildInit
@@ -18,9 +18,26 @@ function send (message: ChildMessage, then?: () => void): void {
   process.send(message, undefined, {}, then)
 }
 
-function errorText (err: unknown): { message: string, stack?: string } {
+function errorText (err: unknown): { message: string, stack?: string, retry?: boolean } {
+  if (err instanceof TaskError && !err.retry) return { message: err.message || err.name, stack: err.stack, retry: false }
   if (err instanceof Error) return { message: err.message || err.name, stack: err.stack }
   return { message: `a non-Error value was thrown: ${String(err)}` }
+}
+
+/** Why a result cannot leave this process, or undefined when it can. */
+function unsendable (value: unknown): string | undefined {
+  let json: string | undefined
+  try {
+    json = JSON.stringify(value)
+  } catch (err) {
+    // Circular objects and BigInts.
+    return `task result cannot be sent from the child process: ${errorText(err).message}`
+  }
+  const size = json === undefined ? 0 : Buffer.byteLength(json)
+  if (size > init.limits.maxOutputSize) {
+    return `task result is ${size} bytes as JSON, over the maxOutputSize of ${init.limits.maxOutputSize} bytes`
+  }
+  return undefined
 }
 
 async function load (): Promise<void> {
@@ -39,21 +56,18 @@ async function run (message: Extract<ParentMessage, { type: 'run' }>): Promise<v
   controller = new AbortController()
   const task = tasks.get(message.task)
   const context = new ReportingContext(id, controller.signal, init.progressInterval,
-    (update: ProgressUpdate) => send({ type: 'update', id, update }), init.limits)
+    (update: ProgressUpdate) => send({ type: 'update', id, update }), init.limits, message.attempt)
   try {
     if (task === undefined) {
-      throw new Error(loadErrors.length > 0
+      throw new TaskError(loadErrors.length > 0
         ? `task "${message.task}" could not be loaded in the child process: ${loadErrors.join('; ')}`
-        : `task "${message.task}" is not defined in the child process`)
+        : `task "${message.task}" is not defined in the child process`, { retry: false })
     }
     const value = await task.invoke(message.inputs, context)
     const update = context.finish()
-    try {
-      send({ type: 'done', id, value, update })
-    } catch (err) {
-      // JSON.stringify runs synchronously inside send(): circular objects and BigInts throw here.
-      send({ type: 'fail', id, message: `task result cannot be sent from the child process: ${errorText(err).message}`, update })
-    }
+    const problem = unsendable(value)
+    if (problem === undefined) send({ type: 'done', id, value, update })
+    else send({ type: 'fail', id, message: problem, update, retry: false })
   } catch (err) {
     send({ type: 'fail', id, ...errorText(err), update: context.finish() })
   } finally {

@@ -1,6 +1,6 @@
 import { ReportingContext } from '../context.js'
 import type { MessageLimits } from '../protocol.js'
-import type { LoadedTask } from '../task.js'
+import { TaskError, type LoadedTask } from '../task.js'
 import { Fifo } from './queue.js'
 import type { Job, Runner, RunnerEvents } from './types.js'
 
@@ -88,7 +88,7 @@ export class InlineRunner implements Runner {
     const controller = new AbortController()
     this.#controllers.set(job.uuid, controller)
     const context = new ReportingContext(job.uuid, controller.signal, this.#options.progressInterval,
-      update => { if (!this.#abandoned.has(job.uuid)) events.update(job.uuid, update) }, this.#options.limits)
+      update => { if (!this.#abandoned.has(job.uuid)) events.update(job.uuid, update) }, this.#options.limits, job.attempt)
     const finish = (result: Parameters<RunnerEvents['finished']>[1]): void => {
       this.#controllers.delete(job.uuid)
       if (this.#abandoned.delete(job.uuid)) return
@@ -100,10 +100,10 @@ export class InlineRunner implements Runner {
       const task = this.#options.tasks.get(job.task)
       if (task === undefined) throw new Error(`task "${job.task}" is not registered`)
       const value = await task.invoke(job.inputs, context)
-      finish({ ok: true, value: sendable(value) })
+      finish({ ok: true, value: sendable(value, this.#options.limits.maxOutputSize) })
     } catch (err) {
       const error = err instanceof Error ? err : new Error(`a non-Error value was thrown: ${String(err)}`)
-      finish({ ok: false, error: error.message, stack: error.stack })
+      finish({ ok: false, error: error.message, stack: error.stack, ...(error instanceof TaskError && !error.retry ? { retry: false } : {}) })
     } finally {
       this.#running--
       this.#dispatch()
@@ -111,12 +111,17 @@ export class InlineRunner implements Runner {
   }
 }
 
-/** The value as it would arrive from a child process: through JSON. */
-function sendable (value: unknown): unknown {
+/** The value as it would arrive from a child process: through JSON, within the size bound. */
+function sendable (value: unknown, maxOutputSize: number): unknown {
   if (value === undefined) return undefined
+  let json: string | undefined
   try {
-    return JSON.parse(JSON.stringify(value)) as unknown
+    json = JSON.stringify(value)
   } catch (err) {
-    throw new Error(`task result cannot be sent from the child process: ${(err as Error).message}`)
+    throw new TaskError(`task result cannot be sent from the child process: ${(err as Error).message}`, { retry: false })
   }
+  if (json === undefined) return undefined // a function or a symbol: no value, as over IPC
+  const size = Buffer.byteLength(json)
+  if (size > maxOutputSize) throw new TaskError(`task result is ${size} bytes as JSON, over the maxOutputSize of ${maxOutputSize} bytes`, { retry: false })
+  return JSON.parse(json) as unknown
 }

@@ -5,12 +5,15 @@ export interface Job {
   uuid: string
   task: string
   inputs: Record<string, unknown>
+  /** Which run this is: 1, then 2 on the first retry, and so on. */
+  attempt: number
 }
 
 /** How a run ended, as the runner saw it. Outputs are validated later, by the service. */
 export type JobResult =
   | { ok: true, value: unknown }
-  | { ok: false, error: string, stack?: string }
+  /** `retry: false`: the task must not be retried after this failure, whatever its `retries`. */
+  | { ok: false, error: string, stack?: string, retry?: boolean }
 
 /** What a runner reports back, in order, for each job. */
 export interface RunnerEvents {

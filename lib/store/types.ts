@@ -18,11 +18,14 @@ export interface TaskState {
   messages: string[]
   /** How many of the oldest messages were dropped to keep `messages` within its cap. */
   messagesDropped: number
+  /** The run being made or last made: 0 before the first, 2 on the first retry, and so on. */
+  attempt: number
   /** ISO 8601. */
   created: string
+  /** When the current (or last) attempt started. */
   started: string | null
   finished: string | null
-  /** The failure's message; never a stack trace. */
+  /** The failure's message; never a stack trace. While a retry waits, the failed attempt's. */
   error: string | null
 }
 
