@@ -1,6 +1,6 @@
 import type {
   Client, ClientOptions, ClientTasks, EventSourceConstructor, Frame, ProgressCallback, RunOptions,
-  SubscribeHandlers, TaskState, TaskTypeMap, Transport, WebSocketConstructor,
+  SubscribeHandlers, TaskState, Transport, WebSocketConstructor,
 } from './types.js'
 
 /*
@@ -264,16 +264,16 @@ function follow (connection: Connection, uuid: string, handlers: SubscribeHandle
  * const { waited } = await client.run('wait', { seconds: 3 }, { onProgress: (p, t) => draw(p, t) })
  * ```
  */
-export function createClient<T = unknown> (options: ClientOptions = {}): Client<ClientTasks<T> & TaskTypeMap> {
+export function createClient<T = unknown> (options: ClientOptions = {}): Client<ClientTasks<T>> {
   const api = connection(options)
   const subscribe = (uuid: string, handlers: SubscribeHandlers): () => void => follow(api, uuid, handlers)
   const cancel = (uuid: string): Promise<TaskState> => api.request('POST', `/${uuid}/cancel`)
   const client: Client = {
-    submit: (task, inputs) => api.request('POST', '', { task, inputs: inputs ?? {} }),
+    submit: (task: string, inputs?: Record<string, unknown>) => api.request('POST', '', { task, inputs: inputs ?? {} }),
     get: uuid => api.request('GET', `/${uuid}`),
     cancel,
     subscribe,
-    run: async (task, inputs, optionsOrProgress, callback, errback) =>
+    run: async (task: string, inputs?: Record<string, unknown>, optionsOrProgress?: RunOptions | ProgressCallback | null, callback?: ((task: TaskState) => void) | null, errback?: ((error: Error) => void) | null) =>
       await settle(runToEnd(client, task, inputs, optionsOrProgress), callback, errback).then(final => final.outputs),
   }
   return client as never
@@ -283,7 +283,7 @@ async function runToEnd (client: Client, task: string, inputs: Record<string, un
   const options: RunOptions = typeof optionsOrProgress === 'function' ? { onUpdate: optionsOrProgress } : optionsOrProgress ?? {}
   const { signal } = options
   signal?.throwIfAborted()
-  const submitted = await client.submit(task, inputs)
+  const submitted = await client.submit(task, inputs ?? {})
   let cancel = (): void => {}
   try {
     const final = await new Promise<TaskState>((resolve, reject) => {

@@ -1,6 +1,7 @@
 // Types only: this file compiles to nothing, so the browser bundle never pulls in
 // TypeBox or anything from the server side.
-import type { TaskDefinition, TaskInputs, TaskOutputs } from '../task.js'
+import type { TProperties } from '@sinclair/typebox'
+import type { TaskInputs, TaskOutputs } from '../task.js'
 import type { TaskEvent } from '../events.js'
 import type { TaskState, TaskStatus } from '../store/types.js'
 
@@ -23,10 +24,19 @@ export interface TaskTypes {
   outputs: Record<string, unknown>
 }
 
+/** An entry of a task map, as `TaskTypes`. */
+export type Types<E> = E extends TaskTypes ? E : TaskTypes
+
 /** Task name -> its types. What an untyped client (`createClient()`) uses. */
 export type TaskTypeMap = Record<string, TaskTypes>
 
-type AnyDefinition = TaskDefinition<any, any, string>
+/** What the client reads of a `defineTask` result (a `TaskDefinition`). */
+interface AnyDefinition {
+  readonly name: string
+  readonly inputs: TProperties
+  readonly outputs: TProperties
+  run (...args: never[]): unknown
+}
 
 type DefinitionsIn<T> = T extends AnyDefinition
   ? T
@@ -43,8 +53,7 @@ export type DefinitionsOf<T> = T extends readonly unknown[] ? DefinitionsIn<T[nu
  * (a `Task` subclass carries no literal name).
  */
 export type TaskMap<T> = {
-  [D in DefinitionsOf<T> as D extends TaskDefinition<any, any, infer N> ? N : never]:
-  D extends TaskDefinition<infer I, infer O, string> ? { inputs: TaskInputs<I>, outputs: TaskOutputs<O> } : never
+  [D in DefinitionsOf<T> as D['name']]: { inputs: TaskInputs<D['inputs']>, outputs: TaskOutputs<D['outputs']> }
 }
 
 /** The map a client with type argument `T` uses: `TaskMap<T>`, or any task when `T` is not given. */
@@ -81,16 +90,8 @@ export interface RunOptions extends UpdateHandlers {
 /** django-task-api's progress callback: the whole record at each update. */
 export type ProgressCallback = (task: TaskState) => void
 
-/** The inputs argument: optional when every input is. */
-export type InputsArg<E extends TaskTypes> = {} extends E['inputs'] ? [inputs?: E['inputs']] : [inputs: E['inputs']]
-
-/** The arguments after `task`: inputs, then options or the seed's callbacks. */
-export type RunArgs<E extends TaskTypes> = [
-  ...InputsArg<E>,
-  options?: RunOptions | ProgressCallback | null,
-  callback?: ((task: TaskState) => void) | null,
-  errback?: ((error: Error) => void) | null,
-]
+/** The names of the tasks in `M` that need no input. */
+export type OptionalInputsTask<M> = { [K in keyof M]: {} extends Types<M[K]>['inputs'] ? K : never }[keyof M] & string
 
 /** A WebSocket constructor: the browser's, or `WebSocket` from the `ws` package in Node. */
 export type WebSocketConstructor = new (url: string, protocols?: undefined, options?: { headers: Record<string, string> }) => { close (): void }
@@ -145,9 +146,11 @@ export interface ClientOptions {
 }
 
 /** The client, typed by its task map `M`. */
-export interface Client<M extends TaskTypeMap = TaskTypeMap> {
+export interface Client<M = TaskTypeMap> {
   /** Submits a task (POST /tasks); resolves with its first record. */
-  submit<N extends keyof M & string> (task: N, ...inputs: InputsArg<M[N]>): Promise<TaskState>
+  submit<N extends keyof M & string> (task: N, inputs: Types<M[N]>['inputs']): Promise<TaskState>
+  /** Submits a task that needs no input. */
+  submit<N extends OptionalInputsTask<M>> (task: N): Promise<TaskState>
   /** The task's record (GET /tasks/:uuid). */
   get (uuid: string): Promise<TaskState>
   /** Cancels the task (POST /tasks/:uuid/cancel); resolves with the record as it stands after the request. */
@@ -163,5 +166,13 @@ export interface Client<M extends TaskTypeMap = TaskTypeMap> {
    * `TaskApiError` when the server refuses it. Also takes django-task-api's
    * `(task, inputs, progressCallback, callback, errback)`.
    */
-  run<N extends keyof M & string> (task: N, ...args: RunArgs<M[N]>): Promise<M[N]['outputs']>
+  run<N extends keyof M & string> (
+    task: N,
+    inputs: Types<M[N]>['inputs'],
+    options?: RunOptions | ProgressCallback | null,
+    callback?: ((task: TaskState) => void) | null,
+    errback?: ((error: Error) => void) | null,
+  ): Promise<Types<M[N]>['outputs']>
+  /** Runs a task that needs no input. */
+  run<N extends OptionalInputsTask<M>> (task: N): Promise<Types<M[N]>['outputs']>
 }
