@@ -1,5 +1,6 @@
 // The seed's example task (django-task-api's JustWaitTask): count to `seconds`, one
 // step per second, reporting progress and a message at each step.
+import { setTimeout as sleep } from 'node:timers/promises'
 import { defineTask, Type } from 'fastify-task-api/task'
 
 export default defineTask({
@@ -10,7 +11,8 @@ export default defineTask({
     task.setTarget(seconds)
     task.setProgress(0)
     for (let i = 1; i <= seconds; i++) {
-      await new Promise(resolve => setTimeout(resolve, 1000))
+      // Waiting on the task's signal: a cancel ends the task at once.
+      await sleep(1000, undefined, { signal: task.signal })
       task.incProgress()
       task.addMessage(`waited ${i} of ${seconds} seconds`)
     }

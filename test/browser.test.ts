@@ -1,0 +1,75 @@
+import { existsSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import type { AddressInfo } from 'node:net'
+import { fileURLToPath } from 'node:url'
+import type { FastifyInstance } from 'fastify'
+import { chromium } from 'playwright-core'
+import t from 'tap'
+// @ts-expect-error the example is plain JavaScript, without type declarations
+import { build } from '../examples/basic/app.js'
+import { childExecArgv } from './helpers.js'
+
+/*
+ * The example page in a real browser: Debian's chromium, driven by playwright-core
+ * (which never downloads a browser). .ci/run installs chromium when it is missing.
+ */
+
+const executablePath = '/usr/bin/chromium'
+const output = new URL('./output/', import.meta.url)
+
+t.test('the example page runs a task to 100% and cancels another, in Chromium', async (t) => {
+  if (!existsSync(executablePath)) {
+    t.fail(`no browser at ${executablePath}: install Debian's chromium (apt-get install -y chromium)`)
+    return
+  }
+  const app: FastifyInstance = await build({ logger: false, taskApi: { concurrency: 2, execArgv: childExecArgv } })
+  t.teardown(() => app.close())
+  const upgrades: string[] = []
+  app.server.on('upgrade', (request) => upgrades.push(request.url ?? ''))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as AddressInfo
+
+  const browser = await chromium.launch({
+    executablePath,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+  })
+  t.teardown(() => browser.close())
+  const page = await browser.newPage({ viewport: { width: 800, height: 700 } })
+  const errors: string[] = []
+  page.on('pageerror', (err) => errors.push(err.message))
+  page.on('console', (message) => { if (message.type() === 'error') errors.push(message.text()) })
+  await mkdir(output, { recursive: true })
+
+  await page.goto(`http://127.0.0.1:${port}/`)
+  await page.fill('#seconds', '2')
+  await page.click('#run')
+  await page.waitForFunction(() => document.getElementById('result')?.textContent !== '')
+  t.equal(await page.textContent('#result'), 'Result: waited 2 seconds')
+  t.equal(await page.textContent('#percent'), '100%', 'the bar reached 100%')
+  t.same(await page.$eval('#bar', (bar) => [(bar as HTMLProgressElement).value, (bar as HTMLProgressElement).max]), [2, 2])
+  t.same(await page.$$eval('#messages li', (items) => items.map(item => item.textContent)), ['waited 1 of 2 seconds', 'waited 2 of 2 seconds'])
+  t.equal(await page.textContent('#status'), 'Status: succeeded')
+  t.ok(upgrades.some(url => /^\/tasks\/[0-9a-f-]+\/events$/.test(url)), 'the page followed the task over a WebSocket')
+  const succeeded = fileURLToPath(new URL('browser-succeeded.png', output))
+  await page.screenshot({ path: succeeded, fullPage: true })
+  t.comment(`screenshot: ${succeeded}`)
+
+  await page.fill('#seconds', '60')
+  await page.click('#run')
+  await page.waitForFunction(() => document.querySelectorAll('#messages li').length > 0)
+  t.equal(await page.textContent('#status'), 'Status: running')
+  t.equal(await page.isEnabled('#cancel'), true)
+  await page.click('#cancel')
+  await page.waitForFunction(() => document.getElementById('result')?.textContent !== '')
+  t.equal(await page.textContent('#result'), 'Cancelled')
+  t.equal(await page.textContent('#status'), 'Status: cancelled')
+  t.equal(await page.isEnabled('#run'), true, 'Run is available again')
+  const cancelled = (await app.inject('/tasks?status=cancelled')).json().tasks as Array<{ task: string }>
+  t.equal(cancelled.length, 1, 'the server cancelled the task')
+  t.equal(cancelled[0]?.task, 'wait')
+  const screenshot = fileURLToPath(new URL('browser-cancelled.png', output))
+  await page.screenshot({ path: screenshot, fullPage: true })
+  t.comment(`screenshot: ${screenshot}`)
+
+  t.same(errors, [], 'no error in the page')
+})
