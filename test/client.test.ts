@@ -92,6 +92,20 @@ t.test('run rejects with a TaskApiError naming the input the server refused, and
   t.same((await app.inject('/tasks')).json().tasks, [])
 })
 
+t.test('a task that fails and is retried is followed to its final status: pending after running is not an end', async (t) => {
+  const { base } = await serve(t, { tasks: [fixture('retry.ts')] })
+  const client = createClient({ baseURL: base, WebSocket })
+  const { seen: got, handlers } = recorder()
+  let last: TaskState | undefined
+  const outputs = await client.run('flaky', { failures: 2 }, { ...handlers, onUpdate: (task) => { last = task } })
+  t.same(outputs, { attempt: 3 }, 'resolved with the third attempt, not ended by the failed ones')
+  t.equal(got.statuses.at(-1), 'succeeded')
+  t.notOk(got.statuses.includes('failed'), 'a failure with retries left is no status of its own')
+  t.same(got.messages, ['attempt 1', 'attempt 2', 'attempt 3'], 'every attempt\'s message once')
+  t.equal((last as TaskState & { attempt?: number }).attempt, 3)
+  t.ok(increasing(got.seqs))
+})
+
 t.test('aborting the signal cancels the task; run rejects with the cancelled record', async (t) => {
   const { app, base, seen } = await serve(t)
   const client = createClient({ baseURL: base, WebSocket })
