@@ -57,6 +57,11 @@ t.test('register fails naming the module or option and the value received', asyn
     ['a negative progressInterval', { tasks: [fixture('plain.js')], progressInterval: -5 }, 'FST_TASK_API_OPT_INVALID', /^options\.progressInterval must be .*, got -5$/],
     ['a store without methods', { tasks: [fixture('plain.js')], store: {} }, 'FST_TASK_API_OPT_INVALID', /^options\.store must be an object with create, get, update and list methods, got an object$/],
     ['execArgv that is not strings', { tasks: [fixture('plain.js')], execArgv: [1] }, 'FST_TASK_API_OPT_INVALID', /^options\.execArgv must be an array of strings, got an array$/],
+    ['a zero maxOutputSize', { tasks: [fixture('plain.js')], maxOutputSize: 0 }, 'FST_TASK_API_OPT_INVALID', /^options\.maxOutputSize must be a positive integer, got 0$/],
+    ['a negative maxTasksPerChild', { tasks: [fixture('plain.js')], maxTasksPerChild: -1 }, 'FST_TASK_API_OPT_INVALID', /^options\.maxTasksPerChild must be an integer, 0 or more, got -1$/],
+    ['a tiny heap limit', { tasks: [fixture('plain.js')], resourceLimits: { maxOldGenerationSizeMb: 1 } }, 'FST_TASK_API_OPT_INVALID', /^options\.resourceLimits\.maxOldGenerationSizeMb must be an integer number of MB, 16 or more, got 1$/],
+    ['an unknown resource limit', { tasks: [fixture('plain.js')], resourceLimits: { stackSizeMb: 4 } }, 'FST_TASK_API_OPT_INVALID', /^options\.resourceLimits\.stackSizeMb must be a known option/],
+    ['a task with negative retries', { tasks: [fixture('bad-retries.ts')] }, 'FST_TASK_API_TASK_MODULE', /bad-retries\.ts: export "default": retries must be an integer from 0 to 1000, got -2$/],
     ['a misspelt option', { tasks: [fixture('plain.js')], concurency: 2 }, 'FST_TASK_API_OPT_INVALID', /^options\.concurency must be a known option/],
   ]
   for (const [name, options, code, message] of cases) {
