@@ -2,7 +2,7 @@
 // ts-expect-error directive fails the type-check if the error it expects goes away.
 import Fastify from 'fastify'
 import t from 'tap'
-import taskApi, { defineTask, Task, Type, type Static, type TaskState, type TaskEvent } from '../lib/index.js'
+import taskApi, { defineTask, Task, TaskError, Type, type Static, type TaskState, type TaskEvent } from '../lib/index.js'
 
 const typed = defineTask({
   name: 'typed',
@@ -101,8 +101,26 @@ async function decorated (): Promise<void> {
   await app.register(taskApi, { tasks: [], concurrency: '2' })
 }
 
+export const retried = defineTask({
+  name: 'retried',
+  retries: 2,
+  backoff: { type: 'exponential', delay: 100, maxDelay: 1000 },
+  run (_inputs, task) {
+    const attempt: number = task.attempt
+    if (attempt < 2) throw new TaskError('again')
+    throw new TaskError('give up', { retry: false, cause: new Error('root') })
+  },
+})
+
+// @ts-expect-error backoff types are 'fixed' or 'exponential'
+defineTask({ name: 'bad-backoff', backoff: { type: 'linear', delay: 5 }, run () {} })
+
+// @ts-expect-error retries is a number
+defineTask({ name: 'bad-retries', retries: 'twice', run () {} })
+
 t.test('the typed definitions are real tasks', async (t) => {
   t.equal(typed.name, 'typed')
+  t.equal(retried.retries, 2)
   t.equal(new SeedStyle().name, 'seed-style')
   t.type(decorated, 'function')
   t.type(Incomplete, 'function')
