@@ -272,6 +272,17 @@ t.test('subscribing to an unknown task ends in onError with the 404', async (t) 
   t.equal((err as TaskApiError).statusCode, 404)
 })
 
+t.test('with no transport left, following ends in onError naming those tried', async (t) => {
+  const { app, base } = await serve(t, { allowedOrigins: ['https://app.example'] })
+  const client = createClient({ baseURL: base, WebSocket, headers: { origin: 'https://elsewhere.example' }, transports: ['websocket'] })
+  const { uuid } = await client.submit('steps', { steps: 1, delay: 1 })
+  const err = await new Promise<Error>((resolve, reject) => {
+    client.subscribe(uuid, { onError: resolve, onEnd: () => reject(new Error('ended')) })
+  })
+  t.equal(err.message, `no transport could follow task ${uuid} (tried: websocket)`)
+  await app.tasks.wait(uuid)
+})
+
 t.test('the seed\'s call shape: run(task, inputs, progressCallback, callback, errback)', async (t) => {
   const { base } = await serve(t)
   const client = createClient({ baseURL: base, WebSocket })

@@ -233,7 +233,8 @@ function follow (connection: Connection, uuid: string, handlers: SubscribeHandle
   const run = async (): Promise<void> => {
     let index = 0
     while (!stopped) {
-      const kind = transports[index] as Transport
+      const kind = transports[index]
+      if (kind === undefined) throw new Error(`no transport could follow task ${uuid} (tried: ${transports.join(', ') || 'none'})`)
       let delivered = false
       try {
         delivered = await connect[kind]()
