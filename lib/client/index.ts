@@ -182,6 +182,11 @@ function follow (connection: Connection, uuid: string, handlers: SubscribeHandle
   // Each stream resolves when its connection ends: true when it delivered a frame.
   const stream = (open: () => { close (): void, onmessage: unknown, onerror: unknown, onclose?: unknown }): Promise<boolean> =>
     new Promise((resolve) => {
+      // Stopped while the URL (and its token) was on its way: open nothing.
+      if (stopped) {
+        resolve(false)
+        return
+      }
       let received = false
       const source = open()
       const done = (): void => {
