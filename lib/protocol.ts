@@ -1,7 +1,6 @@
 /**
  * Every message that crosses the parent <-> child IPC channel, as one discriminated
- * union per direction. Both sides import this file with `import type` only, so the
- * child never pulls in fastify. What arrives is checked by `isChildMessage` /
+ * union per direction. This file imports nothing, so the child never pulls in fastify. What arrives is checked by `isChildMessage` /
  * `isParentMessage` before it is used: nothing is trusted across the process boundary.
  */
 
@@ -90,4 +89,22 @@ export function isParentMessage (value: unknown): value is ParentMessage {
   if (value.type === 'abort') return typeof value.id === 'string'
   return value.type === 'run' && typeof value.id === 'string' && typeof value.task === 'string' && isObject(value.inputs) &&
     typeof value.attempt === 'number'
+}
+
+/**
+ * The result as the JSON that crosses the IPC channel, or why it cannot cross: a
+ * circular object, a BigInt, or more than `maxOutputSize` bytes. `json` is undefined for
+ * a value JSON has no text for (undefined, a function). The inline runner applies the
+ * same rules, so both runners fail the same results with the same errors.
+ */
+export function encodeResult (value: unknown, maxOutputSize: number): { json: string | undefined } | { error: string } {
+  let json: string | undefined
+  try {
+    json = JSON.stringify(value)
+  } catch (err) {
+    return { error: `task result cannot be sent from the child process: ${(err as Error).message}` }
+  }
+  const size = json === undefined ? 0 : Buffer.byteLength(json)
+  if (size > maxOutputSize) return { error: `task result is ${size} bytes as JSON, over the maxOutputSize of ${maxOutputSize} bytes` }
+  return { json }
 }

@@ -35,10 +35,9 @@ export interface TaskStats {
 
 interface ActiveTask {
   registered: RegisteredTask
+  /** What the runner is given; `job.attempt` is the run being made (or about to be). */
   job: Job
   seq: number
-  /** Runs started so far. */
-  attempt: number
   /** Set while a failed task waits for its retry. */
   retryTimer?: NodeJS.Timeout
   /** The task reached a final status: the drain forgets it after this step. */
@@ -197,7 +196,7 @@ export class TaskService {
     await this.#store.create(record)
     const created = toState(record)
     const job: Job = { uuid: record.uuid, task: record.task, inputs, attempt: 1 }
-    this.#active.set(record.uuid, { registered, job, seq: 0, attempt: 0, ended: false, kept: 0, dropped: 0, steps: [], draining: undefined })
+    this.#active.set(record.uuid, { registered, job, seq: 0, ended: false, kept: 0, dropped: 0, steps: [], draining: undefined })
     this.#runner.enqueue(job)
     return created
   }
@@ -269,15 +268,22 @@ export class TaskService {
   #stop (uuid: string, active: ActiveTask, why: NonNullable<ActiveTask['stopping']>): void {
     if (active.stopping !== undefined) return
     active.stopping = why
-    if (active.retryTimer !== undefined) {
-      // Waiting for a retry: nothing runs, so it ends now.
-      clearTimeout(active.retryTimer)
-      active.retryTimer = undefined
-      this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false))
-      return
-    }
-    const outcome = this.#runner.abort(uuid, this.#execution.cancelGrace)
-    if (outcome === 'dequeued') this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false))
+    // Not running (queued, or waiting for a retry): it ends now. Running: the runner stops it.
+    if (this.#withdraw(uuid, active)) this.#endUnrun(uuid)
+    else this.#runner.abort(uuid, this.#execution.cancelGrace)
+  }
+
+  /** Takes back a task that is not running: out of the runner's queue or out of its retry wait. */
+  #withdraw (uuid: string, active: ActiveTask): boolean {
+    if (active.retryTimer === undefined) return this.#runner.dequeue(uuid)
+    clearTimeout(active.retryTimer)
+    active.retryTimer = undefined
+    return true
+  }
+
+  /** Ends a task that is stopping (`active.stopping` set) and not running. */
+  #endUnrun (uuid: string): void {
+    this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false))
   }
 
   /** Resolves with the task's final state once it has succeeded, failed or been cancelled. */
@@ -322,12 +328,10 @@ export class TaskService {
 
   async #shutdown (): Promise<void> {
     const pending = [...this.#active.entries()].filter(([uuid, active]) =>
-      active.stopping === undefined && (active.retryTimer !== undefined || this.#runner.dequeue(uuid)))
+      active.stopping === undefined && this.#withdraw(uuid, active))
     for (const [uuid, active] of pending) {
-      clearTimeout(active.retryTimer)
-      active.retryTimer = undefined
       active.stopping = { reason: 'cancel' }
-      this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false))
+      this.#endUnrun(uuid)
     }
     if (pending.length > 0) this.#log.warn({ count: pending.length }, 'fastify-task-api: closing: queued tasks are cancelled')
     const deadline = Date.now() + this.#execution.shutdownTimeout
@@ -340,7 +344,7 @@ export class TaskService {
     for (const job of dropped) {
       const active = this.#active.get(job.uuid)
       if (active !== undefined) active.stopping ??= { reason: 'cancel' }
-      this.#apply(job.uuid, () => this.#finished(job.uuid, { ok: false, error: 'cancelled before it ran' }, false))
+      this.#endUnrun(job.uuid)
     }
     await Promise.all([...this.#active.values()].map(active => active.draining))
     for (const active of this.#active.values()) clearTimeout(active.timer)
@@ -372,7 +376,7 @@ export class TaskService {
   async #started (uuid: string): Promise<void> {
     const active = this.#active.get(uuid) as ActiveTask
     const seq = ++active.seq
-    const attempt = ++active.attempt
+    const { attempt } = active.job
     const timeout = active.registered.task.timeout ?? this.#execution.timeout
     if (timeout > 0) active.timer = setTimeout(() => this.#stop(uuid, active, { reason: 'timeout', ms: timeout }), timeout)
     await this.#write(uuid, { status: 'running', started: new Date().toISOString(), attempt, seq })
@@ -424,7 +428,7 @@ export class TaskService {
       patch = { status: 'failed', error: result.error }
     }
     const retryable = stopping?.reason !== 'cancel' && (result.ok ? stopping !== undefined : result.retry !== false)
-    if (patch.status === 'failed' && retryable && active.attempt <= registered.task.retries && this.#closing === undefined) {
+    if (patch.status === 'failed' && retryable && active.job.attempt <= registered.task.retries && this.#closing === undefined) {
       await this.#retry(uuid, active, patch.error as string)
       return
     }
@@ -441,23 +445,23 @@ export class TaskService {
 
   /** A failed attempt with retries left: back to pending, and queued again after the backoff. */
   async #retry (uuid: string, active: ActiveTask, error: string): Promise<void> {
-    const { task } = active.registered
-    const delay = backoffDelay(task.backoff, active.attempt)
+    const { registered: { task }, job } = active
+    const delay = backoffDelay(task.backoff, job.attempt)
     active.stopping = undefined // the timeout that ended this attempt, if one did
-    this.#log.warn({ uuid, task: task.name, attempt: active.attempt, error, delay }, 'fastify-task-api: task failed, retrying')
+    this.#log.warn({ uuid, task: task.name, attempt: job.attempt, error, delay }, 'fastify-task-api: task failed, retrying')
     const seq = ++active.seq
     const record = await this.#write(uuid, { status: 'pending', error, progress: null, target: null, seq })
     if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(record) })
     if (active.stopping !== undefined || this.#closing !== undefined) {
       // Cancelled, or the server began closing, while the retry was being recorded.
       active.stopping ??= { reason: 'cancel' }
-      await this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false)
+      this.#endUnrun(uuid)
       return
     }
     active.retryTimer = setTimeout(() => {
       active.retryTimer = undefined
-      active.job.attempt = active.attempt + 1
-      this.#runner.enqueue(active.job)
+      job.attempt++
+      this.#runner.enqueue(job)
     }, delay)
   }
 

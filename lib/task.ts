@@ -39,6 +39,16 @@ export class TaskError extends Error {
 }
 
 /**
+ * What a thrown value says, for a failed task's record: its message and stack, and
+ * `retry: false` for a TaskError that forbids retries. Used by both runners.
+ */
+export function thrown (err: unknown): { message: string, stack?: string, retry?: boolean } {
+  if (err instanceof TaskError && !err.retry) return { message: err.message || err.name, stack: err.stack, retry: false }
+  if (err instanceof Error) return { message: err.message || err.name, stack: err.stack }
+  return { message: `a non-Error value was thrown: ${String(err)}` }
+}
+
+/**
  * How long to wait before a retry: a number of milliseconds (fixed), or a fixed or
  * exponential schedule. Exponential waits `delay`, then twice that, four times, and so
  * on, each at most `maxDelay`.

@@ -2,19 +2,16 @@ import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import WebSocket from 'ws'
-import { build, childPids, fixture } from './helpers.js'
+import { build, childPids, fixture, untilRunning } from './helpers.js'
 
 const tasks = [fixture('control.ts')]
 
-async function running (app: Awaited<ReturnType<typeof build>>, uuid: string): Promise<void> {
-  while ((await app.tasks.get(uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
-}
 
 t.test('cancel a running task that honours its signal: cancelled, and its child is kept', async (t) => {
   const app = await build(t, { tasks })
   const pids = childPids()
   const task = await app.tasks.submit('cooperative')
-  await running(app, task.uuid)
+  await untilRunning(app, task.uuid)
   const res = await app.inject({ method: 'POST', url: `/tasks/${task.uuid}/cancel` })
   t.equal(res.statusCode, 200)
   const done = await app.tasks.wait(task.uuid)
@@ -28,7 +25,7 @@ t.test('cancel a running task that honours its signal: cancelled, and its child 
 t.test('cancel a task that ignores its signal: SIGTERM after cancelGrace', async (t) => {
   const app = await build(t, { tasks, cancelGrace: 200 })
   const task = await app.tasks.submit('stubborn')
-  await running(app, task.uuid)
+  await untilRunning(app, task.uuid)
   const started = Date.now()
   await app.tasks.cancel(task.uuid)
   const done = await app.tasks.wait(task.uuid)
@@ -84,7 +81,7 @@ t.test('the cancelled status is streamed and ends the stream', async (t) => {
   const app = await build(t, { tasks })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const task = await app.tasks.submit('cooperative')
-  await running(app, task.uuid)
+  await untilRunning(app, task.uuid)
   const socket = new WebSocket(`ws://127.0.0.1:${(app.server.address() as AddressInfo).port}/tasks/${task.uuid}/events`)
   const frames: Array<{ type: string, status?: string, task?: { status: string } }> = []
   socket.on('message', data => frames.push(JSON.parse(data.toString()) as { type: string }))
@@ -100,11 +97,11 @@ t.test('the cancelled status is streamed and ends the stream', async (t) => {
 t.test('inline runner: cancel through the signal', async (t) => {
   const app = await build(t, { tasks, runner: 'inline', cancelGrace: 100 })
   const cooperative = await app.tasks.submit('cooperative')
-  await running(app, cooperative.uuid)
+  await untilRunning(app, cooperative.uuid)
   await app.tasks.cancel(cooperative.uuid)
   t.equal((await app.tasks.wait(cooperative.uuid)).status, 'cancelled')
   const stubborn = await app.tasks.submit('stubborn')
-  await running(app, stubborn.uuid)
+  await untilRunning(app, stubborn.uuid)
   await app.tasks.cancel(stubborn.uuid)
   t.equal((await app.tasks.wait(stubborn.uuid)).status, 'cancelled', 'given up on after the grace period')
 })

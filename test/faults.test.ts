@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, childPids, fixture, zombiePids } from './helpers.js'
+import { build, childPids, fixture, untilRunning, zombiePids } from './helpers.js'
 
 // The fault suite: each fault runs in a real child process of one pool of size 1, and
 // after each the next task succeeds, the pool is back to exactly one child, and no
@@ -27,9 +27,6 @@ async function run (task: string, inputs: Record<string, unknown> = {}) {
   return app.tasks.wait((await app.tasks.submit(task, inputs)).uuid)
 }
 
-async function running (uuid: string): Promise<void> {
-  while ((await app.tasks.get(uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
-}
 
 async function nextSucceeds (t: Test): Promise<void> {
   const next = await run('hello', { name: 'next' })
@@ -57,7 +54,7 @@ t.test('exit(0) without a result is a failure', async (t) => {
 
 t.test('SIGKILL from outside', async (t) => {
   const task = await app.tasks.submit('sleep', { ms: 30_000 })
-  await running(task.uuid)
+  await untilRunning(app, task.uuid)
   const [pid] = childPids()
   process.kill(pid as number, 'SIGKILL')
   const done = await app.tasks.wait(task.uuid)
@@ -85,7 +82,7 @@ t.test('an infinite loop is ended by its timeout', async (t) => {
 
 t.test('a task that ignores its signal and SIGTERM is cancelled (SIGKILL)', async (t) => {
   const task = await app.tasks.submit('ignores-sigterm')
-  await running(task.uuid)
+  await untilRunning(app, task.uuid)
   await app.tasks.cancel(task.uuid)
   const done = await app.tasks.wait(task.uuid)
   t.equal(done.status, 'cancelled')

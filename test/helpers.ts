@@ -26,6 +26,11 @@ export async function build (
   return app
 }
 
+/** Resolves once the task is running. */
+export async function untilRunning (app: FastifyInstance, uuid: string): Promise<void> {
+  while ((await app.tasks.get(uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
+}
+
 interface ProcessRow { pid: number, stat: string, command: string }
 
 /** This process's node children, read from the real process table. */

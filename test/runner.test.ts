@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url'
 import Fastify from 'fastify'
 import t from 'tap'
 import taskApi from '../lib/index.js'
-import { build, childExecArgv, childPids, fixture, zombiePids } from './helpers.js'
+import { build, childExecArgv, childPids, fixture, untilRunning, zombiePids } from './helpers.js'
 
 t.test('tasks queued behind a crash still run', async (t) => {
   const app = await build(t)
@@ -72,7 +72,7 @@ t.test('app.close() ends every child: none left, no zombies', async (t) => {
   if (running === undefined) throw new Error('unreachable')
   let finalRunning: string | undefined
   app.tasks.subscribe(running.uuid, event => { if (event.type === 'status' && event.task) finalRunning = event.task.status })
-  while ((await app.tasks.get(running.uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
+  await untilRunning(app, running.uuid)
   await app.close()
   t.same(childPids().filter(pid => pids.includes(pid)), [], 'no child left')
   t.same(zombiePids().filter(pid => pids.includes(pid)), [], 'no zombie left')
@@ -100,7 +100,7 @@ t.test('graceful shutdown: running tasks finish, new submissions get 503', async
   const app = Fastify()
   await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 5000 })
   const running = await app.tasks.submit('sleep', { ms: 300 })
-  while ((await app.tasks.get(running.uuid))?.status !== 'running') await new Promise(resolve => setTimeout(resolve, 5))
+  await untilRunning(app, running.uuid)
   const closing = app.close()
   await new Promise(resolve => setImmediate(resolve))
   await t.rejects(app.tasks.submit('hello', { name: 'late' }), { code: 'FST_TASK_API_RUNNER_CLOSED', statusCode: 503 })

@@ -3,8 +3,8 @@
  * task at a time as the parent asks. It imports no fastify: only the protocol's
  * guards, the task loader and the reporting context.
  */
-import { isParentMessage, type ChildInit, type ChildMessage, type ParentMessage, type ProgressUpdate } from '../protocol.js'
-import { TaskError, tasksOfModule, type LoadedTask } from '../task.js'
+import { encodeResult, isParentMessage, type ChildInit, type ChildMessage, type ParentMessage, type ProgressUpdate } from '../protocol.js'
+import { TaskError, tasksOfModule, thrown, type LoadedTask } from '../task.js'
 import { ReportingContext } from '../context.js'
 
 const init = JSON.parse(process.argv[2] ?? '{}') as ChildInit
@@ -18,34 +18,12 @@ function send (message: ChildMessage, then?: () => void): void {
   process.send(message, undefined, {}, then)
 }
 
-function errorText (err: unknown): { message: string, stack?: string, retry?: boolean } {
-  if (err instanceof TaskError && !err.retry) return { message: err.message || err.name, stack: err.stack, retry: false }
-  if (err instanceof Error) return { message: err.message || err.name, stack: err.stack }
-  return { message: `a non-Error value was thrown: ${String(err)}` }
-}
-
-/** Why a result cannot leave this process, or undefined when it can. */
-function unsendable (value: unknown): string | undefined {
-  let json: string | undefined
-  try {
-    json = JSON.stringify(value)
-  } catch (err) {
-    // Circular objects and BigInts.
-    return `task result cannot be sent from the child process: ${errorText(err).message}`
-  }
-  const size = json === undefined ? 0 : Buffer.byteLength(json)
-  if (size > init.limits.maxOutputSize) {
-    return `task result is ${size} bytes as JSON, over the maxOutputSize of ${init.limits.maxOutputSize} bytes`
-  }
-  return undefined
-}
-
 async function load (): Promise<void> {
   for (const module of init.modules) {
     try {
       for (const task of tasksOfModule(await import(module))) tasks.set(task.name, task)
     } catch (err) {
-      loadErrors.push(`${module}: ${errorText(err).message}`)
+      loadErrors.push(`${module}: ${thrown(err).message}`)
     }
   }
 }
@@ -65,11 +43,11 @@ async function run (message: Extract<ParentMessage, { type: 'run' }>): Promise<v
     }
     const value = await task.invoke(message.inputs, context)
     const update = context.finish()
-    const problem = unsendable(value)
-    if (problem === undefined) send({ type: 'done', id, value, update })
-    else send({ type: 'fail', id, message: problem, update, retry: false })
+    const encoded = encodeResult(value, init.limits.maxOutputSize)
+    if ('error' in encoded) send({ type: 'fail', id, message: encoded.error, update, retry: false })
+    else send({ type: 'done', id, value, update })
   } catch (err) {
-    send({ type: 'fail', id, ...errorText(err), update: context.finish() })
+    send({ type: 'fail', id, ...thrown(err), update: context.finish() })
   } finally {
     current = undefined
     controller = undefined
@@ -83,7 +61,7 @@ function fatal (err: unknown): void {
   if (id === undefined) {
     process.exit(1)
   }
-  const { message, stack } = errorText(err)
+  const { message, stack } = thrown(err)
   try {
     send({ type: 'fail', id, message: `uncaught exception in the child process: ${message}`, stack, fatal: true }, () => process.exit(1))
   } catch {

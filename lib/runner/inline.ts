@@ -1,6 +1,6 @@
 import { ReportingContext } from '../context.js'
-import type { MessageLimits } from '../protocol.js'
-import { TaskError, type LoadedTask } from '../task.js'
+import { encodeResult, type MessageLimits } from '../protocol.js'
+import { TaskError, thrown, type LoadedTask } from '../task.js'
 import { Fifo } from './queue.js'
 import type { Job, Runner, RunnerEvents } from './types.js'
 
@@ -47,10 +47,9 @@ export class InlineRunner implements Runner {
     return this.#queue.remove(job => job.uuid === uuid) !== undefined
   }
 
-  abort (uuid: string, grace: number): 'dequeued' | 'aborting' | 'unknown' {
-    if (this.dequeue(uuid)) return 'dequeued'
+  abort (uuid: string, grace: number): void {
     const controller = this.#controllers.get(uuid)
-    if (controller === undefined || controller.signal.aborted) return 'unknown'
+    if (controller === undefined || controller.signal.aborted) return
     controller.abort(new Error('the task was cancelled'))
     // In this process nothing can be killed: past the grace period the task is given up
     // on (it may still be running) and reported as ended.
@@ -60,7 +59,6 @@ export class InlineRunner implements Runner {
       this.#controllers.delete(uuid)
       this.#events?.finished(uuid, { ok: false, error: 'the task did not stop after its signal was aborted' })
     }, grace)
-    return 'aborting'
   }
 
   async close (): Promise<Job[]> {
@@ -102,8 +100,8 @@ export class InlineRunner implements Runner {
       const value = await task.invoke(job.inputs, context)
       finish({ ok: true, value: sendable(value, this.#options.limits.maxOutputSize) })
     } catch (err) {
-      const error = err instanceof Error ? err : new Error(`a non-Error value was thrown: ${String(err)}`)
-      finish({ ok: false, error: error.message, stack: error.stack, ...(error instanceof TaskError && !error.retry ? { retry: false } : {}) })
+      const { message, stack, retry } = thrown(err)
+      finish({ ok: false, error: message, stack, retry })
     } finally {
       this.#running--
       this.#dispatch()
@@ -113,15 +111,7 @@ export class InlineRunner implements Runner {
 
 /** The value as it would arrive from a child process: through JSON, within the size bound. */
 function sendable (value: unknown, maxOutputSize: number): unknown {
-  if (value === undefined) return undefined
-  let json: string | undefined
-  try {
-    json = JSON.stringify(value)
-  } catch (err) {
-    throw new TaskError(`task result cannot be sent from the child process: ${(err as Error).message}`, { retry: false })
-  }
-  if (json === undefined) return undefined // a function or a symbol: no value, as over IPC
-  const size = Buffer.byteLength(json)
-  if (size > maxOutputSize) throw new TaskError(`task result is ${size} bytes as JSON, over the maxOutputSize of ${maxOutputSize} bytes`, { retry: false })
-  return JSON.parse(json) as unknown
+  const encoded = encodeResult(value, maxOutputSize)
+  if ('error' in encoded) throw new TaskError(encoded.error, { retry: false })
+  return encoded.json === undefined ? undefined : JSON.parse(encoded.json) as unknown
 }

@@ -91,12 +91,11 @@ export class ProcessPool implements Runner {
     return this.#queue.remove(job => job.uuid === uuid) !== undefined
   }
 
-  abort (uuid: string, grace: number): 'dequeued' | 'aborting' | 'unknown' {
-    if (this.dequeue(uuid)) return 'dequeued'
+  abort (uuid: string, grace: number): void {
     for (const worker of this.#workers) {
       if (worker.job?.uuid !== uuid || worker.abortTimers.length > 0) continue
       // Already exited: its task is reported as soon as its last stderr bytes are in.
-      if (worker.child.exitCode !== null || worker.child.signalCode !== null) return 'aborting'
+      if (worker.child.exitCode !== null || worker.child.signalCode !== null) return
       const message: ParentMessage = { type: 'abort', id: uuid }
       worker.child.send(message, () => {})
       // A task that ignores its signal, or never yields (while (true) {}), is ended for
@@ -104,9 +103,8 @@ export class ProcessPool implements Runner {
       worker.abortTimers.push(
         setTimeout(() => worker.child.kill('SIGTERM'), grace).unref(),
         setTimeout(() => worker.child.kill('SIGKILL'), grace + killGrace).unref())
-      return 'aborting'
+      return
     }
-    return 'unknown'
   }
 
   async close (): Promise<Job[]> {
@@ -167,7 +165,6 @@ export class ProcessPool implements Runner {
 
   #exited (worker: Worker, code: number | null, signal: NodeJS.Signals | null, reject: (err: Error) => void): void {
     this.#workers.delete(worker)
-    clearAbort(worker)
     const heap = this.#options.maxOldGenerationSizeMb
     const how = outOfMemory.test(worker.stderrTail)
       ? `ran out of memory (heap limit ${heap === undefined ? 'the Node.js default' : `${heap} MB`})`

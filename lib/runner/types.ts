@@ -36,12 +36,11 @@ export interface Runner {
   /** Jobs being run. */
   readonly running: number
   /**
-   * Asks a job to stop: a queued one leaves the queue at once ('dequeued'); a running
-   * one has its signal aborted, and if it has not ended after `grace` ms its worker is
-   * stopped for real ('aborting': its `finished` event follows). 'unknown' when the
-   * runner does not hold it.
+   * Asks a running job to stop: its signal is aborted, and if it has not ended after
+   * `grace` ms its worker is stopped for real; its `finished` event follows. Queued
+   * jobs are taken back with `dequeue` instead.
    */
-  abort (uuid: string, grace: number): 'dequeued' | 'aborting' | 'unknown'
+  abort (uuid: string, grace: number): void
   /** Takes a job out of the queue if it is still there; true when it was. */
   dequeue (uuid: string): boolean
   /** Stops every worker. Jobs still queued are returned, so the caller can settle them. */
