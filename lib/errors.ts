@@ -41,6 +41,10 @@ export const FST_TASK_API_TASK_NOT_FOUND = createError<[string]>(
 export const FST_TASK_API_RUNNER_CLOSED = createError(
   'FST_TASK_API_RUNNER_CLOSED', 'the task runner is closed', 503)
 
+/** No worker can start (a child process fails to fork or to load): tasks cannot run now. The pool keeps trying. */
+export const FST_TASK_API_RUNNER_UNAVAILABLE = createError(
+  'FST_TASK_API_RUNNER_UNAVAILABLE', 'no worker can run tasks right now: try again later', 503)
+
 /** `GET {prefix}/:uuid/events` without a WebSocket upgrade, from a client that does not accept text/event-stream. */
 export const FST_TASK_API_STREAM_NOT_ACCEPTABLE = createError(
   'FST_TASK_API_STREAM_NOT_ACCEPTABLE', 'this route streams events: upgrade to a WebSocket, or send Accept: text/event-stream', 406)
@@ -76,6 +80,7 @@ export const codes = {
   FST_TASK_API_INPUT_INVALID,
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_RUNNER_CLOSED,
+  FST_TASK_API_RUNNER_UNAVAILABLE,
   FST_TASK_API_STREAM_NOT_ACCEPTABLE,
   FST_TASK_API_STREAM_UPGRADE_REQUIRED,
   FST_TASK_API_FORBIDDEN,

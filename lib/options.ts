@@ -105,6 +105,23 @@ export interface TaskApiOptions extends AccessOptions {
    */
   maxTasksPerChild?: number
   /**
+   * Milliseconds a child process has to acknowledge a task it is handed. A child that
+   * does not (its event loop is blocked by a previous task's leftover code, or it was
+   * stopped) is replaced, and the task is handed to another child once; the second
+   * time it fails. This bounds the hand-over only: a task with no `timeout` may run forever.
+   * @default 5000
+   */
+  ackTimeout?: number
+  /**
+   * Runs every task in a fresh child process, which exits after it: no state (globals,
+   * caches, timers, cwd, environment) passes from one task to the next. For apps that run
+   * tasks for many tenants. One spare child is forked ahead, so a task does not wait for
+   * a fork when another has just ended, but throughput is bounded by how fast children
+   * fork (about 100 ms each per core).
+   * @default false
+   */
+  childPerTask?: boolean
+  /**
    * Memory limits of each child process. A child past its heap limit is ended by V8 and
    * its task fails with `the child process ran out of memory (heap limit N MB)`; the
    * server's own memory is untouched.
@@ -132,11 +149,13 @@ export interface NormalizedOptions {
   limits: { maxMessages: number, maxMessageLength: number, maxOutputSize: number }
   maxTasksPerChild: number
   maxOldGenerationSizeMb: number | undefined
+  ackTimeout: number
+  childPerTask: boolean
 }
 
 const known = new Set(['tasks', 'prefix', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
   'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength',
-  'maxOutputSize', 'maxTasksPerChild', 'resourceLimits'])
+  'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -203,7 +222,17 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   if (typeof maxTasksPerChild !== 'number' || !Number.isInteger(maxTasksPerChild) || maxTasksPerChild < 0) {
     throw new FST_TASK_API_OPT_INVALID('maxTasksPerChild', 'an integer, 0 or more', describe(maxTasksPerChild))
   }
+  const ackTimeout = options.ackTimeout ?? 5000
+  if (typeof ackTimeout !== 'number' || !Number.isInteger(ackTimeout) || ackTimeout < 1 || ackTimeout > 2 ** 31 - 1) {
+    throw new FST_TASK_API_OPT_INVALID('ackTimeout', 'a positive integer number of milliseconds', describe(ackTimeout))
+  }
+  const childPerTask = options.childPerTask ?? false
+  if (typeof childPerTask !== 'boolean') {
+    throw new FST_TASK_API_OPT_INVALID('childPerTask', 'a boolean', describe(childPerTask))
+  }
   return {
+    ackTimeout,
+    childPerTask,
     maxTasksPerChild,
     maxOldGenerationSizeMb: normalizeResourceLimits(options.resourceLimits),
     limits,

@@ -34,6 +34,8 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
       env: normalized.env,
       maxTasksPerChild: normalized.maxTasksPerChild,
       maxOldGenerationSizeMb: normalized.maxOldGenerationSizeMb,
+      ackTimeout: normalized.ackTimeout,
+      childPerTask: normalized.childPerTask,
       log,
     })
   }

@@ -1,8 +1,25 @@
 /**
  * Every message that crosses the parent <-> child IPC channel, as one discriminated
- * union per direction. This file imports nothing, so the child never pulls in fastify. What arrives is checked by `isChildMessage` /
- * `isParentMessage` before it is used: nothing is trusted across the process boundary.
+ * union per direction. This file imports nothing, so the child never pulls in fastify.
+ * What arrives is checked by `isChildMessage` / `isParentMessage` before it is used:
+ * nothing is trusted across the process boundary. The parent also checks that each
+ * message fits the state of the child that sent it (see the pool).
  */
+
+// Saved when this module loads, before any task module does: task code that replaces
+// JSON.stringify cannot change how results are measured or sent.
+const stringify = JSON.stringify
+const byteLength = Buffer.byteLength
+
+/** Characters of a failed task's error text kept in its record (and in the log). */
+export const maxErrorLength = 4096
+/** Characters of a failure's stack or detail kept for the log. */
+export const maxDetailLength = 16_384
+
+/** Cuts a text to `max` characters, ending with an ellipsis when it was cut. */
+export function cut (text: string, max: number): string {
+  return text.length > max ? text.slice(0, Math.max(0, max - 1)) + '…' : text
+}
 
 /** Progress, target and messages accumulated in the child since its last flush. */
 export interface ProgressUpdate {
@@ -32,16 +49,30 @@ export type ParentMessage =
   /** Abort the running task's signal (cancel or timeout); the parent escalates if it does not end. */
   | { type: 'abort', id: string }
 
-/** Child -> parent. */
+/**
+ * Child -> parent. In order, per child: one `ready`; then for each `run`, one `ack`,
+ * any number of `update`s and one `done` or `fail`, all with the run's id. A `crash`
+ * may come at any time, and the child exits right after it. Anything else is a
+ * protocol error: the parent fails the task it was running and replaces the child.
+ */
 export type ChildMessage =
-  | { type: 'ready' }
+  /** The task modules are loaded. `loadErrors`: the modules that failed to load here (for the log). */
+  | { type: 'ready', loadErrors?: string[] }
+  /** The run was received; the task is starting. */
+  | { type: 'ack', id: string }
   | { type: 'update', id: string, update: ProgressUpdate }
   | { type: 'done', id: string, value: unknown, update?: ProgressUpdate }
   /**
-   * `fatal`: the child is exiting after this (an uncaught exception); do not give it more work.
-   * `retry: false`: another attempt cannot help (TaskError with retry false, an unsendable result).
+   * `retry: false`: another attempt cannot help (TaskError with retry false, an unsendable
+   * result, a task that is unavailable here). `stack` and `detail` go to the server log only.
    */
-  | { type: 'fail', id: string, message: string, stack?: string, update?: ProgressUpdate, fatal?: boolean, retry?: boolean }
+  | { type: 'fail', id: string, message: string, stack?: string, detail?: string, update?: ProgressUpdate, retry?: boolean }
+  /**
+   * An uncaught exception or unhandled rejection; the child exits right after sending it.
+   * `id`: the task that was running, if one was. `own`: the error came from that task's
+   * own code (its async context), so its message may go into that task's record.
+   */
+  | { type: 'crash', id?: string, own: boolean, message: string, stack?: string }
 
 /** Sent as the `data` of `fork()` so the child knows which modules to load. */
 export interface ChildInit {
@@ -54,11 +85,20 @@ function isObject (value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null
 }
 
+/** Progress is a finite number of 0 or more, a target a finite number over 0: as setProgress and setTarget enforce. */
+export function isProgress (value: unknown): value is number {
+  return typeof value === 'number' && value >= 0 && value !== Infinity
+}
+
+export function isTarget (value: unknown): value is number {
+  return typeof value === 'number' && value > 0 && value !== Infinity
+}
+
 function isUpdate (value: unknown): value is ProgressUpdate | undefined {
   if (value === undefined) return true
   if (!isObject(value)) return false
-  if (value.progress !== undefined && typeof value.progress !== 'number') return false
-  if (value.target !== undefined && typeof value.target !== 'number') return false
+  if (value.progress !== undefined && !isProgress(value.progress)) return false
+  if (value.target !== undefined && !isTarget(value.target)) return false
   if (value.messages !== undefined && !(Array.isArray(value.messages) && value.messages.every(m => typeof m === 'string'))) return false
   if (value.dropped !== undefined && !(typeof value.dropped === 'number' && Number.isInteger(value.dropped) && value.dropped >= 0)) return false
   return true
@@ -69,15 +109,21 @@ export function isChildMessage (value: unknown): value is ChildMessage {
   if (!isObject(value)) return false
   switch (value.type) {
     case 'ready':
-      return true
+      return value.loadErrors === undefined || (Array.isArray(value.loadErrors) && value.loadErrors.every(e => typeof e === 'string'))
+    case 'ack':
+      return typeof value.id === 'string'
     case 'update':
       return typeof value.id === 'string' && isUpdate(value.update) && value.update !== undefined
     case 'done':
       return typeof value.id === 'string' && isUpdate(value.update)
     case 'fail':
       return typeof value.id === 'string' && typeof value.message === 'string' && isUpdate(value.update) &&
-        (value.fatal === undefined || typeof value.fatal === 'boolean') &&
+        (value.stack === undefined || typeof value.stack === 'string') &&
+        (value.detail === undefined || typeof value.detail === 'string') &&
         (value.retry === undefined || typeof value.retry === 'boolean')
+    case 'crash':
+      return (value.id === undefined || typeof value.id === 'string') && typeof value.own === 'boolean' &&
+        typeof value.message === 'string' && (value.stack === undefined || typeof value.stack === 'string')
     default:
       return false
   }
@@ -100,11 +146,11 @@ export function isParentMessage (value: unknown): value is ParentMessage {
 export function encodeResult (value: unknown, maxOutputSize: number): { json: string | undefined } | { error: string } {
   let json: string | undefined
   try {
-    json = JSON.stringify(value)
+    json = stringify(value)
   } catch (err) {
     return { error: `task result cannot be sent from the child process: ${(err as Error).message}` }
   }
-  const size = json === undefined ? 0 : Buffer.byteLength(json)
+  const size = json === undefined ? 0 : byteLength(json)
   if (size > maxOutputSize) return { error: `task result is ${size} bytes as JSON, over the maxOutputSize of ${maxOutputSize} bytes` }
   return { json }
 }

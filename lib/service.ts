@@ -4,10 +4,11 @@ import {
   FST_TASK_API_INPUT_INVALID,
   FST_TASK_API_QUEUE_FULL,
   FST_TASK_API_RUNNER_CLOSED,
+  FST_TASK_API_RUNNER_UNAVAILABLE,
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_TASK_UNKNOWN,
 } from './errors.js'
-import type { MessageLimits, ProgressUpdate } from './protocol.js'
+import { cut, encodeResult, maxDetailLength, maxErrorLength, type MessageLimits, type ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { Job, JobResult, Runner, RunnerEvents } from './runner/types.js'
 import { finalStatuses, type ListFilter, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
@@ -173,6 +174,11 @@ export class TaskService {
    */
   async submitChecked (registered: RegisteredTask, inputs: Record<string, unknown>, options: SubmitOptions = {}): Promise<TaskState> {
     if (this.#closed) throw new FST_TASK_API_RUNNER_CLOSED()
+    const unavailable = this.#runner.unavailable
+    if (unavailable !== undefined) {
+      // Accepting would only pile up tasks that cannot start; the cause is in the log already.
+      throw new FST_TASK_API_RUNNER_UNAVAILABLE()
+    }
     const { maxQueued } = this.#execution
     if (maxQueued > 0 && this.#runner.queued >= maxQueued) throw new FST_TASK_API_QUEUE_FULL(maxQueued)
     const record: TaskRecord = {
@@ -387,19 +393,27 @@ export class TaskService {
     const active = this.#active.get(uuid) as ActiveTask
     const hasProgress = update.progress !== undefined || update.target !== undefined
     const progressSeq = hasProgress ? ++active.seq : 0
+    // The runner's side applied the caps already; they are applied again here, whatever arrived.
+    const { maxMessages, maxMessageLength } = this.#limits
+    let messages = update.messages ?? []
+    let dropped = update.dropped ?? 0
+    if (messages.length > maxMessages) {
+      dropped += messages.length - maxMessages
+      messages = messages.slice(-maxMessages)
+    }
+    messages = messages.map(message => cut(message, maxMessageLength))
     const firstMessageSeq = active.seq + 1
-    const messages = update.messages ?? []
     active.seq += messages.length
     const patch: RecordPatch = { seq: active.seq }
     if (update.progress !== undefined) patch.progress = update.progress
     if (update.target !== undefined) patch.target = update.target
     if (messages.length > 0) patch.messages = messages
-    // The child already capped what it sent; the record keeps the newest maxMessages overall.
-    const trim = Math.max(0, active.kept + messages.length - this.#limits.maxMessages)
+    // The record keeps the newest maxMessages overall.
+    const trim = Math.max(0, active.kept + messages.length - maxMessages)
     active.kept += messages.length - trim
     if (trim > 0) patch.trimMessages = trim
-    if (trim > 0 || (update.dropped ?? 0) > 0) {
-      active.dropped += trim + (update.dropped ?? 0)
+    if (trim > 0 || dropped > 0) {
+      active.dropped += trim + dropped
       patch.messagesDropped = active.dropped
     }
     const record = await this.#write(uuid, patch)
@@ -425,7 +439,7 @@ export class TaskService {
         ? { status: 'failed', error: outputs.error }
         : { status: 'succeeded', outputs: outputs.outputs }
     } else {
-      patch = { status: 'failed', error: result.error }
+      patch = { status: 'failed', error: cut(result.error, maxErrorLength) }
     }
     const retryable = stopping?.reason !== 'cancel' && (result.ok ? stopping !== undefined : result.retry !== false)
     if (patch.status === 'failed' && retryable && active.job.attempt <= registered.task.retries && this.#closing === undefined) {
@@ -433,7 +447,15 @@ export class TaskService {
       return
     }
     if (patch.status === 'failed' && log) {
-      this.#log.warn({ uuid, task: registered.name, error: patch.error, stack: result.ok ? undefined : result.stack }, 'fastify-task-api: task failed')
+      const detail = result.ok ? undefined : result.detail
+      const stack = result.ok ? undefined : result.stack
+      this.#log.warn({
+        uuid,
+        task: registered.name,
+        error: patch.error,
+        ...(detail === undefined ? {} : { detail: cut(detail, maxDetailLength) }),
+        ...(stack === undefined ? {} : { stack: cut(stack, maxDetailLength) }),
+      }, 'fastify-task-api: task failed')
     }
     if (patch.status === 'succeeded') patch.error = null // an earlier attempt's
     patch.finished = new Date().toISOString()
@@ -466,6 +488,9 @@ export class TaskService {
   }
 
   #outputs (registered: RegisteredTask, value: unknown): { outputs: Record<string, unknown> } | { error: string } {
+    // The bound holds whatever the runner let through.
+    const encoded = encodeResult(value, this.#limits.maxOutputSize)
+    if ('error' in encoded) return encoded
     const names = registered.outputNames
     if (names.length === 0) return { outputs: {} }
     let raw: Record<string, unknown>

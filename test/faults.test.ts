@@ -106,7 +106,7 @@ t.test('an unhandled rejection in the child fails the task with its message', as
 t.test('a module that throws on load in the children fails its own tasks only', async (t) => {
   const done = await run('env', { name: 'PATH' })
   t.equal(done.status, 'failed')
-  t.match(done.error, /^task "env" could not be loaded in the child process: .*env\.ts: this module refuses to load in a child$/)
+  t.equal(done.error, 'task "env" is unavailable')
   await nextSucceeds(t)
 })
 

@@ -119,10 +119,19 @@ t.test('children inherit the environment unless option env gives an explicit set
   t.equal((await explicit.tasks.wait((await explicit.tasks.submit('env', { name: 'ONLY_THIS' })).uuid)).outputs.value, 'yes')
 })
 
-t.test('a module that fails to load in the children fails its tasks; other tasks keep working', async (t) => {
-  const app = await build(t, { tasks: [fixture('env.ts'), fixture('basic.ts')], env: { ...process.env, FAIL_IN_CHILD: '1' } })
+t.test('a module that fails to load in the children fails its tasks as "unavailable"; the detail is only logged', async (t) => {
+  const logs: string[] = []
+  const app = await build(t, { tasks: [fixture('env.ts'), fixture('basic.ts')], env: { ...process.env, FAIL_IN_CHILD: '1' } },
+    { logger: { level: 'warn', stream: { write: (line: string) => { logs.push(line) } } } })
   const failed = await app.tasks.wait((await app.tasks.submit('env', { name: 'PATH' })).uuid)
   t.equal(failed.status, 'failed')
-  t.match(failed.error, /^task "env" could not be loaded in the child process: .*env\.ts: this module refuses to load in a child$/)
+  t.equal(failed.error, 'task "env" is unavailable', 'clients learn nothing about the module')
+  const res = await app.inject({ method: 'GET', url: `/tasks/${failed.uuid}` })
+  t.notMatch(res.body, /refuses to load|env\.ts/, 'nor over REST')
+  const entries = logs.map(line => JSON.parse(line) as { msg: string, detail?: string, loadErrors?: string[] })
+  const failure = entries.find(entry => entry.msg === 'fastify-task-api: task failed')
+  t.match(failure?.detail, /^task "env" could not be loaded in the child process: .*env\.ts: this module refuses to load in a child$/, 'the log has the cause')
+  const load = entries.find(entry => entry.msg.startsWith('fastify-task-api: task modules failed to load in a child process'))
+  t.match(load?.loadErrors?.[0], /env\.ts: this module refuses to load in a child$/, 'logged when the child starts, too')
   t.equal((await app.tasks.wait((await app.tasks.submit('hello', { name: 'x' })).uuid)).status, 'succeeded')
 })

@@ -33,6 +33,7 @@ export class InlineRunner implements Runner {
 
   get queued (): number { return this.#queue.length }
   get running (): number { return this.#running }
+  get unavailable (): undefined { return undefined }
 
   async start (events: RunnerEvents): Promise<void> {
     this.#events = events

@@ -1,8 +1,9 @@
 import { fork, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { isChildMessage, type ChildInit, type ChildMessage, type MessageLimits, type ParentMessage } from '../protocol.js'
+import { cut, isChildMessage, maxDetailLength, type ChildInit, type ChildMessage, type MessageLimits, type ParentMessage } from '../protocol.js'
 import { Fifo } from './queue.js'
-import type { Job, Runner, RunnerEvents } from './types.js'
+import { Reaper } from './reaper.js'
+import type { Job, JobResult, Runner, RunnerEvents } from './types.js'
 
 /** Options of the child-process pool. */
 export interface ProcessPoolOptions {
@@ -22,64 +23,105 @@ export interface ProcessPoolOptions {
   maxTasksPerChild?: number
   /** Each child's V8 old-space limit in MB (`--max-old-space-size`); undefined: Node's default. */
   maxOldGenerationSizeMb?: number
+  /** Milliseconds a child has to acknowledge a task before it is replaced. @default 5000 */
+  ackTimeout?: number
+  /** Runs every task in a fresh child, with one spare child forked ahead. */
+  childPerTask?: boolean
   /** Where child failures are logged. */
-  log?: { warn (obj: object, msg: string): void }
+  log?: { warn (obj: object, msg: string): void, error? (obj: object, msg: string): void }
 }
 
 // Under tsx the sources run as .ts; compiled, as .js. The child entry sits beside this file.
 const here = fileURLToPath(import.meta.url)
 const childEntry = here.replace(/pool\.([cm]?[jt]s)$/, 'child.$1')
 
-// Waiting between respawns of a child that keeps dying before it is ready.
-const respawnDelay = 1000
 const killGrace = 2000
+// A child that keeps failing to start is forked again after 100 ms, 200 ms, ... up to 5 s.
+const respawnBase = 100
+const respawnMax = 5000
 // How long an exited child's stderr may take to deliver its last words (an out-of-memory report).
 const stderrGrace = 250
 const stderrTailSize = 4096
 const outOfMemory = /JavaScript heap out of memory|Reached heap limit|Ineffective mark-compacts near heap limit/
 
+/**
+ * A child's life: `starting` until its `ready`; then `idle` or `busy` with one job; then
+ * `stopping` once the pool has decided to end it (recycled, misbehaving, closing). Every
+ * message must fit the state, or the child is replaced (see #violation).
+ */
+type State = 'starting' | 'idle' | 'busy' | 'stopping'
+
 interface Worker {
-  child: ChildProcess
-  ready: boolean
+  readonly child: ChildProcess
+  state: State
   job: Job | undefined
+  /** The child acknowledged the job's `run`. */
+  acked: boolean
+  /** The ack deadline, and the escalation of an abort (SIGTERM, then SIGKILL). */
+  timers: NodeJS.Timeout[]
   /** Tasks this child has run. */
   tasks: number
   /** The end of what the child wrote to stderr: tells an out-of-memory death from others. */
   stderrTail: string
-  /** Settles once the child has exited and its task, if any, was reported. */
+  /** Why the pool ended this child, when it did: what its job's failure says. */
+  ending?: { error: string, retry: boolean, detail?: string }
+  ended: boolean
+  /** Settles once the child is gone and its job, if any, was reported. */
   gone: Promise<void>
-  settled: () => void
-  /** Escalation of an abort: SIGTERM after the grace period, then SIGKILL. */
-  abortTimers: NodeJS.Timeout[]
+  settle: () => void
 }
 
 /**
  * A warm pool of forked children. Forking costs about 100 ms, so children are forked
- * once and reused; a child that exits or crashes fails the job it was running and is
- * replaced.
+ * once and reused; a child that exits, crashes or breaks the protocol fails the job it
+ * was running and is replaced. Each child leads its own process group, so stopping it
+ * stops what its task spawned; a reaper process ends the groups if this process dies.
  */
 export class ProcessPool implements Runner {
   readonly #options: ProcessPoolOptions
   readonly #queue = new Fifo<Job>()
   readonly #workers = new Set<Worker>()
   readonly #idle: Worker[] = []
+  readonly #reaper: Reaper
+  /** Children the pool keeps: one per concurrent task, plus a spare when each task gets a fresh child. */
+  readonly #size: number
+  /** Jobs put back in the queue once because their child died before acknowledging them. */
+  readonly #requeued = new WeakSet<Job>()
   #events: RunnerEvents | undefined
   #running = 0
   #closing = false
-  #earlyExits = 0
+  /** Children that failed to start in a row, and the last cause. */
+  #failures = 0
+  #lastFailure: string | undefined
+  #refillTimer: NodeJS.Timeout | undefined
+  #startup: { ready: number, resolve: () => void, reject: (err: Error) => void } | undefined
 
   constructor (options: ProcessPoolOptions) {
     this.#options = options
+    this.#size = options.concurrency + (options.childPerTask === true ? 1 : 0)
+    this.#reaper = new Reaper(options.log)
   }
 
   get queued (): number { return this.#queue.length }
   get running (): number { return this.#running }
 
+  /** Why no task can run now: no child is up and the last ones failed to start. */
+  get unavailable (): string | undefined {
+    if (this.#lastFailure === undefined) return undefined
+    for (const worker of this.#workers) {
+      if (worker.state === 'idle' || worker.state === 'busy') return undefined
+    }
+    return this.#lastFailure
+  }
+
+  /** Forks every child; resolves once all are ready, rejects with the cause when one cannot start. */
   async start (events: RunnerEvents): Promise<void> {
     this.#events = events
-    const starting: Promise<void>[] = []
-    for (let i = 0; i < this.#options.concurrency; i++) starting.push(this.#spawn())
-    await Promise.all(starting)
+    this.#reaper.start()
+    await new Promise<void>((resolve, reject) => {
+      this.#startup = { ready: 0, resolve, reject }
+      for (let i = 0; i < this.#size; i++) this.#spawn()
+    })
   }
 
   enqueue (job: Job): void {
@@ -93,168 +135,338 @@ export class ProcessPool implements Runner {
 
   abort (uuid: string, grace: number): void {
     for (const worker of this.#workers) {
-      if (worker.job?.uuid !== uuid || worker.abortTimers.length > 0) continue
-      // Already exited: its task is reported as soon as its last stderr bytes are in.
-      if (worker.child.exitCode !== null || worker.child.signalCode !== null) return
+      if (worker.job?.uuid !== uuid || worker.state !== 'busy') continue
       const message: ParentMessage = { type: 'abort', id: uuid }
-      worker.child.send(message, () => {})
+      try {
+        worker.child.send(message, () => {})
+      } catch {}
       // A task that ignores its signal, or never yields (while (true) {}), is ended for
-      // real: SIGTERM after the grace period, SIGKILL if it ignores that too.
-      worker.abortTimers.push(
-        setTimeout(() => worker.child.kill('SIGTERM'), grace).unref(),
-        setTimeout(() => worker.child.kill('SIGKILL'), grace + killGrace).unref())
+      // real: SIGTERM to its group after the grace period, SIGKILL if that is ignored too.
+      worker.timers.push(
+        setTimeout(() => {
+          signal(worker.child, 'SIGTERM')
+          signal(worker.child, 'SIGCONT') // a stopped child handles its SIGTERM
+        }, grace).unref(),
+        setTimeout(() => signal(worker.child, 'SIGKILL'), grace + killGrace).unref())
       return
     }
   }
 
   async close (): Promise<Job[]> {
     this.#closing = true
+    clearTimeout(this.#refillTimer)
     const dropped = this.#queue.drain()
     await Promise.all([...this.#workers].map(async (worker) => {
-      await stop(worker.child)
+      this.#stop(worker)
       await worker.gone
     }))
+    this.#reaper.close()
+    this.#startup?.reject(new Error('fastify-task-api: the pool closed while starting'))
+    this.#startup = undefined
     return dropped
   }
 
-  #spawn (): Promise<void> {
+  #spawn (): void {
     const init: ChildInit = { modules: this.#options.modules, progressInterval: this.#options.progressInterval, limits: this.#options.limits }
     const heap = this.#options.maxOldGenerationSizeMb
-    const child = fork(childEntry, [JSON.stringify(init)], {
-      execArgv: [...(this.#options.execArgv ?? process.execArgv), ...(heap === undefined ? [] : [`--max-old-space-size=${heap}`])],
-      env: this.#options.env ?? process.env,
-      serialization: 'json',
-      // stderr passes through to ours, and its tail is kept to recognize an out-of-memory death.
-      stdio: ['inherit', 'inherit', 'pipe', 'ipc'],
-    })
-    let settled!: () => void
-    const gone = new Promise<void>((resolve) => { settled = resolve })
-    const worker: Worker = { child, ready: false, job: undefined, tasks: 0, stderrTail: '', gone, settled, abortTimers: [] }
+    let child: ChildProcess
+    try {
+      child = fork(childEntry, [JSON.stringify(init)], {
+        execArgv: [...(this.#options.execArgv ?? process.execArgv), ...(heap === undefined ? [] : [`--max-old-space-size=${heap}`])],
+        env: this.#options.env ?? process.env,
+        serialization: 'json',
+        // Its own process group: a cancel, a timeout or a close stops what the task spawned too.
+        detached: true,
+        // stderr passes through to ours, and its tail is kept to recognize an out-of-memory death.
+        stdio: ['inherit', 'inherit', 'pipe', 'ipc'],
+      })
+    } catch (err) {
+      this.#startFailed(`it cannot be forked: ${(err as Error).message}`)
+      return
+    }
+    let settle!: () => void
+    const gone = new Promise<void>((resolve) => { settle = resolve })
+    const worker: Worker = { child, state: 'starting', job: undefined, acked: false, timers: [], tasks: 0, stderrTail: '', ended: false, gone, settle }
     this.#workers.add(worker)
+    if (child.pid !== undefined) this.#reaper.add(child.pid)
     child.stderr?.on('data', (chunk: Buffer) => {
       process.stderr.write(chunk)
       worker.stderrTail = (worker.stderrTail + chunk.toString('utf8')).slice(-stderrTailSize)
     })
-    return new Promise((resolve, reject) => {
-      child.on('message', (message: unknown) => {
-        if (!isChildMessage(message)) {
-          this.#options.log?.warn({ pid: child.pid }, 'fastify-task-api: ignored a malformed message from a child process')
-          return
-        }
-        if (message.type === 'ready') {
-          worker.ready = true
-          this.#earlyExits = 0
-          resolve()
-          this.#release(worker)
-          return
-        }
-        this.#onMessage(worker, message)
-      })
-      child.on('error', (err) => {
-        this.#options.log?.warn({ err, pid: child.pid }, 'fastify-task-api: child process error')
-      })
-      child.once('exit', (code, signal) => {
-        clearAbort(worker)
-        const index = this.#idle.indexOf(worker)
-        if (index !== -1) this.#idle.splice(index, 1)
-        // Its last stderr bytes can arrive just after 'exit': wait for them, briefly.
-        afterStderr(child, () => this.#exited(worker, code, signal, reject))
-      })
+    child.on('message', (message: unknown) => this.#onMessage(worker, message))
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      // No pid: the fork itself failed (EMFILE, EAGAIN, ENOENT); no 'exit' will follow.
+      if (child.pid === undefined) this.#ended(worker, `it cannot be forked: ${err.message}`)
+      else this.#options.log?.warn({ err, pid: child.pid }, 'fastify-task-api: child process error')
+    })
+    child.once('exit', (code, signal) => {
+      clearTimers(worker)
+      // Its last stderr bytes can arrive just after 'exit': wait for them, briefly.
+      afterStderr(child, () => this.#ended(worker, this.#how(worker, code, signal)))
     })
   }
 
-  #exited (worker: Worker, code: number | null, signal: NodeJS.Signals | null, reject: (err: Error) => void): void {
-    this.#workers.delete(worker)
+  #how (worker: Worker, code: number | null, signal: NodeJS.Signals | null): string {
     const heap = this.#options.maxOldGenerationSizeMb
-    const how = outOfMemory.test(worker.stderrTail)
-      ? `ran out of memory (heap limit ${heap === undefined ? 'the Node.js default' : `${heap} MB`})`
-      : signal !== null ? `was killed by signal ${signal}` : `exited with code ${String(code)}`
-    if (worker.job !== undefined) {
-      const job = worker.job
+    if (outOfMemory.test(worker.stderrTail)) return `ran out of memory (heap limit ${heap === undefined ? 'the Node.js default' : `${heap} MB`})`
+    return signal !== null ? `was killed by signal ${signal}` : `exited with code ${String(code)}`
+  }
+
+  /** The child is gone: report its job, free its slot, fork a replacement. */
+  #ended (worker: Worker, how: string): void {
+    if (worker.ended) return
+    worker.ended = true
+    clearTimers(worker)
+    this.#workers.delete(worker)
+    const index = this.#idle.indexOf(worker)
+    if (index !== -1) this.#idle.splice(index, 1)
+    const pid = worker.child.pid
+    if (pid !== undefined) {
+      // Whatever the task spawned and left behind in the child's group goes with it.
+      signalGroup(pid, 'SIGKILL')
+      this.#reaper.remove(pid)
+    }
+    const job = worker.job
+    if (job !== undefined) {
       worker.job = undefined
       this.#running--
-      this.#events?.finished(job.uuid, {
-        ok: false,
-        error: `the child process running the task ${how}`,
-      })
+      if (!worker.acked && worker.ending?.retry !== false && !this.#requeued.has(job) && !this.#closing) {
+        // The child died before it took the job: not the job's fault. Another child runs it.
+        this.#requeued.add(job)
+        this.#queue.unshift(job)
+      } else {
+        const { error, retry, detail } = worker.ending ?? { error: `the child process running the task ${how}`, retry: true }
+        const result: JobResult = { ok: false, error, retry }
+        if (detail !== undefined) result.detail = detail
+        this.#events?.finished(job.uuid, result)
+      }
     }
-    if (!worker.ready) {
-      reject(new Error(`fastify-task-api: a child process ${how} before it was ready`))
-      this.#earlyExits++
+    if (worker.state === 'starting') {
+      const tail = worker.stderrTail.trim().split('\n').slice(-5).join('\n')
+      this.#startFailed(`it ${how} before it was ready${tail === '' ? '' : `: ${tail}`}`)
     }
-    worker.settled()
-    if (!this.#closing) this.#replace()
+    worker.settle()
+    if (!this.#closing) this.#refill()
+    this.#dispatch()
   }
 
-  #replace (): void {
-    const delay = this.#earlyExits > 0 ? respawnDelay : 0
-    const respawn = (): void => {
-      if (this.#closing) return
-      this.#spawn().catch((err: Error) => {
-        if (!this.#closing) this.#options.log?.warn({ err }, 'fastify-task-api: a replacement child process failed to start')
-      })
+  #startFailed (cause: string): void {
+    this.#failures++
+    this.#lastFailure = cut(`a child process could not start: ${cause}`, maxDetailLength)
+    if (this.#startup !== undefined) {
+      this.#startup.reject(new Error(`fastify-task-api: ${this.#lastFailure}`))
+      this.#startup = undefined
+      return
     }
-    if (delay === 0) respawn()
-    else setTimeout(respawn, delay).unref()
+    if (!this.#closing) {
+      this.#options.log?.warn({ failures: this.#failures, cause: this.#lastFailure }, 'fastify-task-api: a child process could not start; retrying')
+      this.#refill()
+    }
   }
 
-  #onMessage (worker: Worker, message: Exclude<ChildMessage, { type: 'ready' }>): void {
+  /** Forks children until the pool is full again: at once, or after a backoff while they keep failing to start. */
+  #refill (): void {
+    if (this.#closing || this.#refillTimer !== undefined || this.#startup !== undefined) return
+    const fill = (): void => {
+      this.#refillTimer = undefined
+      while (!this.#closing && this.#workers.size < this.#size) {
+        const before = this.#failures
+        this.#spawn()
+        if (this.#failures > before) return // failed at once: the backoff is scheduled
+      }
+    }
+    if (this.#failures === 0) {
+      fill()
+      return
+    }
+    const delay = Math.min(respawnMax, respawnBase * 2 ** Math.min(this.#failures - 1, 16))
+    this.#refillTimer = setTimeout(fill, delay).unref()
+  }
+
+  #onMessage (worker: Worker, raw: unknown): void {
+    if (worker.state === 'stopping' || worker.ended) return
+    if (!isChildMessage(raw)) {
+      this.#violation(worker, 'a malformed message')
+      return
+    }
+    const message: ChildMessage = raw
     const job = worker.job
-    if (job === undefined || message.id !== job.uuid) return
+    switch (message.type) {
+      case 'ready':
+        if (worker.state !== 'starting') {
+          this.#violation(worker, 'a second "ready"')
+          return
+        }
+        this.#ready(worker, message.loadErrors)
+        return
+      case 'crash':
+        this.#crashed(worker, message)
+        return
+      case 'ack':
+        if (worker.state !== 'busy' || job === undefined || message.id !== job.uuid || worker.acked) {
+          this.#violation(worker, `an unexpected "ack" for ${message.id === job?.uuid ? 'the task twice' : 'another task'}`)
+          return
+        }
+        worker.acked = true
+        clearTimers(worker)
+        this.#events?.started(job.uuid)
+        return
+      default:
+        if (worker.state !== 'busy' || job === undefined || !worker.acked || message.id !== job.uuid) {
+          this.#violation(worker, `"${message.type}" ${job === undefined ? 'while no task runs' : !worker.acked ? 'before the task was acknowledged' : 'for another task'}`)
+          return
+        }
+    }
     const events = this.#events as RunnerEvents
     if (message.type === 'update') {
       events.update(job.uuid, message.update)
       return
     }
     if (message.update !== undefined) events.update(job.uuid, message.update)
-    clearAbort(worker)
+    clearTimers(worker)
     worker.job = undefined
     this.#running--
     if (message.type === 'done') {
       events.finished(job.uuid, { ok: true, value: message.value })
     } else {
-      events.finished(job.uuid, { ok: false, error: message.message, stack: message.stack, retry: message.retry })
-      if (message.fatal === true) {
-        // The child exits right after this message; its exit handler replaces it.
-        worker.child.kill('SIGKILL')
-        return
-      }
+      const result: JobResult = { ok: false, error: message.message }
+      if (message.stack !== undefined) result.stack = message.stack
+      if (message.detail !== undefined) result.detail = message.detail
+      if (message.retry !== undefined) result.retry = message.retry
+      events.finished(job.uuid, result)
     }
-    const limit = this.#options.maxTasksPerChild ?? 0
+    const limit = this.#options.childPerTask === true ? 1 : this.#options.maxTasksPerChild ?? 0
     if (limit > 0 && ++worker.tasks >= limit) {
-      // Recycled: once it has exited, its exit handler forks a fresh one, so the pool
-      // never holds more children than its size.
-      void stop(worker.child)
+      // Recycled: once it has exited, a fresh one is forked, so the pool never holds
+      // more children than its size.
+      this.#stop(worker)
       return
+    }
+    worker.state = 'idle'
+    this.#release(worker)
+  }
+
+  #ready (worker: Worker, loadErrors: string[] | undefined): void {
+    worker.state = 'idle'
+    this.#failures = 0
+    this.#lastFailure = undefined
+    if (loadErrors !== undefined) {
+      this.#options.log?.warn({ pid: worker.child.pid, loadErrors }, 'fastify-task-api: task modules failed to load in a child process; their tasks are unavailable')
+    }
+    const startup = this.#startup
+    if (startup !== undefined && ++startup.ready === this.#size) {
+      this.#startup = undefined
+      startup.resolve()
     }
     this.#release(worker)
   }
 
+  /** An uncaught exception or unhandled rejection in the child: it exits; its task fails. */
+  #crashed (worker: Worker, message: Extract<ChildMessage, { type: 'crash' }>): void {
+    const job = worker.job
+    const ownTask = job !== undefined && message.id === job.uuid && message.own
+    const detail = `${message.message}${message.stack === undefined ? '' : `\n${message.stack}`}`
+    this.#options.log?.warn({ pid: worker.child.pid, uuid: job?.uuid, error: cut(detail, maxDetailLength) },
+      'fastify-task-api: uncaught exception in a child process; it is replaced')
+    if (job !== undefined) {
+      // Only the task's own error goes into its record: a leftover of another task's code
+      // must not write its text there.
+      worker.ending = ownTask
+        ? { error: `uncaught exception in the child process: ${message.message}`, retry: true }
+        : { error: 'the child process running the task had an uncaught exception outside this task\'s code (see the server log)', retry: true }
+    }
+    worker.state = 'stopping'
+    signal(worker.child, 'SIGKILL')
+  }
+
+  /**
+   * A message that does not fit the child's state: a second `ready`, an update or a
+   * result for another task or for none, anything after the result. Whatever wrote it
+   * (task code calling process.send, say), the child can no longer be trusted: its task
+   * fails and it is replaced.
+   */
+  #violation (worker: Worker, what: string): void {
+    this.#options.log?.warn({ pid: worker.child.pid, uuid: worker.job?.uuid, what }, 'fastify-task-api: protocol error from a child process; it is replaced')
+    if (worker.job !== undefined) worker.ending = { error: `protocol error from the child process: ${what}`, retry: false }
+    worker.state = 'stopping'
+    signal(worker.child, 'SIGKILL')
+  }
+
+  /** Ends a child: SIGTERM to its group, then SIGKILL if it has not exited after a grace period. */
+  #stop (worker: Worker): void {
+    if (worker.ended) return
+    const { child } = worker
+    worker.state = 'stopping'
+    if (child.exitCode !== null || child.signalCode !== null) return
+    signal(child, 'SIGTERM')
+    signal(child, 'SIGCONT')
+    worker.timers.push(setTimeout(() => signal(child, 'SIGKILL'), killGrace).unref())
+  }
+
   #release (worker: Worker): void {
-    if (this.#closing || !this.#workers.has(worker)) return
+    if (this.#closing || !this.#workers.has(worker) || worker.state !== 'idle') return
     this.#idle.push(worker)
     this.#dispatch()
   }
 
   #dispatch (): void {
-    while (this.#idle.length > 0 && this.#queue.length > 0) {
+    while (this.#idle.length > 0 && this.#queue.length > 0 && this.#running < this.#options.concurrency && !this.#closing) {
       const worker = this.#idle.pop() as Worker
       const job = this.#queue.shift() as Job
-      worker.job = job
-      this.#running++
-      this.#events?.started(job.uuid)
       const message: ParentMessage = { type: 'run', id: job.uuid, task: job.task, inputs: job.inputs, attempt: job.attempt }
-      // A send to a child that just died fails asynchronously; its exit handler then fails the job.
-      worker.child.send(message, (err) => {
-        if (err !== null && err !== undefined) worker.child.kill('SIGKILL')
-      })
+      try {
+        worker.child.send(message, (err) => {
+          // The channel broke (the child is dying): its exit handler reports the job.
+          if (err !== null && err !== undefined && worker.job === job) {
+            worker.ending = { error: `the task could not be sent to the child process: ${err.message}`, retry: true }
+            this.#stop(worker)
+          }
+        })
+      } catch (err) {
+        // The job cannot be serialized (inputs nested too deep for JSON, say): nothing
+        // was written, so this job fails alone and the child stays ready.
+        this.#idle.push(worker)
+        this.#events?.finished(job.uuid, { ok: false, error: 'the task\'s inputs cannot be sent to a child process', detail: (err as Error).message, retry: false })
+        continue
+      }
+      worker.state = 'busy'
+      worker.job = job
+      worker.acked = false
+      this.#running++
+      const ackTimeout = this.#options.ackTimeout ?? 5000
+      worker.timers.push(setTimeout(() => {
+        if (worker.job !== job || worker.acked) return
+        worker.ending = { error: `the child process did not acknowledge the task within ${ackTimeout} ms`, retry: true }
+        this.#options.log?.warn({ pid: worker.child.pid, uuid: job.uuid, ackTimeout }, 'fastify-task-api: a child process did not acknowledge its task; it is replaced')
+        worker.state = 'stopping'
+        signal(worker.child, 'SIGKILL')
+      }, ackTimeout).unref())
     }
   }
 }
 
-function clearAbort (worker: Worker): void {
-  for (const timer of worker.abortTimers) clearTimeout(timer)
-  worker.abortTimers = []
+function clearTimers (worker: Worker): void {
+  for (const timer of worker.timers) clearTimeout(timer)
+  worker.timers = []
+}
+
+/** Signals a child's whole process group (it leads one), or the child alone if that fails. */
+function signal (child: ChildProcess, name: NodeJS.Signals): void {
+  if (child.pid === undefined) return
+  if (!signalGroup(child.pid, name)) {
+    try {
+      child.kill(name)
+    } catch {}
+  }
+}
+
+function signalGroup (group: number, name: NodeJS.Signals): boolean {
+  try {
+    process.kill(-group, name)
+    return true
+  } catch {
+    return false
+  }
 }
 
 /** Calls `then` once the child's stderr has ended, or after a short grace period. */
@@ -274,17 +486,4 @@ function afterStderr (child: ChildProcess, then: () => void): void {
   const timer = setTimeout(once, stderrGrace)
   stderr.once('end', once)
   stderr.once('close', once)
-}
-
-/** Ends a child: SIGTERM, then SIGKILL if it has not exited after a grace period. */
-function stop (child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), killGrace)
-    child.once('exit', () => {
-      clearTimeout(timer)
-      resolve()
-    })
-    child.kill('SIGTERM')
-  })
 }

@@ -14,6 +14,12 @@ export class Fifo<T> {
     this.#items.push(item)
   }
 
+  /** Puts an item back at the front (a job whose child died before taking it). */
+  unshift (item: T): void {
+    if (this.#head > 0) this.#items[--this.#head] = item
+    else this.#items.unshift(item)
+  }
+
   shift (): T | undefined {
     if (this.#head === this.#items.length) return undefined
     const item = this.#items[this.#head]

@@ -12,16 +12,22 @@ export interface Job {
 /** How a run ended, as the runner saw it. Outputs are validated later, by the service. */
 export type JobResult =
   | { ok: true, value: unknown }
-  /** `retry: false`: the task must not be retried after this failure, whatever its `retries`. */
-  | { ok: false, error: string, stack?: string, retry?: boolean }
+  /**
+   * `retry: false`: the task must not be retried after this failure, whatever its `retries`.
+   * `error` goes into the record; `stack` and `detail` only into the server log.
+   */
+  | { ok: false, error: string, stack?: string, detail?: string, retry?: boolean }
 
 /** What a runner reports back, in order, for each job. */
 export interface RunnerEvents {
-  /** The job was handed to a worker and `run()` is starting. */
+  /** A worker took the job and `run()` is starting. */
   started (uuid: string): void
   /** Coalesced progress, target and messages. */
   update (uuid: string, update: ProgressUpdate): void
-  /** The job ended; called exactly once per job that started. */
+  /**
+   * The job ended; called exactly once per job taken out of the queue (a job that
+   * could not be handed to a worker ends without `started`).
+   */
   finished (uuid: string, result: JobResult): void
 }
 
@@ -35,6 +41,11 @@ export interface Runner {
   readonly queued: number
   /** Jobs being run. */
   readonly running: number
+  /**
+   * Set while no job can run at all (no worker is up and the last ones failed to
+   * start): why, for the log. Submissions are refused (503) meanwhile.
+   */
+  readonly unavailable: string | undefined
   /**
    * Asks a running job to stop: its signal is aborted, and if it has not ended after
    * `grace` ms its worker is stopped for real; its `finished` event follows. Queued
