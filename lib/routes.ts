@@ -77,7 +77,8 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
           const state = await service.submitChecked(service.task(task) as NonNullable<ReturnType<TaskService['task']>>, inputs, { owner })
           return await reply.code(201).send(state)
         } catch (err) {
-          if ((err as { code?: string }).code === 'FST_TASK_API_QUEUE_FULL') void reply.header('retry-after', '1')
+          const code = (err as { code?: string }).code
+          if (code === 'FST_TASK_API_QUEUE_FULL' || code === 'FST_TASK_API_RUNNER_UNAVAILABLE') void reply.header('retry-after', '1')
           throw err
         }
       },

@@ -196,7 +196,7 @@ export class ProcessPool implements Runner {
     child.on('message', (message: unknown) => this.#onMessage(worker, message))
     child.on('error', (err: NodeJS.ErrnoException) => {
       // No pid: the fork itself failed (EMFILE, EAGAIN, ENOENT); no 'exit' will follow.
-      if (child.pid === undefined) this.#ended(worker, `it cannot be forked: ${err.message}`)
+      if (child.pid === undefined) this.#ended(worker, `cannot be forked: ${err.message}`, false)
       else this.#options.log?.warn({ err, pid: child.pid }, 'fastify-task-api: child process error')
     })
     child.once('exit', (code, signal) => {
@@ -213,7 +213,7 @@ export class ProcessPool implements Runner {
   }
 
   /** The child is gone: report its job, free its slot, fork a replacement. */
-  #ended (worker: Worker, how: string): void {
+  #ended (worker: Worker, how: string, forked = true): void {
     if (worker.ended) return
     worker.ended = true
     clearTimers(worker)
@@ -241,10 +241,7 @@ export class ProcessPool implements Runner {
         this.#events?.finished(job.uuid, result)
       }
     }
-    if (worker.state === 'starting') {
-      const tail = worker.stderrTail.trim().split('\n').slice(-5).join('\n')
-      this.#startFailed(`it ${how} before it was ready${tail === '' ? '' : `: ${tail}`}`)
-    }
+    if (worker.state === 'starting') this.#startFailed(forked ? `it ${how} before it was ready${lastError(worker.stderrTail)}` : `it ${how}`)
     worker.settle()
     if (!this.#closing) this.#refill()
     this.#dispatch()
@@ -443,6 +440,14 @@ export class ProcessPool implements Runner {
       }, ackTimeout).unref())
     }
   }
+}
+
+/** The error a child printed as it died (Node prints the error's first line, then its stack), for the cause. */
+function lastError (stderr: string): string {
+  const lines = stderr.split('\n').map(line => line.trim()).filter(line => line !== '')
+  const error = lines.findLast(line => /^[A-Za-z]*Error\b.*: /.test(line))
+  const shown = error ?? lines.at(-1)
+  return shown === undefined ? '' : `: ${shown}`
 }
 
 function clearTimers (worker: Worker): void {
