@@ -301,7 +301,7 @@ export class ProcessPool implements Runner {
         return
       case 'ack':
         if (worker.state !== 'busy' || job === undefined || message.id !== job.uuid || worker.acked) {
-          this.#violation(worker, `an unexpected "ack" for ${message.id === job?.uuid ? 'the task twice' : 'another task'}`)
+          this.#violation(worker, `an unexpected "ack" for ${message.id === job?.uuid ? 'the task twice' : 'another task'}`, message.id !== job?.uuid)
           return
         }
         worker.acked = true
@@ -310,7 +310,7 @@ export class ProcessPool implements Runner {
         return
       default:
         if (worker.state !== 'busy' || job === undefined || !worker.acked || message.id !== job.uuid) {
-          this.#violation(worker, `"${message.type}" ${job === undefined ? 'while no task runs' : !worker.acked ? 'before the task was acknowledged' : 'for another task'}`)
+          this.#violation(worker, `"${message.type}" ${job === undefined ? 'while no task runs' : !worker.acked ? 'before the task was acknowledged' : 'for another task'}`, message.id !== job?.uuid)
           return
         }
     }
@@ -380,11 +380,12 @@ export class ProcessPool implements Runner {
    * A message that does not fit the child's state: a second `ready`, an update or a
    * result for another task or for none, anything after the result. Whatever wrote it
    * (task code calling process.send, say), the child can no longer be trusted: its task
-   * fails and it is replaced.
+   * fails and it is replaced. `foreign`: the message names another task (a leftover of an
+   * earlier task's code), so the running task is its victim and may be retried.
    */
-  #violation (worker: Worker, what: string): void {
+  #violation (worker: Worker, what: string, foreign = false): void {
     this.#options.log?.warn({ pid: worker.child.pid, uuid: worker.job?.uuid, what }, 'fastify-task-api: protocol error from a child process; it is replaced')
-    if (worker.job !== undefined) worker.ending = { error: `protocol error from the child process: ${what}`, retry: false }
+    if (worker.job !== undefined) worker.ending = { error: `protocol error from the child process: ${what}`, retry: foreign }
     worker.state = 'stopping'
     signal(worker.child, 'SIGKILL')
   }
