@@ -19,6 +19,7 @@ const config = {
   throughput: { warmup: 5_000, n: 50_000 },
   spin: { calls: 20_000_000 },
   memory: { n: 100_000, batch: 10_000 },
+  isolation: { spaced: 40, gapMs: 250, batch: 300 },
 }
 
 if (typeof global.gc !== 'function') {
@@ -281,9 +282,46 @@ async function benchMemory () {
 // ---------------------------------------------------------------------------
 
 
+// 6. childPerTask: the cost of a fresh child for every task, against the warm pool, in one run.
+
+async function benchIsolation () {
+  console.error('6. childPerTask against the warm pool')
+  const results = {}
+  for (const [mode, options] of [['warm', {}], ['childPerTask', { childPerTask: true }]]) {
+    const app = await newApp(options)
+    try {
+      // Spaced out, so that a spare child is ready for each task: the latency a user sees
+      // when tasks do not arrive faster than children fork.
+      const latencies = []
+      for (let i = 0; i < config.isolation.spaced + 5; i++) {
+        await new Promise(resolve => setTimeout(resolve, config.isolation.gapMs))
+        const t0 = performance.timeOrigin + performance.now()
+        const final = await app.tasks.wait((await app.tasks.submit('entered')).uuid)
+        if (final.status !== 'succeeded') throw new Error(`entered task ${final.status}: ${final.error}`)
+        if (i >= 5) latencies.push(final.outputs.at - t0)
+      }
+      latencies.sort((a, b) => a - b)
+      // Back to back: bounded by how fast children fork.
+      const t = performance.now()
+      const succeeded = await runBatch(app, config.isolation.batch, { name: 'x' })
+      const seconds = (performance.now() - t) / 1000
+      if (succeeded !== config.isolation.batch) throw new Error(`${mode}: ${succeeded} of ${config.isolation.batch} succeeded`)
+      results[mode] = { p50: percentile(latencies, 50), p99: percentile(latencies, 99), rate: config.isolation.batch / seconds }
+    } finally {
+      await app.close()
+    }
+  }
+  const { warm, childPerTask } = results
+  row(`submit -> run() entered, one task every ${config.isolation.gapMs} ms, warm / childPerTask, p50`, `${fmt(warm.p50, 3)} / ${fmt(childPerTask.p50, 3)} ms`, 'info', '-')
+  row(`submit -> run() entered, one task every ${config.isolation.gapMs} ms, warm / childPerTask, p99`, `${fmt(warm.p99, 3)} / ${fmt(childPerTask.p99, 3)} ms`, 'info', '-')
+  row(`no-op throughput back to back (${fmt(config.isolation.batch)} tasks, 2 children), warm / childPerTask`, `${fmt(warm.rate)} / ${fmt(childPerTask.rate)} tasks/s (childPerTask ${fmt(childPerTask.rate / warm.rate, 4)} of warm)`, 'info', '-')
+}
+
+// ---------------------------------------------------------------------------
+
 // `node --expose-gc bench/run.js http latency` runs only the steps named (http, latency,
-// throughput, spin, memory); no argument runs them all.
-const allSteps = { http: benchHttp, latency: benchLatency, throughput: benchThroughput, spin: benchSpin, memory: benchMemory }
+// throughput, spin, memory, isolation); no argument runs them all.
+const allSteps = { http: benchHttp, latency: benchLatency, throughput: benchThroughput, spin: benchSpin, memory: benchMemory, isolation: benchIsolation }
 const wanted = process.argv.slice(2)
 const steps = Object.entries(allSteps).filter(([name]) => wanted.length === 0 || wanted.includes(name)).map(([, step]) => step)
 for (const step of steps) {

@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import taskApi from '../lib/index.js'
-import { build, childPids, fixture, zombiePids } from './helpers.js'
-import { ended, logLines } from './proc.js'
+import { build, childPids, fixture } from './helpers.js'
+import { ended, logLines, lastingZombies } from './proc.js'
 
 // Children that cannot start never cost a pool slot: register fails with the real cause,
 // submissions get 503 while none can start, and the pool recovers by itself.
@@ -22,7 +22,7 @@ t.test('at startup, a child that cannot start fails register with the real cause
     { message: /^fastify-task-api: a child process could not start: it exited with code 1 before it was ready: [^]*Cannot find module/ })
   await app.close()
   await ended(childPids().filter(pid => !before.includes(pid)))
-  t.same(zombiePids(), [], 'no zombie')
+  t.same(await lastingZombies(), [], 'no zombie lasts')
 })
 
 t.test('fork failure at startup (EMFILE) fails register with the real cause; close resolves; it works once descriptors are free', async (t) => {

@@ -1,6 +1,6 @@
 import t from 'tap'
-import { build, childPids, fixture, zombiePids } from './helpers.js'
-import { ended, logLines } from './proc.js'
+import { build, childPids, fixture } from './helpers.js'
+import { ended, logLines, lastingZombies } from './proc.js'
 
 // One task's leftovers in a warm child (an exit after returning, a changed cwd or
 // environment, an error thrown later, a global) never reach another task.
@@ -72,5 +72,5 @@ t.test('childPerTask: every task gets a fresh child, with a spare forked ahead',
   const deadline = Date.now() + 10_000
   while (childPids().length < 2 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
   t.equal(childPids().length, 2, 'the pool is full again')
-  t.same(zombiePids(), [], 'no zombie')
+  t.same(await lastingZombies(), [], 'no zombie lasts')
 })

@@ -6,8 +6,8 @@ import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import taskApi from '../lib/index.js'
-import { build, childExecArgv, childPids, fixture, untilRunning, zombiePids } from './helpers.js'
-import { ended, running } from './proc.js'
+import { build, childExecArgv, childPids, fixture, untilRunning } from './helpers.js'
+import { ended, running, lastingZombies } from './proc.js'
 
 // A child and everything its task spawned are stopped as a group, and nothing outlives
 // the server, whatever kills it. Real processes, read from /proc.
@@ -46,7 +46,7 @@ t.test('a child and what its task spawned are stopped as a group: cancel, timeou
   await closing.close()
   t.notOk(running(close.child), 'close: the child is gone when close resolves')
   await ended([close.grandchild])
-  t.same(zombiePids(), [], 'no zombie')
+  t.same(await lastingZombies(), [], 'no zombie lasts')
 })
 
 async function orphans (t: Test, how: NodeJS.Signals): Promise<void> {

@@ -1,8 +1,8 @@
 import t from 'tap'
 import { ProcessPool } from '../lib/runner/pool.js'
 import type { JobResult } from '../lib/runner/types.js'
-import { build, childExecArgv, childPids, fixture, zombiePids } from './helpers.js'
-import { ended, logLines } from './proc.js'
+import { build, childExecArgv, childPids, fixture } from './helpers.js'
+import { ended, logLines, lastingZombies } from './proc.js'
 
 // Task code is trusted but buggy: whatever it says on its child's IPC channel, or fails
 // to say, stays inside its own task. Real children, the real process table.
@@ -33,7 +33,7 @@ t.test('task code that breaks the IPC protocol fails its own task as a protocol 
     t.equal(childPids().length, 1, `${kind}: the pool is back to one child`)
   }
   t.equal(logLines(logs).filter(entry => entry.msg === 'fastify-task-api: protocol error from a child process; it is replaced').length, cases.length, 'each is logged')
-  t.same(zombiePids(), [], 'no zombie')
+  t.same(await lastingZombies(), [], 'no zombie lasts')
 })
 
 t.test('an update sent after the task ended replaces the idle child; the ended task keeps its result', async (t) => {

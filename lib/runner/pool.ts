@@ -266,7 +266,7 @@ export class ProcessPool implements Runner {
     if (this.#closing || this.#refillTimer !== undefined || this.#startup !== undefined) return
     const fill = (): void => {
       this.#refillTimer = undefined
-      while (!this.#closing && this.#workers.size < this.#size) {
+      while (!this.#closing && this.#kept() < this.#size) {
         const before = this.#failures
         this.#spawn()
         if (this.#failures > before) return // failed at once: the backoff is scheduled
@@ -278,6 +278,18 @@ export class ProcessPool implements Runner {
     }
     const delay = Math.min(respawnMax, respawnBase * 2 ** Math.min(this.#failures - 1, 16))
     this.#refillTimer = setTimeout(fill, delay).unref()
+  }
+
+  /**
+   * Children that count against the pool's size. A child recycled after `maxTasksPerChild`
+   * counts until it has exited, so the pool never holds more than its size; with
+   * `childPerTask` its replacement is forked at once instead, while it exits.
+   */
+  #kept (): number {
+    if (this.#options.childPerTask !== true) return this.#workers.size
+    let kept = 0
+    for (const worker of this.#workers) if (worker.state !== 'stopping') kept++
+    return kept
   }
 
   #onMessage (worker: Worker, raw: unknown): void {
@@ -334,9 +346,9 @@ export class ProcessPool implements Runner {
     }
     const limit = this.#options.childPerTask === true ? 1 : this.#options.maxTasksPerChild ?? 0
     if (limit > 0 && ++worker.tasks >= limit) {
-      // Recycled: once it has exited, a fresh one is forked, so the pool never holds
-      // more children than its size.
+      // Recycled: a fresh one is forked once it has exited (or at once, per task).
       this.#stop(worker)
+      if (this.#options.childPerTask === true) this.#refill()
       return
     }
     worker.state = 'idle'
