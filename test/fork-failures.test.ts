@@ -71,3 +71,15 @@ t.test('while no child can start, submissions answer 503 with a clear code; the 
   t.equal((await app.tasks.wait(recovered as string)).status, 'succeeded', 'and run')
   t.equal(childPids().length, 1, 'the slot was never lost')
 })
+
+t.test('a fork that fails at run time (EMFILE) costs no pool slot: 503 meanwhile, then the pool recovers and close resolves', async (t) => {
+  const server = spawn('/bin/sh', ['-c', 'ulimit -n 128 && exec "$0" "$@"', process.execPath, '--import=tsx', fileURLToPath(fixture('emfile-runtime-server.ts'))],
+    { stdio: ['ignore', 'pipe', 'inherit'] })
+  let out = ''
+  server.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
+  const code = await new Promise(resolve => server.once('exit', resolve))
+  t.equal(code, 0, 'the app closed and the process exited')
+  const result = JSON.parse(out) as { unavailable?: { statusCode: number, code: string }, status?: string }
+  t.same(result.unavailable, { statusCode: 503, code: 'FST_TASK_API_RUNNER_UNAVAILABLE' }, 'while no child can be forked')
+  t.equal(result.status, 'succeeded', 'a task runs once descriptors are free')
+})
