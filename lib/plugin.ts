@@ -45,6 +45,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     history: { size: normalized.streams.historySize, ttl: normalized.streams.historyTtl },
     execution: normalized.execution,
     limits: normalized.limits,
+    inputLimits: normalized.inputLimits,
   })
   try {
     await service.start()

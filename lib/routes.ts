@@ -6,6 +6,7 @@ import { FST_TASK_API_FORBIDDEN } from './errors.js'
 import { toState, type TaskService } from './service.js'
 import { statuses, type TaskRecord, type TaskStatus } from './store/types.js'
 import { describe } from './task.js'
+import { clip } from './text.js'
 
 interface Submission {
   task: string
@@ -42,7 +43,7 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
       return { error: new FST_TASK_API_BODY_INVALID(`body/task must be a string naming a registered task, got ${describe(task)}`) }
     }
     const registered = service.task(task)
-    if (registered === undefined) return { error: new FST_TASK_API_TASK_UNKNOWN(task) }
+    if (registered === undefined) return { error: new FST_TASK_API_TASK_UNKNOWN(clip(task)) }
     try {
       return { value: { task, inputs: service.checkInputs(registered, inputs) } }
     } catch (err) {
