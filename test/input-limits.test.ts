@@ -114,8 +114,8 @@ t.test('refuses Infinity, 1e309 and NaN for numbers with 400 naming the input', 
     ['{"number":"NaN"}', 'inputs/number must be number'],
     ['{"int":"1e309"}', 'inputs/int must be integer'],
     ['{"string":1e309}', 'inputs/string must be a finite number'],
-  ]) {
-    const res = await post(inputs as string)
+  ] as const) {
+    const res = await post(inputs)
     t.equal(res.statusCode, 400, inputs)
     t.equal(res.json().code, 'FST_TASK_API_INPUT_INVALID', inputs)
     t.equal(res.json().message, message, inputs)
