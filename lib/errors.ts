@@ -61,9 +61,12 @@ export const FST_TASK_API_STREAM_UPGRADE_REQUIRED = createError(
 export const FST_TASK_API_FORBIDDEN = createError(
   'FST_TASK_API_FORBIDDEN', 'not allowed', 403)
 
-/** A WebSocket upgrade from an origin that is not allowed (cross-site WebSocket hijacking guard). */
+/**
+ * A WebSocket upgrade, submit or cancel from a page of another site that `allowedOrigins`
+ * does not list (cross-site WebSocket hijacking and request forgery guard).
+ */
 export const FST_TASK_API_ORIGIN_FORBIDDEN = createError<[string]>(
-  'FST_TASK_API_ORIGIN_FORBIDDEN', 'origin %s may not open this WebSocket', 403)
+  'FST_TASK_API_ORIGIN_FORBIDDEN', 'requests from %s are not allowed here (see allowedOrigins)', 403)
 
 /** A stream token that is malformed, expired, or minted for another task. */
 export const FST_TASK_API_TOKEN_INVALID = createError(

@@ -73,7 +73,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   if (normalized.access.auth !== undefined && !app.hasDecorator('auth')) await app.register(fastifyAuth)
   const access = new Access(app, normalized.access)
   api.streamToken = (uuid, ttl) => access.token(uuid, ttl)
-  registerRoutes(app, service, access, normalized.prefix)
+  await registerRoutes(app, service, access, normalized.prefix, { list: normalized.list })
   if (clientBundle !== undefined) registerClientBundle(app, normalized.prefix, clientBundle)
   const streamOptions = { ...normalized.streams, progressInterval: normalized.progressInterval }
   if (app.hasDecorator('websocketServer')) {
