@@ -123,7 +123,7 @@ export class Access {
    */
   async visible (request: FastifyRequest, uuid: string, record: Readonly<TaskRecord> | undefined, action: 'read' | 'cancel' = 'read'): Promise<Visibility> {
     if (record === undefined || (this.scoped && record.owner !== await this.ownerOf(request))) {
-      return { ok: false, error: new FST_TASK_API_TASK_NOT_FOUND(uuid) }
+      return { ok: false, error: new FST_TASK_API_TASK_NOT_FOUND(clip(uuid)) }
     }
     if (!await this.authorize(request, { action, task: record.task, inputs: record.inputs, record })) {
       return { ok: false, error: new FST_TASK_API_FORBIDDEN() }

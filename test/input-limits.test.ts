@@ -167,3 +167,10 @@ t.test('register refuses bad maxInputSize and maxInputDepth values, naming them'
     await t.rejects(build(t, { tasks, ...options } as object), { code: 'FST_TASK_API_OPT_INVALID', message }, message)
   }
 })
+
+t.test('a uuid echoed in a 404 has its control characters escaped', async (t) => {
+  const app = await build(t, { tasks })
+  const res = await app.inject('/tasks/x%0A%1B%5B31mforged')
+  t.equal(res.statusCode, 404)
+  t.equal(res.json().message, 'task x\\u000a\\u001b[31mforged not found')
+})
