@@ -31,7 +31,7 @@ export function paths (app: FastifyInstance, path: string): string[] {
 }
 
 /** Characters of a failed task's error a list summary keeps. */
-export const summaryErrorLength = 200
+const summaryErrorLength = 200
 
 const summaryFields = ['uuid', 'task', 'status', 'progress', 'target', 'attempt', 'created', 'started', 'finished', 'error'] as const
 const TaskSummarySchema = {
@@ -65,22 +65,16 @@ export function toSummary (record: Readonly<TaskRecord>): TaskSummary {
  * code. The plugin's own 5xx codes keep their messages: they say nothing internal.
  */
 function hideInternalErrors (error: FastifyError, request: FastifyRequest): never {
-  const status = statusOf(error)
-  const own = (codes as Record<string, unknown>)[error.code] as (new () => Error) | undefined
+  // Whatever was thrown: an Error or not.
+  const { statusCode, status: otherStatus, code } = (typeof error === 'object' && error !== null ? error : {}) as Record<string, unknown>
+  const status = [statusCode, otherStatus].find(value => typeof value === 'number' && value >= 400 && value <= 599) as number | undefined ?? 500
+  const own = typeof code === 'string' ? (codes as Record<string, unknown>)[code] as (new () => Error) | undefined : undefined
   if (status < 500 || (own !== undefined && error instanceof own)) throw error
   request.log.error({ err: error }, 'fastify-task-api: internal error')
   const generic = new Error(STATUS_CODES[status] ?? 'Internal Server Error') as FastifyError
   generic.statusCode = status
-  if (typeof error.code === 'string') generic.code = error.code
+  if (typeof code === 'string') generic.code = code
   throw generic
-}
-
-/** The status Fastify answers an error with. */
-function statusOf (error: { statusCode?: unknown, status?: unknown }): number {
-  for (const status of [error.statusCode, error.status]) {
-    if (typeof status === 'number' && status >= 400 && status <= 599) return status
-  }
-  return 500
 }
 
 /** Options of the REST routes. */

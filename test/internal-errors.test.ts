@@ -62,6 +62,11 @@ t.test('an authorize or owner callback that throws: 500 with a generic message',
   t.equal(again.statusCode, 500)
   t.notMatch(again.body, /secret/)
   t.equal((await owned.inject('/tasks')).json().message, 'Internal Server Error', 'the list too')
+
+  // eslint-disable-next-line @typescript-eslint/only-throw-error
+  const thrower = await build(t, { tasks, authorize: () => { throw 'secret thrown string' as unknown as Error } })
+  const odd = await thrower.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'x' } } })
+  t.same(odd.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error' }, 'a thrown string too')
 })
 
 t.test('the status a callback gives is kept; client errors (4xx) keep their message', async (t) => {
