@@ -63,7 +63,6 @@ t.test('an authorize or owner callback that throws: 500 with a generic message',
   t.notMatch(again.body, /secret/)
   t.equal((await owned.inject('/tasks')).json().message, 'Internal Server Error', 'the list too')
 
-  // eslint-disable-next-line @typescript-eslint/only-throw-error
   const thrower = await build(t, { tasks, authorize: () => { throw 'secret thrown string' as unknown as Error } })
   const odd = await thrower.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'x' } } })
   t.same(odd.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error' }, 'a thrown string too')
