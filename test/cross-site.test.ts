@@ -53,9 +53,12 @@ async function listening (t: Test, app: FastifyInstance): Promise<number> {
 }
 
 const stubborn = JSON.stringify({ task: 'stubborn' })
+// Below, only the routes matter, not where tasks run: the inline runner starts at once.
+const inline = { tasks: [fixture('control.ts')], runner: 'inline' as const }
 
 t.test('with a cookie session, another site cannot cancel or submit; the app\'s own pages can', async (t) => {
   const app: FastifyInstance = await buildCookie({ logger: false, taskApi: { concurrency: 1, execArgv: childExecArgv } })
+  await app.ready() // the example's own Fastify() has the default pluginTimeout
   const port = await listening(t, app)
   const own = `http://127.0.0.1:${port}`
   const login = await app.inject({ method: 'POST', url: '/login', payload: { user: 'ann' } })
@@ -94,7 +97,7 @@ t.test('with a cookie session, another site cannot cancel or submit; the app\'s 
 })
 
 t.test('clients that are not browsers (no Origin, no Sec-Fetch-Site) pass', async (t) => {
-  const app = await build(t, { tasks: [fixture('control.ts')] })
+  const app = await build(t, inline)
   const port = await listening(t, app)
   const created = await send(port, 'POST', '/tasks', { 'user-agent': 'curl/8.5.0' }, stubborn)
   t.equal(created.status, 201)
@@ -102,7 +105,7 @@ t.test('clients that are not browsers (no Origin, no Sec-Fetch-Site) pass', asyn
 })
 
 t.test('same-origin pages pass, also behind a proxy that rewrites Host', async (t) => {
-  const app = await build(t, { tasks: [fixture('control.ts')] })
+  const app = await build(t, inline)
   const port = await listening(t, app)
   t.equal((await send(port, 'POST', '/tasks', corsFetch(`http://127.0.0.1:${port}`, 'same-origin'), stubborn)).status, 201, 'Origin is the Host')
   // The browser saw https://app.example.com; the proxy forwarded Host: 127.0.0.1:port.
@@ -113,7 +116,7 @@ t.test('same-origin pages pass, also behind a proxy that rewrites Host', async (
 })
 
 t.test('allowedOrigins lists the other sites whose pages may submit and cancel; "*" lets any', async (t) => {
-  const app = await build(t, { tasks: [fixture('control.ts')], allowedOrigins: ['https://app.example'] })
+  const app = await build(t, { ...inline, allowedOrigins: ['https://app.example'] })
   const port = await listening(t, app)
   const created = await send(port, 'POST', '/tasks', corsFetch('https://app.example', 'cross-site'), stubborn)
   t.equal(created.status, 201, 'a listed origin')
@@ -121,7 +124,7 @@ t.test('allowedOrigins lists the other sites whose pages may submit and cancel; 
   t.equal((await send(port, 'POST', '/tasks', corsFetch(`http://127.0.0.1:${port}`, 'same-origin'), stubborn)).status, 201, 'the own origin still')
   t.equal((await send(port, 'POST', `/tasks/${created.body.uuid as string}/cancel`, noCorsFetch('https://app.example', 'cross-site'))).status, 200, 'cancel from a listed origin')
 
-  const any = await build(t, { tasks: [fixture('control.ts')], allowedOrigins: '*' })
+  const any = await build(t, { ...inline, allowedOrigins: '*' })
   const anyPort = await listening(t, any)
   t.equal((await send(anyPort, 'POST', '/tasks', corsFetch('https://other.example', 'cross-site'), stubborn)).status, 201, '"*"')
 })

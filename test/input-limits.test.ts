@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream'
+import type { FastifyInstance } from 'fastify'
 import t from 'tap'
 import { build, fixture } from './helpers.js'
 
@@ -6,6 +7,17 @@ import { build, fixture } from './helpers.js'
 // them, on both ways in: POST /tasks and app.tasks.submit.
 
 const tasks = [fixture('nesting.ts'), fixture('params.ts'), fixture('basic.ts')]
+
+// Two apps for the whole file, real children in each: one with the default limits (its
+// log captured), one with tight ones. A loaded machine may take long to start them.
+const logged: string[] = []
+let app: FastifyInstance
+let tight: FastifyInstance
+t.before(async () => {
+  const stream = new Writable({ write (chunk, _encoding, done) { logged.push(String(chunk)); done() } })
+  app = await build(t, { tasks, concurrency: 2 }, { logger: { level: 'info', stream }, pluginTimeout: 120_000 })
+  tight = await build(t, { tasks, maxInputDepth: 3, maxInputSize: 1000 }, { pluginTimeout: 120_000 })
+})
 
 /** Every way a value can nest past its schema: the JSON around a chain, its containers, and the keys down to it. */
 const routes = [
@@ -28,7 +40,6 @@ const chains = {
 const inputsJson = (route: typeof routes[number], chain: string) => `{"value":${route.wrap(chain)}}`
 
 t.test('refuses inputs nested a few thousand levels deep, through every nesting route, with 400 naming the limit and the path', async (t) => {
-  const app = await build(t, { tasks, concurrency: 2 })
   for (const route of routes) {
     for (const [kind, chain] of Object.entries(chains)) {
       const inputs = inputsJson(route, chain.make(3000))
@@ -63,20 +74,18 @@ t.test('refuses inputs nested a few thousand levels deep, through every nesting 
 })
 
 t.test('maxInputDepth sets the limit, and a cyclic value from server code is refused as too deep', async (t) => {
-  const app = await build(t, { tasks, maxInputDepth: 3 })
-  const res = await app.inject({ method: 'POST', url: '/tasks', payload: { task: 'nest-unknown', inputs: { value: { 'a\nb': [{}] } } } })
+  const res = await tight.inject({ method: 'POST', url: '/tasks', payload: { task: 'nest-unknown', inputs: { value: { 'a\nb': [{}] } } } })
   t.equal(res.statusCode, 400)
   t.equal(res.json().message, 'inputs/value/a\\u000ab/0 is nested deeper than maxInputDepth (3 levels)', 'the path, its control characters escaped')
-  const ok = await app.inject({ method: 'POST', url: '/tasks', payload: { task: 'nest-unknown', inputs: { value: { a: 1 } } } })
+  const ok = await tight.inject({ method: 'POST', url: '/tasks', payload: { task: 'nest-unknown', inputs: { value: { a: 1 } } } })
   t.equal(ok.statusCode, 201)
   const cyclic: Record<string, unknown> = {}
   cyclic.self = cyclic
-  await t.rejects(app.tasks.submit('nest-unknown', { value: cyclic }), { code: 'FST_TASK_API_INPUT_TOO_DEEP', message: 'inputs/value/self/self is nested deeper than maxInputDepth (3 levels)' })
+  await t.rejects(tight.tasks.submit('nest-unknown', { value: cyclic }), { code: 'FST_TASK_API_INPUT_TOO_DEEP', message: 'inputs/value/self/self is nested deeper than maxInputDepth (3 levels)' })
 })
 
 t.test('refuses inputs over maxInputSize bytes of JSON with 413 naming the limit, counting strings in UTF-8', async (t) => {
-  const app = await build(t, { tasks, maxInputSize: 1000 })
-  const post = (inputs: unknown) => app.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs } })
+  const post = (inputs: unknown) => tight.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs } })
   // {"name":"…"} is 11 bytes around the name.
   t.equal(JSON.stringify({ name: 'x'.repeat(989) }).length, 1000)
   t.equal((await post({ name: 'x'.repeat(989) })).statusCode, 201, 'exactly 1000 bytes')
@@ -87,13 +96,12 @@ t.test('refuses inputs over maxInputSize bytes of JSON with 413 naming the limit
   t.equal((await post({ name: 'é'.repeat(495) })).statusCode, 413, '495 two-byte characters: 1001 bytes')
   t.equal((await post({ name: 'x', count: 1, extra: 'y'.repeat(2000) })).statusCode, 413, 'undeclared keys count too: they are measured before they are dropped')
   t.equal((await post({ name: 'x', list: Array(600).fill(1) })).statusCode, 413, 'a wide array')
-  await t.rejects(app.tasks.submit('hello', { name: 'x'.repeat(990) }), { code: 'FST_TASK_API_INPUT_TOO_LARGE', statusCode: 413 })
-  const done = await app.tasks.wait((await app.tasks.submit('hello', { name: 'after', count: 1 })).uuid)
+  await t.rejects(tight.tasks.submit('hello', { name: 'x'.repeat(990) }), { code: 'FST_TASK_API_INPUT_TOO_LARGE', statusCode: 413 })
+  const done = await tight.tasks.wait((await tight.tasks.submit('hello', { name: 'after', count: 1 })).uuid)
   t.same(done.outputs, { output: 'Hello after' }, 'the next task succeeds')
 })
 
 t.test('maxInputSize defaults to 256 KiB', async (t) => {
-  const app = await build(t, { tasks })
   const post = (name: string) => app.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name } } })
   t.equal((await post('x'.repeat(256 * 1024 - 11))).statusCode, 201)
   const res = await post('x'.repeat(256 * 1024 - 10))
@@ -102,7 +110,6 @@ t.test('maxInputSize defaults to 256 KiB', async (t) => {
 })
 
 t.test('refuses Infinity, 1e309 and NaN for numbers with 400 naming the input', async (t) => {
-  const app = await build(t, { tasks })
   const post = (inputs: string) => app.inject({ method: 'POST', url: '/tasks', headers: { 'content-type': 'application/json' }, payload: `{"task":"echo","inputs":${inputs}}` })
   for (const [inputs, message] of [
     ['{"number":1e309}', 'inputs/number must be a finite number'],
@@ -135,9 +142,8 @@ t.test('refuses Infinity, 1e309 and NaN for numbers with 400 naming the input', 
 })
 
 t.test('an unknown task name is cut to a short prefix, control characters escaped, in the answer and the log', async (t) => {
-  const lines: string[] = []
-  const stream = new Writable({ write (chunk, _encoding, done) { lines.push(String(chunk)); done() } })
-  const app = await build(t, { tasks }, { logger: { level: 'info', stream } })
+  const lines = logged
+  lines.length = 0
   const forged = 'evil\n{"level":50,"msg":"forged"}\u001b[31m'
   const name = forged + 'x'.repeat(100_000)
   const res = await app.inject({ method: 'POST', url: '/tasks', payload: { task: name } })
@@ -146,9 +152,9 @@ t.test('an unknown task name is cut to a short prefix, control characters escape
   const shown = 'evil\\u000a{"level":50,"msg":"forged"}\\u001b[31m' + 'x'.repeat(64 - forged.length) + '…'
   t.equal(res.json().message, `task "${shown}" is not registered`)
   await t.rejects(app.tasks.submit(name, {}), { code: 'FST_TASK_API_TASK_UNKNOWN', message: `task "${shown}" is not registered` })
-  const logged = lines.filter(line => line.includes('is not registered'))
-  t.ok(logged.length > 0, 'the refusal is logged')
-  for (const line of logged) {
+  const refusals = lines.filter(line => line.includes('is not registered'))
+  t.ok(refusals.length > 0, 'the refusal is logged')
+  for (const line of refusals) {
     t.ok(line.length < 2000, 'the log line is short')
     t.notOk(line.includes('x'.repeat(100)), 'the name is cut in the log')
     t.doesNotThrow(() => JSON.parse(line), 'one JSON line: no forged line')
@@ -169,7 +175,6 @@ t.test('register refuses bad maxInputSize and maxInputDepth values, naming them'
 })
 
 t.test('a uuid echoed in a 404 has its control characters escaped', async (t) => {
-  const app = await build(t, { tasks })
   const res = await app.inject('/tasks/x%0A%1B%5B31mforged')
   t.equal(res.statusCode, 404)
   t.equal(res.json().message, 'task x\\u000a\\u001b[31mforged not found')

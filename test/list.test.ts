@@ -5,10 +5,14 @@ import { build, fixture, submit } from './helpers.js'
 // or auth only when asked for, and answers bounded summaries.
 
 const tasks = [fixture('basic.ts')]
+// Where no task needs to run, the inline runner: the routes are the same, and a loaded
+// machine starts it at once. A task's whole run goes through real children below.
+const inline = { tasks, runner: 'inline' as const }
+const slowStart = { pluginTimeout: 120_000 }
 const summaryKeys = ['attempt', 'created', 'error', 'finished', 'progress', 'started', 'status', 'target', 'task', 'uuid']
 
 t.test('without owner or auth, GET /tasks does not exist (404) unless list: true', async (t) => {
-  const closed = await build(t, { tasks })
+  const closed = await build(t, inline)
   for (const url of ['/tasks', '/tasks/', '/tasks?status=running']) {
     const res = await closed.inject(url)
     t.equal(res.statusCode, 404, url)
@@ -17,7 +21,7 @@ t.test('without owner or auth, GET /tasks does not exist (404) unless list: true
   t.equal((await closed.inject('/tasks')).json().message, 'Route GET:/tasks not found', "Fastify's own 404: there is no route")
   t.equal((await submit(closed, 'hello', { name: 'x' })).statusCode, 201, 'submitting still works')
 
-  const open = await build(t, { tasks, list: true })
+  const open = await build(t, { ...inline, list: true })
   await submit(open, 'hello', { name: 'x' })
   t.equal((await open.inject('/tasks')).json().tasks.length, 1)
 })
@@ -25,15 +29,15 @@ t.test('without owner or auth, GET /tasks does not exist (404) unless list: true
 t.test('with owner or auth the list is on, unless list: false', async (t) => {
   const owner = () => 'ann'
   const auth = [async () => {}]
-  t.equal((await (await build(t, { tasks, owner })).inject('/tasks')).statusCode, 200, 'owner')
-  t.equal((await (await build(t, { tasks, auth })).inject('/tasks')).statusCode, 200, 'auth')
-  t.equal((await (await build(t, { tasks, owner, list: false })).inject('/tasks')).statusCode, 404, 'owner, list: false')
-  t.equal((await (await build(t, { tasks, auth, list: false })).inject('/tasks')).statusCode, 404, 'auth, list: false')
+  t.equal((await (await build(t, { ...inline, owner })).inject('/tasks')).statusCode, 200, 'owner')
+  t.equal((await (await build(t, { ...inline, auth })).inject('/tasks')).statusCode, 200, 'auth')
+  t.equal((await (await build(t, { ...inline, owner, list: false })).inject('/tasks')).statusCode, 404, 'owner, list: false')
+  t.equal((await (await build(t, { ...inline, auth, list: false })).inject('/tasks')).statusCode, 404, 'auth, list: false')
   await t.rejects(build(t, { tasks, list: 'yes' as unknown as boolean }), { code: 'FST_TASK_API_OPT_INVALID', message: 'options.list must be a boolean, got "yes"' })
 })
 
 t.test('answers summaries: no outputs, no messages, the error cut to 200 characters', async (t) => {
-  const app = await build(t, { tasks, list: true })
+  const app = await build(t, { tasks, list: true }, slowStart)
   const hello = (await submit(app, 'hello', { name: 'World', count: 3 })).json().uuid as string
   await app.tasks.wait(hello)
   const long = 'disk on fire. '.repeat(1000)
@@ -55,7 +59,7 @@ t.test('answers summaries: no outputs, no messages, the error cut to 200 charact
 })
 
 t.test('filters by status and task, newest first, at most limit (1 to 1000)', async (t) => {
-  const app = await build(t, { tasks, list: true })
+  const app = await build(t, { tasks, list: true }, slowStart)
   const uuids: string[] = []
   for (const name of ['a', 'b', 'c']) uuids.push((await submit(app, 'hello', { name, count: 1 })).json().uuid)
   uuids.push((await submit(app, 'raises', {})).json().uuid)

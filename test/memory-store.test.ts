@@ -218,7 +218,7 @@ t.test('authorize sees {} as the inputs of a finished task, the real ones while 
   const app = await build(t, {
     tasks: [fixture('basic.ts')],
     authorize: (_request, { action, inputs }) => { seen.push({ action, inputs: { ...inputs } }); return true },
-  })
+  }, { pluginTimeout: 120_000 })
   const created = await app.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'secret' } } })
   const { uuid } = created.json()
   await app.tasks.wait(uuid)
