@@ -28,6 +28,7 @@ await app.register(taskApi, {
   timeout,
   cancelGrace,
   store: new MemoryStore({ maxFinished: 2000 }),
+  list: true, // the soak lists running tasks over HTTP
 })
 await app.listen({ host: '127.0.0.1', port: 0 })
 const base = `http://127.0.0.1:${app.server.address().port}/tasks`

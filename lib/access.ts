@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandl
 import type {} from '@fastify/auth'
 import { FST_TASK_API_FORBIDDEN, FST_TASK_API_ORIGIN_FORBIDDEN, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TOKEN_INVALID } from './errors.js'
 import type { TaskRecord } from './store/types.js'
+import { clip } from './text.js'
 
 /**
  * An @fastify/auth strategy: resolves to accept the request, throws (or rejects) to
@@ -39,8 +40,10 @@ export interface AccessOptions {
    */
   owner?: (request: FastifyRequest) => string | null | undefined | Promise<string | null | undefined>
   /**
-   * Origins allowed to open the WebSockets (`https://app.example.com`), or `'*'`.
-   * @default only the request's own host
+   * Other origins (`https://app.example.com`) whose pages may open the WebSockets and call
+   * the REST routes that change state (submit, cancel), or `'*'` for any. Requests from
+   * the server's own origin, and from clients that are not browsers, always pass.
+   * @default none: only the request's own host
    */
   allowedOrigins?: string[] | '*'
   /** Stream tokens (`GET /tasks/:uuid/token`, `app.tasks.streamToken`). */
@@ -120,7 +123,7 @@ export class Access {
    */
   async visible (request: FastifyRequest, uuid: string, record: Readonly<TaskRecord> | undefined, action: 'read' | 'cancel' = 'read'): Promise<Visibility> {
     if (record === undefined || (this.scoped && record.owner !== await this.ownerOf(request))) {
-      return { ok: false, error: new FST_TASK_API_TASK_NOT_FOUND(uuid) }
+      return { ok: false, error: new FST_TASK_API_TASK_NOT_FOUND(clip(uuid)) }
     }
     if (!await this.authorize(request, { action, task: record.task, inputs: record.inputs, record })) {
       return { ok: false, error: new FST_TASK_API_FORBIDDEN() }
@@ -150,24 +153,34 @@ export class Access {
   }
 
   /**
-   * Refuses cross-site WebSocket upgrades: a browser always sends Origin, and a page on
-   * another site must not ride the user's cookies into a socket (cross-site WebSocket
-   * hijacking). Clients that send no Origin (not browsers) pass.
+   * Refuses cross-site requests: WebSocket upgrades (cross-site WebSocket hijacking) and
+   * the REST routes that change state (cross-site request forgery). A browser sends its
+   * cookies with both, whatever page asked, so a cookie session alone would let another
+   * site act as the user. Browsers say where a request comes from: `Origin` (always, on
+   * upgrades and POSTs) and `Sec-Fetch-Site`; a page cannot forge either. The request's own
+   * origin and the `allowedOrigins` pass; clients that send neither header (curl, servers,
+   * not browsers) pass too.
    */
   checkOrigin (request: FastifyRequest): Error | undefined {
-    const origin = request.headers.origin
-    if (origin === undefined || this.#options.allowedOrigins === '*') return undefined
     const allowed = this.#options.allowedOrigins
-    if (allowed !== undefined) {
-      return allowed.includes(origin) ? undefined : new FST_TASK_API_ORIGIN_FORBIDDEN(origin)
+    if (allowed === '*') return undefined
+    const { origin, 'sec-fetch-site': site } = request.headers
+    if (origin === undefined) {
+      // Without Origin a browser still says whether the page was of this site.
+      return site === 'cross-site' || site === 'same-site' ? new FST_TASK_API_ORIGIN_FORBIDDEN(`a ${site} page`) : undefined
     }
-    let host: string
+    if (allowed?.includes(origin) === true || this.#isOwnOrigin(origin, request)) return undefined
+    // Behind a proxy that rewrites Host, the browser's own verdict is the one to trust.
+    if (site === 'same-origin') return undefined
+    return new FST_TASK_API_ORIGIN_FORBIDDEN(clip(origin))
+  }
+
+  #isOwnOrigin (origin: string, request: FastifyRequest): boolean {
     try {
-      host = new URL(origin).host
+      return new URL(origin).host === request.headers.host
     } catch {
-      return new FST_TASK_API_ORIGIN_FORBIDDEN(origin)
+      return false // "null" (sandboxed frames, file: pages) and garbage
     }
-    return host === request.headers.host ? undefined : new FST_TASK_API_ORIGIN_FORBIDDEN(origin)
   }
 
   /** Refuses an invalid token with 401. */

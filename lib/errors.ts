@@ -33,6 +33,14 @@ export const FST_TASK_API_TASK_UNKNOWN = createError<[string]>(
 export const FST_TASK_API_INPUT_INVALID = createError<[string]>(
   'FST_TASK_API_INPUT_INVALID', '%s', 400)
 
+/** The inputs take more than `maxInputSize` bytes as JSON. */
+export const FST_TASK_API_INPUT_TOO_LARGE = createError<[number]>(
+  'FST_TASK_API_INPUT_TOO_LARGE', 'inputs are larger than maxInputSize (%d bytes as JSON)', 413)
+
+/** The inputs nest objects and arrays deeper than `maxInputDepth`. The message names the path where it hit. */
+export const FST_TASK_API_INPUT_TOO_DEEP = createError<[string, number]>(
+  'FST_TASK_API_INPUT_TOO_DEEP', '%s is nested deeper than maxInputDepth (%d levels)', 400)
+
 /** No task has this uuid (or it is malformed). */
 export const FST_TASK_API_TASK_NOT_FOUND = createError<[string]>(
   'FST_TASK_API_TASK_NOT_FOUND', 'task %s not found', 404)
@@ -57,9 +65,12 @@ export const FST_TASK_API_STREAM_UPGRADE_REQUIRED = createError(
 export const FST_TASK_API_FORBIDDEN = createError(
   'FST_TASK_API_FORBIDDEN', 'not allowed', 403)
 
-/** A WebSocket upgrade from an origin that is not allowed (cross-site WebSocket hijacking guard). */
+/**
+ * A WebSocket upgrade, submit or cancel from a page of another site that `allowedOrigins`
+ * does not list (cross-site WebSocket hijacking and request forgery guard).
+ */
 export const FST_TASK_API_ORIGIN_FORBIDDEN = createError<[string]>(
-  'FST_TASK_API_ORIGIN_FORBIDDEN', 'origin %s may not open this WebSocket', 403)
+  'FST_TASK_API_ORIGIN_FORBIDDEN', 'requests from %s are not allowed here (see allowedOrigins)', 403)
 
 /** A stream token that is malformed, expired, or minted for another task. */
 export const FST_TASK_API_TOKEN_INVALID = createError(
@@ -78,6 +89,8 @@ export const codes = {
   FST_TASK_API_BODY_INVALID,
   FST_TASK_API_TASK_UNKNOWN,
   FST_TASK_API_INPUT_INVALID,
+  FST_TASK_API_INPUT_TOO_LARGE,
+  FST_TASK_API_INPUT_TOO_DEEP,
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_RUNNER_CLOSED,
   FST_TASK_API_RUNNER_UNAVAILABLE,

@@ -99,6 +99,27 @@ export interface TaskApiOptions extends AccessOptions {
    */
   maxOutputSize?: number
   /**
+   * Bytes a submission's inputs may take as JSON (strings counted in UTF-8); past it the
+   * submission answers 413 `FST_TASK_API_INPUT_TOO_LARGE` before any conversion or
+   * validation. Fastify's own `bodyLimit` (1 MiB by default) bounds the whole body first.
+   * @default 262144 (256 KiB)
+   */
+  maxInputSize?: number
+  /**
+   * How deep a submission's inputs may nest objects and arrays (the inputs object itself
+   * is level 1); deeper answers 400 `FST_TASK_API_INPUT_TOO_DEEP` naming the path. At most
+   * 1000: a value nested deeper than that cannot be handed to a child process safely.
+   * @default 32
+   */
+  maxInputDepth?: number
+  /**
+   * Serves `GET {prefix}` (a page of task summaries). With `owner` or `auth` set, it is on
+   * unless false; without either it is off unless true, since every client could then
+   * see every task.
+   * @default true with `owner` or `auth`, false otherwise
+   */
+  list?: boolean
+  /**
    * Tasks a child process runs before it is replaced by a fresh one (recycling, for task
    * code that leaks). 0: no limit.
    * @default 0
@@ -151,11 +172,13 @@ export interface NormalizedOptions {
   maxOldGenerationSizeMb: number | undefined
   ackTimeout: number
   childPerTask: boolean
+  inputLimits: { maxInputSize: number, maxInputDepth: number }
+  list: boolean
 }
 
 const known = new Set(['tasks', 'prefix', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
   'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength',
-  'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask'])
+  'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask', 'maxInputSize', 'maxInputDepth', 'list'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -230,9 +253,23 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   if (typeof childPerTask !== 'boolean') {
     throw new FST_TASK_API_OPT_INVALID('childPerTask', 'a boolean', describe(childPerTask))
   }
+  const inputLimits = { maxInputSize: options.maxInputSize ?? 256 * 1024, maxInputDepth: options.maxInputDepth ?? 32 }
+  if (typeof inputLimits.maxInputSize !== 'number' || !Number.isInteger(inputLimits.maxInputSize) || inputLimits.maxInputSize < 1) {
+    throw new FST_TASK_API_OPT_INVALID('maxInputSize', 'a positive integer number of bytes', describe(inputLimits.maxInputSize))
+  }
+  const { maxInputDepth } = inputLimits
+  if (typeof maxInputDepth !== 'number' || !Number.isInteger(maxInputDepth) || maxInputDepth < 1 || maxInputDepth > 1000) {
+    throw new FST_TASK_API_OPT_INVALID('maxInputDepth', 'an integer from 1 to 1000', describe(maxInputDepth))
+  }
+  const list = options.list ?? (options.owner !== undefined || options.auth !== undefined)
+  if (typeof list !== 'boolean') {
+    throw new FST_TASK_API_OPT_INVALID('list', 'a boolean', describe(list))
+  }
   return {
     ackTimeout,
     childPerTask,
+    inputLimits,
+    list,
     maxTasksPerChild,
     maxOldGenerationSizeMb: normalizeResourceLimits(options.resourceLimits),
     limits,

@@ -28,6 +28,8 @@ function newAjv (): Ajv {
     coerceTypes: false,
     removeAdditional: false,
     strict: false,
+    // strict: false would turn this off too: NaN and Infinity are never numbers here.
+    strictNumbers: true,
   })
   addFormats(ajv)
   return ajv
@@ -95,7 +97,17 @@ function jsonType (value: unknown): string {
   return typeof value
 }
 
-const numeric = /^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$/
+// Matched against trimmed text. Each part consumes its own characters (no two quantifiers
+// can take the same digits), so a long string costs one pass: test/redos.test.ts checks it.
+const numeric = /^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$/
+
+/** A numeric string's finite value; anything else (words, `Infinity`, `1e309`) unchanged. */
+function toNumber (value: string): unknown {
+  const text = value.trim()
+  if (!numeric.test(text)) return value
+  const number = Number(text)
+  return Number.isFinite(number) ? number : value
+}
 
 function types (schema: TSchema): string[] {
   const type = (schema as { type?: unknown }).type
@@ -138,8 +150,7 @@ function convertValue (schema: TSchema, value: unknown): unknown {
   switch (kind) {
     case 'integer':
     case 'number':
-      if (typeof value === 'string' && numeric.test(value)) return Number(value)
-      return value
+      return typeof value === 'string' ? toNumber(value) : value
     case 'string':
       if (typeof value === 'number' && Number.isFinite(value)) return String(value)
       return value
@@ -162,4 +173,101 @@ function convertValue (schema: TSchema, value: unknown): unknown {
     default:
       return value
   }
+}
+
+/** What a walk over inputs found past its bounds. */
+export type InputExcess =
+  | { limit: 'size' }
+  | { limit: 'depth', path: string[] }
+  | { limit: 'finite', path: string[] }
+
+/**
+ * Measures inputs before anything else sees them: their nesting depth (the inputs object
+ * is depth 1) and their size as JSON, in one walk that stops as soon as a bound is
+ * passed, so a hostile body costs at most `maxSize` bytes of work. The size counts strings
+ * in UTF-8 bytes without their escapes: within a few bytes of `JSON.stringify`'s length,
+ * at a fraction of its cost, and the walk never recurses deeper than `maxDepth` (a
+ * stringify of a very deep value overflows the stack). Non-finite numbers (`1e309` parses
+ * to Infinity) are refused too: JSON has no way to say them.
+ */
+export function measureInputs (inputs: Record<string, unknown>, maxSize: number, maxDepth: number): InputExcess | undefined {
+  const walk = new InputWalk(maxSize, maxDepth)
+  const found = walk.visit(inputs, 1)
+  if (found === undefined) return undefined
+  // The path was gathered innermost first, on the way back up.
+  if (found.limit !== 'size') found.path.reverse()
+  return found
+}
+
+class InputWalk {
+  #budget: number
+  readonly #maxDepth: number
+
+  constructor (maxSize: number, maxDepth: number) {
+    this.#budget = maxSize
+    this.#maxDepth = maxDepth
+  }
+
+  visit (value: unknown, depth: number): InputExcess | undefined {
+    switch (typeof value) {
+      case 'string':
+        this.#budget -= stringLength(value)
+        return this.#budget < 0 ? { limit: 'size' } : undefined
+      case 'number':
+        if (!Number.isFinite(value)) return { limit: 'finite', path: [] }
+        this.#budget -= numberLength(value)
+        return this.#budget < 0 ? { limit: 'size' } : undefined
+      case 'object':
+        if (value === null) break
+        if (depth > this.#maxDepth) return { limit: 'depth', path: [] }
+        return Array.isArray(value) ? this.#array(value, depth) : this.#object(value as Record<string, unknown>, depth)
+      default:
+        break
+    }
+    this.#budget -= 5 // null, true, false: near enough
+    return this.#budget < 0 ? { limit: 'size' } : undefined
+  }
+
+  #array (list: unknown[], depth: number): InputExcess | undefined {
+    this.#budget -= 1 + list.length
+    if (this.#budget < 0) return { limit: 'size' }
+    for (let i = 0; i < list.length; i++) {
+      const found = this.visit(list[i], depth + 1)
+      if (found !== undefined) return within(found, String(i))
+    }
+    return undefined
+  }
+
+  #object (object: Record<string, unknown>, depth: number): InputExcess | undefined {
+    const keys = Object.keys(object)
+    this.#budget -= 1 + keys.length
+    if (this.#budget < 0) return { limit: 'size' }
+    for (const key of keys) {
+      this.#budget -= stringLength(key) + 1
+      const found = this.visit(object[key], depth + 1)
+      if (found !== undefined) return within(found, key)
+    }
+    return this.#budget < 0 ? { limit: 'size' } : undefined
+  }
+}
+
+function within (found: InputExcess, key: string): InputExcess {
+  if (found.limit !== 'size') found.path.push(key)
+  return found
+}
+
+/** Bytes of a string as JSON, quotes included, escapes not. */
+function stringLength (text: string): number {
+  // Native, and faster than a charCodeAt loop in JavaScript even for short ASCII strings.
+  return Buffer.byteLength(text) + 2
+}
+
+/** Characters of a finite number as JSON, without making the string for most of them. */
+function numberLength (value: number): number {
+  if (Number.isSafeInteger(value)) {
+    let length = value < 0 ? 2 : 1
+    for (let rest = Math.abs(value); rest >= 10; rest = Math.floor(rest / 10)) length++
+    return length
+  }
+  return String(value).length
 }

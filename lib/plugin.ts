@@ -47,6 +47,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     history: { size: normalized.streams.historySize, ttl: normalized.streams.historyTtl },
     execution: normalized.execution,
     limits: normalized.limits,
+    inputLimits: normalized.inputLimits,
   })
   try {
     await service.start()
@@ -74,7 +75,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   if (normalized.access.auth !== undefined && !app.hasDecorator('auth')) await app.register(fastifyAuth)
   const access = new Access(app, normalized.access)
   api.streamToken = (uuid, ttl) => access.token(uuid, ttl)
-  registerRoutes(app, service, access, normalized.prefix)
+  await registerRoutes(app, service, access, normalized.prefix, { list: normalized.list })
   if (clientBundle !== undefined) registerClientBundle(app, normalized.prefix, clientBundle)
   const streamOptions = { ...normalized.streams, progressInterval: normalized.progressInterval }
   if (app.hasDecorator('websocketServer')) {

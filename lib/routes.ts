@@ -1,11 +1,12 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
+import { STATUS_CODES } from 'node:http'
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError, onRequestHookHandler } from 'fastify'
 import { TaskStateSchema } from './events.js'
-import { FST_TASK_API_BODY_INVALID, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
+import { codes, FST_TASK_API_BODY_INVALID, FST_TASK_API_FORBIDDEN, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
 import type { Access } from './access.js'
-import { FST_TASK_API_FORBIDDEN } from './errors.js'
 import { toState, type TaskService } from './service.js'
-import { statuses, type TaskRecord, type TaskStatus } from './store/types.js'
+import { statuses, type TaskRecord, type TaskStatus, type TaskSummary } from './store/types.js'
 import { describe } from './task.js'
+import { clip } from './text.js'
 
 interface Submission {
   task: string
@@ -29,8 +30,76 @@ export function paths (app: FastifyInstance, path: string): string[] {
   return path.endsWith('/') ? [path] : [path, path + '/']
 }
 
-/** The REST routes: submit, fetch, list, and stream tokens. */
-export function registerRoutes (app: FastifyInstance, service: TaskService, access: Access, prefix: string): void {
+/** Characters of a failed task's error a list summary keeps. */
+const summaryErrorLength = 200
+
+const summaryFields = ['uuid', 'task', 'status', 'progress', 'target', 'attempt', 'created', 'started', 'finished', 'error'] as const
+const TaskSummarySchema = {
+  type: 'object',
+  properties: Object.fromEntries(summaryFields.map(field => [field, TaskStateSchema.properties[field]])),
+}
+
+/** A record as a list shows it: no outputs, no messages, the error cut short. */
+export function toSummary (record: Readonly<TaskRecord>): TaskSummary {
+  const error = record.error !== null && record.error.length > summaryErrorLength
+    ? record.error.slice(0, summaryErrorLength - 1) + '…'
+    : record.error
+  return {
+    uuid: record.uuid,
+    task: record.task,
+    status: record.status,
+    progress: record.progress,
+    target: record.target,
+    attempt: record.attempt,
+    created: record.created,
+    started: record.started,
+    finished: record.finished,
+    error,
+  }
+}
+
+/**
+ * A 5xx never carries an internal message (a store's, or an authorize or owner callback's
+ * that threw) to the client: the detail goes to the log, and the app's own error handler
+ * (the parent context's, which runs next) gets a generic error with the same status and
+ * code. The plugin's own 5xx codes keep their messages: they say nothing internal.
+ */
+function hideInternalErrors (error: FastifyError, request: FastifyRequest): never {
+  // Whatever was thrown: an Error or not.
+  const { statusCode, status: otherStatus, code } = (typeof error === 'object' && error !== null ? error : {}) as Record<string, unknown>
+  const status = [statusCode, otherStatus].find(value => typeof value === 'number' && value >= 400 && value <= 599) as number | undefined ?? 500
+  const own = typeof code === 'string' ? (codes as Record<string, unknown>)[code] as (new () => Error) | undefined : undefined
+  if (status < 500 || (own !== undefined && error instanceof own)) throw error
+  request.log.error({ err: error }, 'fastify-task-api: internal error')
+  const generic = new Error(STATUS_CODES[status] ?? 'Internal Server Error') as FastifyError
+  generic.statusCode = status
+  if (typeof code === 'string') generic.code = code
+  throw generic
+}
+
+/** Options of the REST routes. */
+export interface RouteOptions {
+  /** Whether `GET {prefix}` exists. */
+  list: boolean
+}
+
+/**
+ * The REST routes: submit, fetch, cancel, list, and stream tokens. They live in a context
+ * of their own, so that their error handler (hideInternalErrors) is theirs only: the
+ * plugin is not encapsulated (fastify-plugin), and the app's own handler still runs after.
+ */
+export async function registerRoutes (app: FastifyInstance, service: TaskService, access: Access, prefix: string, options: RouteOptions): Promise<void> {
+  await app.register(async (rest) => {
+    rest.setErrorHandler(hideInternalErrors)
+    registerRestRoutes(rest, service, access, prefix, options)
+  })
+}
+
+function registerRestRoutes (app: FastifyInstance, service: TaskService, access: Access, prefix: string, options: RouteOptions): void {
+  // Routes that change state refuse pages of other sites (cross-site request forgery), as
+  // the WebSocket upgrades do, before anything else: authentication, body parsing.
+  const sameSite: onRequestHookHandler = (request, _reply, done) => done(access.checkOrigin(request))
+
   // The body validator is the task's own: compiled once at registration (see params.ts),
   // it converts inputs the seed's way and names the input that fails.
   const validateSubmission = (body: unknown): { value: Submission } | { error: Error } => {
@@ -42,7 +111,7 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
       return { error: new FST_TASK_API_BODY_INVALID(`body/task must be a string naming a registered task, got ${describe(task)}`) }
     }
     const registered = service.task(task)
-    if (registered === undefined) return { error: new FST_TASK_API_TASK_UNKNOWN(task) }
+    if (registered === undefined) return { error: new FST_TASK_API_TASK_UNKNOWN(clip(task)) }
     try {
       return { value: { task, inputs: service.checkInputs(registered, inputs) } }
     } catch (err) {
@@ -63,6 +132,7 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
         response: { 201: TaskStateSchema, '4xx': errorSchema, '5xx': errorSchema },
       },
       validatorCompiler: () => validateSubmission as unknown as (body: unknown) => boolean | { error: FastifySchemaValidationError[] },
+      onRequest: sameSite,
       // Authentication runs before the body is validated, so a stranger learns nothing
       // about the tasks or their inputs.
       ...(access.hook !== undefined ? { preValidation: access.hook } : {}),
@@ -100,8 +170,9 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
         url,
         schema: {
           params: { type: 'object', properties: { uuid: { type: 'string' } } },
-          response: { 200: response, '4xx': errorSchema },
+          response: { 200: response, '4xx': errorSchema, '5xx': errorSchema },
         },
+        ...(method === 'POST' ? { onRequest: sameSite } : {}),
         ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
         handler: async (request, reply) => {
           const { uuid } = request.params
@@ -124,6 +195,9 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
       return access.token(record.uuid)
     })
 
+  // Listing is a way to see tasks that a uuid alone never gave: without owner or auth it
+  // would show every client every task, so then it exists only when asked for.
+  if (!options.list) return
   // Listing shares POST's path, so it takes both spellings only when POST does.
   for (const url of paths(app, prefix === '' ? '/' : prefix)) {
     app.route<{ Querystring: { status?: TaskStatus, task?: string, limit: number } }>({
@@ -140,8 +214,9 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
           additionalProperties: false,
         },
         response: {
-          200: { type: 'object', properties: { tasks: { type: 'array', items: TaskStateSchema } } },
+          200: { type: 'object', properties: { tasks: { type: 'array', items: TaskSummarySchema } } },
           '4xx': errorSchema,
+          '5xx': errorSchema,
         },
       },
       ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
@@ -153,9 +228,9 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
           ...(task !== undefined ? { task } : {}),
           limit,
         })
-        const tasks = []
+        const tasks: TaskSummary[] = []
         for (const record of records) {
-          if (await access.authorize(request, { action: 'read', task: record.task, inputs: record.inputs, record })) tasks.push(toState(record))
+          if (await access.authorize(request, { action: 'read', task: record.task, inputs: record.inputs, record })) tasks.push(toSummary(record))
         }
         return { tasks }
       },

@@ -2,17 +2,21 @@ import { randomUUID } from 'node:crypto'
 import { EventBus, EventHistory, type TaskEvent, type TaskListener } from './events.js'
 import {
   FST_TASK_API_INPUT_INVALID,
+  FST_TASK_API_INPUT_TOO_DEEP,
+  FST_TASK_API_INPUT_TOO_LARGE,
   FST_TASK_API_QUEUE_FULL,
   FST_TASK_API_RUNNER_CLOSED,
   FST_TASK_API_RUNNER_UNAVAILABLE,
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_TASK_UNKNOWN,
 } from './errors.js'
+import { measureInputs } from './params.js'
 import { cut, encodeResult, maxDetailLength, maxErrorLength, type MessageLimits, type ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { Job, JobResult, Runner, RunnerEvents } from './runner/types.js'
 import { finalStatuses, type ListFilter, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
 import { backoffDelay, describe } from './task.js'
+import { clip } from './text.js'
 
 /** The logger calls the service makes (a pino/fastify logger fits). */
 export interface ServiceLogger {
@@ -56,6 +60,14 @@ interface ActiveTask {
   /** Why the task is being stopped, once it is: its final status follows from it. */
   stopping?: { reason: 'cancel' } | { reason: 'timeout', ms: number }
   timer?: NodeJS.Timeout
+}
+
+/** Bounds on a submission's inputs, checked before anything else sees them. */
+export interface InputLimits {
+  /** Bytes of the inputs as JSON. */
+  maxInputSize: number
+  /** Nesting of objects and arrays; the inputs object is level 1. */
+  maxInputDepth: number
 }
 
 /** Execution limits of the service. */
@@ -106,6 +118,7 @@ export class TaskService {
   readonly #active = new Map<string, ActiveTask>()
   readonly #execution: ExecutionOptions
   readonly #limits: MessageLimits
+  readonly #inputLimits: InputLimits
   #closing: Promise<void> | undefined
   #closed = false
 
@@ -118,7 +131,9 @@ export class TaskService {
     history?: { size: number, ttl: number }
     execution?: Partial<ExecutionOptions>
     limits?: MessageLimits
+    inputLimits?: InputLimits
   }) {
+    this.#inputLimits = options.inputLimits ?? { maxInputSize: 256 * 1024, maxInputDepth: 32 }
     this.#limits = options.limits ?? { maxMessages: 1000, maxMessageLength: 2000, maxOutputSize: 1024 * 1024 }
     this.#execution = { timeout: 0, cancelGrace: 5000, maxQueued: 0, shutdownTimeout: 10_000, ...options.execution }
     this.#history = new EventHistory(options.history?.size ?? 0, options.history?.ttl ?? 0)
@@ -154,14 +169,26 @@ export class TaskService {
    */
   async submit (name: string, inputs: unknown = {}, options: SubmitOptions = {}): Promise<TaskState> {
     const registered = this.#registry.get(name)
-    if (registered === undefined) throw new FST_TASK_API_TASK_UNKNOWN(name)
+    if (registered === undefined) throw new FST_TASK_API_TASK_UNKNOWN(clip(name))
     return this.submitChecked(registered, this.checkInputs(registered, inputs), options)
   }
 
-  /** Converts and validates inputs for a task; throws FST_TASK_API_INPUT_INVALID naming the input. */
+  /**
+   * Bounds, converts and validates inputs for a task: FST_TASK_API_INPUT_TOO_LARGE (413)
+   * or FST_TASK_API_INPUT_TOO_DEEP (400) before anything else looks at them, then
+   * FST_TASK_API_INPUT_INVALID naming the input.
+   */
   checkInputs (registered: RegisteredTask, inputs: unknown): Record<string, unknown> {
     if (typeof inputs !== 'object' || inputs === null || Array.isArray(inputs)) {
       throw new FST_TASK_API_INPUT_INVALID(`inputs must be an object, got ${describe(inputs)}`)
+    }
+    const { maxInputSize, maxInputDepth } = this.#inputLimits
+    const excess = measureInputs(inputs as Record<string, unknown>, maxInputSize, maxInputDepth)
+    if (excess !== undefined) {
+      if (excess.limit === 'size') throw new FST_TASK_API_INPUT_TOO_LARGE(maxInputSize)
+      const path = clip(['inputs', ...excess.path.map(key => clip(key, 32))].join('/'), 256)
+      if (excess.limit === 'depth') throw new FST_TASK_API_INPUT_TOO_DEEP(path, maxInputDepth)
+      throw new FST_TASK_API_INPUT_INVALID(`${path} must be a finite number`)
     }
     const checked = registered.inputs.check(inputs as Record<string, unknown>)
     if (checked.error !== undefined) throw new FST_TASK_API_INPUT_INVALID(checked.error)

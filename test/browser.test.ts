@@ -22,7 +22,7 @@ t.test('the example page runs a task to 100% and cancels another, in Chromium', 
     t.fail(`no browser at ${executablePath}: install Debian's chromium (apt-get install -y chromium)`)
     return
   }
-  const app: FastifyInstance = await build({ logger: false, taskApi: { concurrency: 2, execArgv: childExecArgv } })
+  const app: FastifyInstance = await build({ logger: false, taskApi: { concurrency: 2, execArgv: childExecArgv, list: true } })
   t.teardown(() => app.close())
   const upgrades: string[] = []
   app.server.on('upgrade', (request) => upgrades.push(request.url ?? ''))

@@ -37,6 +37,16 @@ async function serve (t: Test, options: Partial<TaskApiOptions> = {}): Promise<S
   return { app, base: `http://127.0.0.1:${port}${options.prefix ?? '/tasks'}`, seen, upgrades }
 }
 
+/**
+ * A WebSocket opened as a page of another site opens it (its upgrade carries that Origin),
+ * so the server refuses it (403) while the client's REST calls stay same-origin.
+ */
+class ForeignWebSocket extends WebSocket {
+  constructor (url: string, protocols?: string | string[], options: WebSocket.ClientOptions = {}) {
+    super(url, protocols, { ...options, headers: { ...options.headers, origin: 'https://elsewhere.example' } })
+  }
+}
+
 /** What a run reported through its callbacks. */
 function recorder () {
   const seen = { progress: [] as Array<[number | null, number | null]>, messages: [] as string[], statuses: [] as string[], seqs: [] as number[] }
@@ -82,7 +92,7 @@ t.test('run rejects with a TaskRunError carrying the record when the task fails'
 })
 
 t.test('run rejects with a TaskApiError naming the input the server refused, and creates nothing', async (t) => {
-  const { app, base } = await serve(t)
+  const { app, base } = await serve(t, { list: true })
   const client = createClient({ baseURL: base, WebSocket })
   const err = await client.run('steps', { steps: 'many' as unknown as number, delay: 1 }).catch((err: unknown) => err)
   t.ok(err instanceof TaskApiError)
@@ -212,7 +222,7 @@ t.test('a socket the server drops mid-task is reopened with ?since=: no frame lo
 t.test('falls back to SSE when the WebSocket is refused', async (t) => {
   // The server only takes WebSockets from another origin: the upgrade answers 403.
   const { base, seen } = await serve(t, { allowedOrigins: ['https://app.example'] })
-  const client = createClient({ baseURL: base, WebSocket, EventSource, headers: { origin: 'https://elsewhere.example' } })
+  const client = createClient({ baseURL: base, WebSocket: ForeignWebSocket, EventSource })
   const { seen: got, handlers } = recorder()
   const outputs = await client.run('steps', { steps: 4, delay: 20 }, handlers)
   t.same(outputs, { done: 4 })
@@ -250,7 +260,7 @@ t.test('an SSE stream that drops is reopened with ?since=: no frame lost, none d
 t.test('falls back to polling without WebSocket or EventSource', async (t) => {
   const { base, seen } = await serve(t, { allowedOrigins: ['https://app.example'] })
   t.equal(typeof (globalThis as { EventSource?: unknown }).EventSource, 'undefined', 'Node 20 has no EventSource')
-  const client = createClient({ baseURL: base, WebSocket, headers: { origin: 'https://elsewhere.example' }, pollInterval: 20 })
+  const client = createClient({ baseURL: base, WebSocket: ForeignWebSocket, pollInterval: 20 })
   const { seen: got, handlers } = recorder()
   const outputs = await client.run('steps', { steps: 6, delay: 30 }, handlers)
   t.same(outputs, { done: 6 })
@@ -274,7 +284,7 @@ t.test('subscribing to an unknown task ends in onError with the 404', async (t) 
 
 t.test('with no transport left, following ends in onError naming those tried', async (t) => {
   const { app, base } = await serve(t, { allowedOrigins: ['https://app.example'] })
-  const client = createClient({ baseURL: base, WebSocket, headers: { origin: 'https://elsewhere.example' }, transports: ['websocket'] })
+  const client = createClient({ baseURL: base, WebSocket: ForeignWebSocket, transports: ['websocket'] })
   const { uuid } = await client.submit('steps', { steps: 1, delay: 1 })
   const err = await new Promise<Error>((resolve, reject) => {
     client.subscribe(uuid, { onError: resolve, onEnd: () => reject(new Error('ended')) })

@@ -65,7 +65,7 @@ t.test('the timeout option applies to tasks without their own', async (t) => {
 })
 
 t.test('maxQueued: past it, 429 with Retry-After and no record', async (t) => {
-  const app = await build(t, { tasks, maxQueued: 1 })
+  const app = await build(t, { tasks, maxQueued: 1, list: true })
   await app.tasks.submit('nap', { ms: 300 })
   await app.tasks.submit('nap', { ms: 1 })
   const before = (await app.inject('/tasks')).json().tasks.length

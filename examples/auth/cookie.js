@@ -1,8 +1,8 @@
 // fastify-task-api behind a cookie session. POST /login sets a signed session cookie;
 // the browser then sends it on every request, WebSocket upgrades included, so the page
-// needs no token. The plugin refuses WebSocket upgrades from other origins, which is
-// what stops another site from riding the cookie into a socket (cross-site WebSocket
-// hijacking).
+// needs no token. The plugin refuses WebSocket upgrades, submits and cancels from pages
+// of other origins, which is what stops another site from riding the cookie into a
+// socket (cross-site WebSocket hijacking) or into a request (cross-site request forgery).
 //
 //   node examples/auth/cookie.js
 import cookie from '@fastify/cookie'

@@ -61,10 +61,17 @@ interface Connection {
   options: ClientOptions
 }
 
+/** The URL without its trailing slashes (a loop: /\/+$/ backtracks quadratically on many slashes). */
+function trimSlashes (url: string): string {
+  let end = url.length
+  while (end > 0 && url.charCodeAt(end - 1) === 47) end--
+  return url.slice(0, end)
+}
+
 function connection (options: ClientOptions): Connection {
   const fetchFn = options.fetch ?? ((input: string, init?: RequestInit) => fetch(input, init))
   const base = (): URL => {
-    const raw = (options.baseURL ?? '/tasks').replace(/\/+$/, '')
+    const raw = trimSlashes(options.baseURL ?? '/tasks')
     try {
       return new URL(raw, globalThis.location?.href)
     } catch {
@@ -343,8 +350,9 @@ export const TaskAPI: { options: SeedOptions, run (task: string, inputs?: Record
     const client = createClient({
       baseURL: options.baseURL,
       headers: () => {
-        const cookie = globalThis.document?.cookie.match(new RegExp(`(?:^|; )${options.csrfCookieName}=([^;]*)`))
-        return cookie == null ? options.headers : { ...options.headers, [options.csrfHeaderName]: decodeURIComponent(cookie[1] as string) }
+        const prefix = `${options.csrfCookieName}=`
+        const cookie = globalThis.document?.cookie.split('; ').find(pair => pair.startsWith(prefix))
+        return cookie === undefined ? options.headers : { ...options.headers, [options.csrfHeaderName]: decodeURIComponent(cookie.slice(prefix.length)) }
       },
     })
     return await settle(runToEnd(client, task, inputs, progressCallback), callback, errback)

@@ -1,4 +1,8 @@
+import BTreeModule from 'sorted-btree'
 import { finalStatuses, type ListFilter, type RecordPatch, type Store, type TaskRecord } from './types.js'
+
+const BTree = BTreeModule.default
+type Index = InstanceType<typeof BTree<number, TaskRecord>>
 
 /** Options of the in-memory store. */
 export interface MemoryStoreOptions {
@@ -8,68 +12,216 @@ export interface MemoryStoreOptions {
    * @default 100000
    */
   maxFinished?: number
+  /**
+   * Approximately how many bytes of finished records to keep (their messages, outputs and
+   * error, plus a fixed cost per record); past it the oldest finished are forgotten, as
+   * past `maxFinished`. The record that has just finished is always kept. Live tasks are
+   * never forgotten and not counted.
+   * @default 268435456 (256 MiB)
+   */
+  maxBytes?: number
 }
 
-/** The default store: records in a Map, gone when the process ends. */
+interface Entry {
+  record: TaskRecord
+  /** Creation order: what every index sorts by. */
+  seq: number
+  /** Counted bytes, once finished. */
+  bytes: number
+}
+
+/** What a finished record costs beyond its messages, outputs and error: the object, uuid, dates. */
+const recordOverhead = 400
+
+/** Which filter fields an index covers: a bit each. */
+const OWNER = 1
+const STATUS = 2
+const TASK = 4
+
+/**
+ * The default store: records in a Map, gone when the process ends.
+ *
+ * `list` must not cost more as records pile up. Each combination of filter fields
+ * (owner, status, task; each set or not) gets its indexes the first time a filter uses
+ * it: one B+ tree per value (per owner, per owner and status, ...) holding the matching
+ * records keyed by creation order, so a page is read from the newest end of one tree.
+ * Building them is one pass over the records, once per combination (eight at most);
+ * from then on they are kept up to date, and a page costs O(page). A store nobody lists
+ * keeps no index at all, so submitting and running tasks pay nothing for them.
+ */
 export class MemoryStore implements Store {
-  readonly #records = new Map<string, TaskRecord>()
+  readonly #entries = new Map<string, Entry>()
+  /** Per combination of filter fields in use: its indexes, by the values they select. */
+  readonly #indexes = new Map<number, Map<string, Index>>()
+  /** Finished records in the order they finished: the first is forgotten first. */
   readonly #finished = new Set<string>()
   readonly #maxFinished: number
+  readonly #maxBytes: number
+  #bytes = 0
+  #seq = 0
 
   constructor (options: MemoryStoreOptions = {}) {
     const max = options.maxFinished ?? 100_000
     if (!Number.isInteger(max) || max < 1) {
       throw new TypeError(`options.maxFinished must be a positive integer, got ${String(max)}`)
     }
+    const maxBytes = options.maxBytes ?? 256 * 1024 * 1024
+    if (!Number.isInteger(maxBytes) || maxBytes < 1) {
+      throw new TypeError(`options.maxBytes must be a positive integer, got ${String(maxBytes)}`)
+    }
     this.#maxFinished = max
+    this.#maxBytes = maxBytes
   }
 
   async create (record: TaskRecord): Promise<void> {
-    this.#records.set(record.uuid, record)
+    const previous = this.#entries.get(record.uuid)
+    if (previous !== undefined) this.#forget(record.uuid, previous)
+    const entry: Entry = { record, seq: ++this.#seq, bytes: 0 }
+    this.#entries.set(record.uuid, entry)
+    for (const [fields, indexes] of this.#indexes) add(indexes, fields, entry)
+    if (finalStatuses.has(record.status)) this.#retire(record.uuid, entry)
   }
 
   async get (uuid: string): Promise<TaskRecord | undefined> {
-    return this.#records.get(uuid)
+    return this.#entries.get(uuid)?.record
   }
 
   async update (uuid: string, patch: RecordPatch): Promise<TaskRecord | undefined> {
-    const record = this.#records.get(uuid)
-    if (record === undefined) return undefined
+    const entry = this.#entries.get(uuid)
+    if (entry === undefined) return undefined
+    const { record } = entry
     const { messages, trimMessages, ...fields } = patch
+    const before = record.status
+    if (record.status !== (patch.status ?? before)) this.#unindexStatus(entry)
     Object.assign(record, fields)
     if (messages !== undefined) {
       for (const message of messages) record.messages.push(message)
     }
     if (trimMessages !== undefined && trimMessages > 0) record.messages.splice(0, trimMessages)
-    if (patch.status !== undefined && finalStatuses.has(patch.status)) this.#retire(uuid)
+    if (record.status !== before) {
+      for (const [covered, indexes] of this.#indexes) {
+        if ((covered & STATUS) !== 0) add(indexes, covered, entry)
+      }
+    }
+    if (this.#finished.has(uuid)) {
+      // A finished record changed after all: count it anew.
+      this.#bytes -= entry.bytes
+      entry.bytes = sizeOf(record)
+      this.#bytes += entry.bytes
+      this.#evict()
+    } else if (finalStatuses.has(record.status)) {
+      this.#retire(uuid, entry)
+    }
     return record
   }
 
   async list (filter: ListFilter): Promise<TaskRecord[]> {
+    const fields = (filter.owner !== undefined ? OWNER : 0) | (filter.status !== undefined ? STATUS : 0) | (filter.task !== undefined ? TASK : 0)
+    const index = this.#indexesFor(fields).get(valueKey(fields, filter.owner ?? null, filter.status ?? '', filter.task ?? ''))
     const found: TaskRecord[] = []
-    // A Map iterates in insertion order, which is creation order: walk it backwards.
-    const records = [...this.#records.values()]
-    for (let i = records.length - 1; i >= 0 && found.length < filter.limit; i--) {
-      const record = records[i] as TaskRecord
-      if (filter.owner !== undefined && record.owner !== filter.owner) continue
-      if (filter.status !== undefined && record.status !== filter.status) continue
-      if (filter.task !== undefined && record.task !== filter.task) continue
+    if (index === undefined || filter.limit <= 0) return found
+    // Newest first: from the highest creation number down, stopping at the limit.
+    for (const [, record] of index.entriesReversed()) {
       found.push(record)
+      if (found.length >= filter.limit) break
     }
     return found
   }
 
   /** How many records are held. */
   get size (): number {
-    return this.#records.size
+    return this.#entries.size
   }
 
-  #retire (uuid: string): void {
-    this.#finished.add(uuid)
-    if (this.#finished.size <= this.#maxFinished) return
-    // A Set iterates in insertion order: the first is the oldest finished.
-    const oldest = this.#finished.values().next().value as string
-    this.#finished.delete(oldest)
-    this.#records.delete(oldest)
+  /** Approximate bytes of the finished records held (what `maxBytes` bounds). */
+  get bytes (): number {
+    return this.#bytes
   }
+
+  /** The indexes of one combination of filter fields, built from every record the first time. */
+  #indexesFor (fields: number): Map<string, Index> {
+    let indexes = this.#indexes.get(fields)
+    if (indexes === undefined) {
+      indexes = new Map()
+      for (const entry of this.#entries.values()) add(indexes, fields, entry)
+      this.#indexes.set(fields, indexes)
+    }
+    return indexes
+  }
+
+  /** Takes a record out of the indexes that include its status (before the status changes). */
+  #unindexStatus (entry: Entry): void {
+    for (const [fields, indexes] of this.#indexes) {
+      if ((fields & STATUS) !== 0) remove(indexes, fields, entry)
+    }
+  }
+
+  /** A final status: the inputs are no longer needed, and the record now counts towards the bounds. */
+  #retire (uuid: string, entry: Entry): void {
+    entry.record.inputs = {}
+    entry.bytes = sizeOf(entry.record)
+    this.#bytes += entry.bytes
+    this.#finished.add(uuid)
+    this.#evict()
+  }
+
+  #evict (): void {
+    // A Set iterates in insertion order: the first is the oldest finished. The newest is kept.
+    while (this.#finished.size > 1 && (this.#finished.size > this.#maxFinished || this.#bytes > this.#maxBytes)) {
+      const oldest = this.#finished.values().next().value as string
+      this.#forget(oldest, this.#entries.get(oldest) as Entry)
+    }
+  }
+
+  #forget (uuid: string, entry: Entry): void {
+    for (const [fields, indexes] of this.#indexes) remove(indexes, fields, entry)
+    this.#entries.delete(uuid)
+    if (this.#finished.delete(uuid)) this.#bytes -= entry.bytes
+  }
+}
+
+/**
+ * The values an index selects, for the fields it covers. Owners and task names are any
+ * strings (an owner may be null), so each is written as JSON: never ambiguous.
+ */
+function valueKey (fields: number, owner: string | null, status: string, task: string): string {
+  let key = ''
+  if ((fields & OWNER) !== 0) key += JSON.stringify(owner)
+  if ((fields & STATUS) !== 0) key += ' ' + status
+  if ((fields & TASK) !== 0) key += ' ' + JSON.stringify(task)
+  return key
+}
+
+function add (indexes: Map<string, Index>, fields: number, entry: Entry): void {
+  const { record } = entry
+  const key = valueKey(fields, record.owner, record.status, record.task)
+  let index = indexes.get(key)
+  if (index === undefined) {
+    index = new BTree<number, TaskRecord>(undefined, (a, b) => a - b)
+    indexes.set(key, index)
+  }
+  index.set(entry.seq, record)
+}
+
+function remove (indexes: Map<string, Index>, fields: number, entry: Entry): void {
+  const { record } = entry
+  const key = valueKey(fields, record.owner, record.status, record.task)
+  const index = indexes.get(key)
+  if (index === undefined) return
+  index.delete(entry.seq)
+  // Owners and tasks come and go: an empty index is dropped, not kept forever.
+  if (index.size === 0) indexes.delete(key)
+}
+
+/** Approximate bytes a finished record holds: characters of its messages, outputs and error, plus its own cost. */
+function sizeOf (record: TaskRecord): number {
+  let bytes = recordOverhead + (record.error?.length ?? 0)
+  for (const message of record.messages) bytes += message.length + 16
+  // Outputs are JSON-safe (they crossed from the child as JSON, or were checked inline).
+  try {
+    bytes += JSON.stringify(record.outputs)?.length ?? 0
+  } catch {
+    bytes += recordOverhead
+  }
+  return bytes
 }

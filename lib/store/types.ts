@@ -29,9 +29,15 @@ export interface TaskState {
   error: string | null
 }
 
+/**
+ * A task as `GET /tasks` lists it: its state without outputs and messages, and `error`
+ * cut to 200 characters, so that a page of them stays small.
+ */
+export type TaskSummary = Pick<TaskState, 'uuid' | 'task' | 'status' | 'progress' | 'target' | 'attempt' | 'created' | 'started' | 'finished' | 'error'>
+
 /** A task as the store keeps it: the public state plus what is never shown to clients. */
 export interface TaskRecord extends TaskState {
-  /** The converted inputs. Never part of a response. */
+  /** The converted inputs. Never part of a response. A store may drop them (`{}`) once the task has finished. */
   inputs: Record<string, unknown>
   /** Who the task belongs to (the `owner` option's answer at submit), or null. Never part of a response. */
   owner: string | null
