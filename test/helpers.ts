@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import taskApi, { type TaskApiOptions } from '../lib/index.js'
@@ -33,19 +33,47 @@ export async function untilRunning (app: FastifyInstance, uuid: string): Promise
 
 interface ProcessRow { pid: number, stat: string, command: string }
 
+/**
+ * Runs `ps` and returns what it printed. ps exits 1 with no output when no process
+ * matches: that is an empty table. Anything else (no ps at all, another status, an error
+ * message) throws: a "no child left" check must never pass because ps could not look.
+ */
+export function ps (args: string[]): string {
+  const result = spawnSync('ps', args, { encoding: 'utf8' })
+  if (result.error !== undefined) throw new Error(`cannot read the process table: ps ${args.join(' ')}: ${result.error.message}`)
+  if (result.status === 0) return result.stdout
+  if (result.status === 1 && result.stdout.trim() === '' && result.stderr.trim() === '') return ''
+  throw new Error(`cannot read the process table: ps ${args.join(' ')} exited with ${String(result.status ?? result.signal)}: ${result.stderr.trim()}`)
+}
+
 /** This process's node children, read from the real process table. */
 export function children (): ProcessRow[] {
-  let out: string
-  try {
-    out = execFileSync('ps', ['-o', 'pid=,stat=,comm=', '--ppid', String(process.pid)], { encoding: 'utf8' })
-  } catch {
-    return [] // ps exits 1 when no process matches
-  }
+  const out = ps(['-o', 'pid=,stat=,comm=', '--ppid', String(process.pid)])
   return out.split('\n')
     .map(line => line.trim().split(/\s+/))
     .filter(cols => cols.length >= 3)
     .map(([pid, stat, command]) => ({ pid: Number(pid), stat: stat as string, command: command as string }))
     .filter(row => row.command === 'node') // not ps itself, nor the esbuild service tsx starts
+}
+
+/** Whether a process with this id exists (a zombie counts: it is still in the table). */
+export function exists (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false
+    throw err
+  }
+}
+
+/** Resolves once `predicate` holds; rejects naming `what` after `ms`. For conditions no event announces. */
+export async function until (what: string, predicate: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms
+  while (!await predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, 5))
+  }
 }
 
 /** Live children's process ids. */
