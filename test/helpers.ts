@@ -1,4 +1,7 @@
 import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import taskApi, { type TaskApiOptions } from '../lib/index.js'
@@ -89,4 +92,39 @@ export function zombiePids (): number[] {
 /** POST /tasks with JSON. */
 export function submit (app: FastifyInstance, task: string, inputs?: unknown, url = '/tasks') {
   return app.inject({ method: 'POST', url, payload: inputs === undefined ? { task } : { task, inputs } })
+}
+
+/** A running `witness` task (fixtures/signals.ts): its uuid, its child's pid, and what it noted so far. */
+export interface Witness { uuid: string, pid: number, log: () => string[] }
+
+/**
+ * Submits the `witness` task and resolves once it runs with its signal handlers in place
+ * (it says so with a message naming its pid).
+ */
+export async function startWitness (t: Test, app: FastifyInstance, inputs: { sigterm: 'die' | 'ignore', honourAfter?: number }): Promise<Witness> {
+  const dir = mkdtempSync(join(tmpdir(), 'task-api-witness-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'log')
+  const { uuid } = await app.tasks.submit('witness', { log: file, ...inputs })
+  // Subscribed in the same tick as the submit resolved: no event can come before.
+  const pid = await new Promise<number>((resolve, reject) => {
+    const stop = app.tasks.subscribe(uuid, (event) => {
+      if (event.type === 'message' && event.message.startsWith('pid ')) {
+        stop()
+        resolve(Number(event.message.slice(4)))
+      } else if (event.type === 'status' && event.task !== undefined) {
+        stop()
+        reject(new Error(`the witness ended ${event.status} before it was ready: ${String(event.task.error)}`))
+      }
+    })
+  })
+  const log = (): string[] => {
+    try {
+      return readFileSync(file, 'utf8').split('\n').filter(line => line !== '')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+      throw err
+    }
+  }
+  return { uuid, pid, log }
 }
