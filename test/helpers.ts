@@ -106,18 +106,7 @@ export async function startWitness (t: Test, app: FastifyInstance, inputs: { sig
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const file = join(dir, 'log')
   const { uuid } = await app.tasks.submit('witness', { log: file, ...inputs })
-  // Subscribed in the same tick as the submit resolved: no event can come before.
-  const pid = await new Promise<number>((resolve, reject) => {
-    const stop = app.tasks.subscribe(uuid, (event) => {
-      if (event.type === 'message' && event.message.startsWith('pid ')) {
-        stop()
-        resolve(Number(event.message.slice(4)))
-      } else if (event.type === 'status' && event.task !== undefined) {
-        stop()
-        reject(new Error(`the witness ended ${event.status} before it was ready: ${String(event.task.error)}`))
-      }
-    })
-  })
+  const pid = Number((await untilMessage(app, uuid, 'pid ')).slice(4))
   const log = (): string[] => {
     try {
       return readFileSync(file, 'utf8').split('\n').filter(line => line !== '')
@@ -127,4 +116,22 @@ export async function startWitness (t: Test, app: FastifyInstance, inputs: { sig
     }
   }
   return { uuid, pid, log }
+}
+
+/**
+ * Resolves with the first message of the task that starts with `prefix`. Call it in the
+ * same tick as the submit resolved, so that no event can come before the subscription.
+ */
+export function untilMessage (app: FastifyInstance, uuid: string, prefix: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const stop = app.tasks.subscribe(uuid, (event) => {
+      if (event.type === 'message' && event.message.startsWith(prefix)) {
+        stop()
+        resolve(event.message)
+      } else if (event.type === 'status' && event.task !== undefined && event.status !== 'pending') {
+        stop()
+        reject(new Error(`task ${uuid} ended ${event.status} before saying "${prefix}…": ${String(event.task.error)}`))
+      }
+    })
+  })
 }
