@@ -5,14 +5,14 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import taskApi, { MemoryStore, type AuthorizeContext, type TaskApiOptions } from '../lib/index.js'
-import { childExecArgv, fixture, untilRunning } from './helpers.js'
+import { childExecArgv, fixture, pluginTimeout, untilRunning } from './helpers.js'
 
 // README, Authentication, permissions and owners: the promises auth.test.ts leaves out.
 
 const missing = '3f2a1b6e-8c4d-4e5f-9a0b-1c2d3e4f5a6b'
 
 async function serve (t: Test, options: Partial<TaskApiOptions>): Promise<{ app: FastifyInstance, base: string }> {
-  const app = Fastify()
+  const app = Fastify({ pluginTimeout })
   t.teardown(() => app.close())
   await app.register(taskApi, { tasks: [fixture('basic.ts'), fixture('control.ts')], concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200, ...options })
   await app.listen({ port: 0, host: '127.0.0.1' })

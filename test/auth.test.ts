@@ -5,7 +5,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import taskApi, { type TaskApiOptions } from '../lib/index.js'
-import { childExecArgv, fixture, until } from './helpers.js'
+import { childExecArgv, fixture, pluginTimeout, until } from './helpers.js'
 
 // Every route and transport × (no credentials, bad credentials, another owner, the right
 // user, the right user on a forbidden task). Owners are teams: alice and bob share team
@@ -44,7 +44,7 @@ interface World {
 
 async function world (t: Test, extra: Partial<TaskApiOptions> = {}): Promise<World> {
   const logs: string[] = []
-  const app = Fastify({ logger: { level: 'debug', stream: { write: (line: string) => { logs.push(line) } } } })
+  const app = Fastify({ pluginTimeout, logger: { level: 'debug', stream: { write: (line: string) => { logs.push(line) } } } })
   t.teardown(() => app.close())
   await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, ...options, ...extra })
   await app.listen({ port: 0, host: '127.0.0.1' })
@@ -290,7 +290,7 @@ t.test('logs never show a stream token or the inputs, not even those of tasks th
 })
 
 t.test('without auth options the API stays open, and owner alone scopes by owner', async (t) => {
-  const app = Fastify()
+  const app = Fastify({ pluginTimeout })
   t.teardown(() => app.close())
   await app.register(taskApi, {
     tasks: [fixture('basic.ts')],

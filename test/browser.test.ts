@@ -7,7 +7,7 @@ import { chromium } from 'playwright-core'
 import t from 'tap'
 // @ts-expect-error the example is plain JavaScript, without type declarations
 import { build } from '../examples/basic/app.js'
-import { childExecArgv } from './helpers.js'
+import { childExecArgv, pluginTimeout } from './helpers.js'
 
 /*
  * The example page in a real browser: Debian's chromium, driven by playwright-core
@@ -22,7 +22,7 @@ t.test('the example page runs a task to 100% and cancels another, in Chromium', 
     t.fail(`no browser at ${executablePath}: install Debian's chromium (apt-get install -y chromium)`)
     return
   }
-  const app: FastifyInstance = await build({ logger: false, taskApi: { concurrency: 2, execArgv: childExecArgv } })
+  const app: FastifyInstance = await build({ logger: false, fastify: { pluginTimeout }, taskApi: { concurrency: 2, execArgv: childExecArgv } })
   t.teardown(() => app.close())
   const upgrades: string[] = []
   app.server.on('upgrade', (request) => upgrades.push(request.url ?? ''))

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import t from 'tap'
 import taskApi, { MemoryStore } from '../lib/index.js'
-import { childExecArgv, fixture } from './helpers.js'
+import { childExecArgv, fixture, pluginTimeout } from './helpers.js'
 
 t.test('a submission in flight when the server starts closing answers 503 FST_TASK_API_RUNNER_CLOSED over HTTP and creates nothing', async (t) => {
   const store = new MemoryStore()
@@ -11,7 +11,7 @@ t.test('a submission in flight when the server starts closing answers 503 FST_TA
   const inAuth = new Promise<void>((resolve) => { entered = resolve })
   let release!: () => void
   const gate = new Promise<void>((resolve) => { release = resolve })
-  const app = Fastify()
+  const app = Fastify({ pluginTimeout })
   await app.register(taskApi, {
     tasks: [fixture('basic.ts')],
     concurrency: 1,

@@ -15,13 +15,20 @@ export const childExecArgv = ['--import=tsx']
 
 export const fixture = (name: string): URL => new URL(`./fixtures/${name}`, import.meta.url)
 
+/**
+ * Fastify gives each plugin 10 s to register by default. The plugin forks its children
+ * and waits for them to be ready before register resolves: on a machine whose cores are
+ * all busy that can take longer. Every app the tests build gets this instead.
+ */
+export const pluginTimeout = 120_000
+
 /** A Fastify app with the plugin registered; closed when the test ends. */
 export async function build (
   t: Test,
   options: Partial<TaskApiOptions> = {},
   server: FastifyServerOptions = {}
 ): Promise<FastifyInstance> {
-  const app = Fastify({ logger: false, ...server })
+  const app = Fastify({ logger: false, pluginTimeout, ...server })
   t.teardown(() => app.close())
   // A short shutdownTimeout: tests end with tasks still running, and need not wait for them.
   await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200, ...options })
