@@ -5,7 +5,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import taskApi, { type TaskApiOptions } from '../lib/index.js'
-import { childExecArgv, fixture } from './helpers.js'
+import { childExecArgv, fixture, pluginTimeout, until } from './helpers.js'
 
 // Every route and transport × (no credentials, bad credentials, another owner, the right
 // user, the right user on a forbidden task). Owners are teams: alice and bob share team
@@ -44,7 +44,7 @@ interface World {
 
 async function world (t: Test, extra: Partial<TaskApiOptions> = {}): Promise<World> {
   const logs: string[] = []
-  const app = Fastify({ logger: { level: 'debug', stream: { write: (line: string) => { logs.push(line) } } } })
+  const app = Fastify({ pluginTimeout, logger: { level: 'debug', stream: { write: (line: string) => { logs.push(line) } } } })
   t.teardown(() => app.close())
   await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, ...options, ...extra })
   await app.listen({ port: 0, host: '127.0.0.1' })
@@ -176,7 +176,7 @@ t.test('WebSocket GET /tasks/:uuid/events', async (t) => {
   t.equal((await upgrade(url(forbidden, `?token=${token}`))).status, 401, 'a token for another task is refused')
   t.equal((await upgrade(url(shared, '?token=garbage'))).status, 401, 'a malformed token is refused')
   const expired = app.tasks.streamToken(shared, 1)
-  await new Promise(resolve => setTimeout(resolve, 10))
+  while (Date.now() <= Date.parse(expired.expires)) await new Promise(resolve => setTimeout(resolve, 1))
   t.equal((await upgrade(url(shared, `?token=${expired.token}`))).status, 401, 'an expired token is refused')
 })
 
@@ -256,28 +256,44 @@ t.test('allowedOrigins lists the origins that may connect', async (t) => {
   own.socket?.terminate()
 })
 
-t.test('logs never show a stream token or the inputs', async (t) => {
-  const { app, base, logs } = await world(t)
+t.test('logs never show a stream token or the inputs, not even those of tasks that fail', async (t) => {
+  const { app, base, logs } = await world(t, { tasks: [fixture('basic.ts'), fixture('secrets.ts')] })
   const secret = 'hunter2-do-not-log'
-  const res = await app.inject({ method: 'POST', url: '/tasks', headers: bearer('token-alice'), payload: { task: 'raises', inputs: { message: 'boom' }, secret } })
-  const failing = await app.inject({ method: 'POST', url: '/tasks', headers: bearer('token-alice'), payload: { task: 'hello', inputs: { name: secret } } })
-  await app.tasks.wait(res.json().uuid)
-  await app.tasks.wait(failing.json().uuid)
-  const { token } = app.tasks.streamToken(res.json().uuid)
-  const socket = await upgrade(`ws://${base}/tasks/${res.json().uuid}/events?token=${token}`)
+  const submit = async (inputs: object): Promise<string> => {
+    const res = await app.inject({ method: 'POST', url: '/tasks', headers: bearer('token-alice'), payload: { task: 'login', inputs, secret } })
+    t.equal(res.statusCode, 201)
+    return res.json().uuid
+  }
+  // A failure that is retried, then fails for good; a child that dies; a refused input.
+  const thrown = await submit({ user: 'ann', password: secret })
+  const crashed = await submit({ user: 'ann', password: secret, crash: true })
+  t.match(await app.tasks.wait(thrown), { status: 'failed', attempt: 2, error: 'login refused for ann' })
+  t.match(await app.tasks.wait(crashed), { status: 'failed', attempt: 2, error: 'the child process running the task exited with code 3' })
+  const refused = await app.inject({ method: 'POST', url: '/tasks', headers: bearer('token-alice'), payload: { task: 'login', inputs: { user: 'ann', password: { secret } } } })
+  t.equal(refused.statusCode, 400)
+  const { token } = app.tasks.streamToken(thrown)
+  const socket = await upgrade(`ws://${base}/tasks/${thrown}/events?token=${token}`)
   t.equal(socket.status, 101)
-  await eventStream(`http://${base}/tasks/${res.json().uuid}/events?token=${token}&since=0`)
-  await new Promise(resolve => setTimeout(resolve, 100))
+  socket.socket?.terminate()
+  await eventStream(`http://${base}/tasks/${thrown}/events?token=${token}&since=0`)
+  // Both stream requests are logged as they come in: wait for those lines.
+  await until('both stream requests in the log', () => logs.filter(line => line.includes('token=[redacted]')).length >= 2)
   const text = logs.join('')
+  const failures = logs.map(line => JSON.parse(line) as { msg: string, uuid?: string }).filter(line => /^fastify-task-api: task failed/.test(line.msg))
+  t.same(failures.map(line => [line.uuid, line.msg]).sort(), [
+    [thrown, 'fastify-task-api: task failed'],
+    [thrown, 'fastify-task-api: task failed, retrying'],
+    [crashed, 'fastify-task-api: task failed'],
+    [crashed, 'fastify-task-api: task failed, retrying'],
+  ].sort(), 'the failures of the tasks that held the secret were logged, with their records at hand')
+  t.notOk(text.includes(secret), 'inputs never reach the log')
   t.match(text, /token=\[redacted\]/, 'the stream requests were logged, redacted')
   t.notOk(text.includes(token), 'the token never reaches the log')
   t.notOk(text.includes(token.split('.')[1] as string), 'not even its signature')
-  t.notOk(text.includes(secret), 'inputs never reach the log')
-  t.match(text, /task failed/, 'the failure itself is logged')
 })
 
 t.test('without auth options the API stays open, and owner alone scopes by owner', async (t) => {
-  const app = Fastify()
+  const app = Fastify({ pluginTimeout })
   t.teardown(() => app.close())
   await app.register(taskApi, {
     tasks: [fixture('basic.ts')],

@@ -7,7 +7,7 @@ import { chromium } from 'playwright-core'
 import t from 'tap'
 // @ts-expect-error the example is plain JavaScript, without type declarations
 import { build } from '../examples/basic/app.js'
-import { childExecArgv } from './helpers.js'
+import { childExecArgv, pluginTimeout } from './helpers.js'
 
 /*
  * The example page in a real browser: Debian's chromium, driven by playwright-core
@@ -22,7 +22,7 @@ t.test('the example page runs a task to 100% and cancels another, in Chromium', 
     t.fail(`no browser at ${executablePath}: install Debian's chromium (apt-get install -y chromium)`)
     return
   }
-  const app: FastifyInstance = await build({ logger: false, taskApi: { concurrency: 2, execArgv: childExecArgv, list: true } })
+  const app: FastifyInstance = await build({ logger: false, fastify: { pluginTimeout }, taskApi: { concurrency: 2, execArgv: childExecArgv } })
   t.teardown(() => app.close())
   const upgrades: string[] = []
   app.server.on('upgrade', (request) => upgrades.push(request.url ?? ''))
@@ -64,9 +64,10 @@ t.test('the example page runs a task to 100% and cancels another, in Chromium', 
   t.equal(await page.textContent('#result'), 'Cancelled')
   t.equal(await page.textContent('#status'), 'Status: cancelled')
   t.equal(await page.isEnabled('#run'), true, 'Run is available again')
-  const cancelled = (await app.inject('/tasks?status=cancelled')).json().tasks as Array<{ task: string }>
-  t.equal(cancelled.length, 1, 'the server cancelled the task')
-  t.equal(cancelled[0]?.task, 'wait')
+  const followed = upgrades.map(url => /^\/tasks\/([0-9a-f-]+)\/events/.exec(url)?.[1]).filter(uuid => uuid !== undefined)
+  const second = await app.tasks.get(followed.at(-1) as string)
+  t.equal(second?.task, 'wait')
+  t.equal(second?.status, 'cancelled', 'the server cancelled the task the page followed')
   const screenshot = fileURLToPath(new URL('browser-cancelled.png', output))
   await page.screenshot({ path: screenshot, fullPage: true })
   t.comment(`screenshot: ${screenshot}`)

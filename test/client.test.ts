@@ -4,7 +4,7 @@ import { EventSource } from 'eventsource'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
-import type { TaskApiOptions } from '../lib/index.js'
+import { MemoryStore, type TaskApiOptions } from '../lib/index.js'
 import TaskAPI, { createClient, TaskApiError, TaskRunError, type ClientOptions, type Frame, type TaskState } from '../lib/client/index.js'
 import { build, fixture } from './helpers.js'
 
@@ -68,13 +68,24 @@ t.test('run follows a task over a WebSocket and resolves with its outputs', asyn
   const { base, seen } = await serve(t)
   const client = createClient({ baseURL: base, WebSocket })
   const { seen: got, handlers } = recorder()
-  const outputs = await client.run('steps', { steps: 5, delay: 20 }, handlers)
+  const frames: Frame[] = []
+  // (onEvent is a subscribe handler; run passes its options on to subscribe.)
+  const options = { ...handlers, onEvent: (frame: Frame) => { frames.push(structuredClone(frame)); handlers.onEvent(frame) } }
+  const outputs = await client.run('steps', { steps: 5, delay: 20 }, options)
   t.same(outputs, { done: 5 })
   t.same(got.messages, steps(5), 'every message once, in order')
+  // What the callbacks told follows from the frames the client got: the snapshot's
+  // state first, then each change as it came (the task may have started, or even ended,
+  // before the socket opened).
+  const [snapshot, ...rest] = frames
+  if (snapshot?.type !== 'snapshot') throw new Error('the first frame is not the snapshot')
+  const progressed = rest.flatMap(frame => frame.type === 'progress' ? [[frame.progress, frame.target] as [number | null, number | null]] : [])
+  t.same(got.progress, [[snapshot.task.progress, snapshot.task.target], ...progressed], 'the snapshot\'s progress, then each progress frame\'s')
   t.same(got.progress.at(-1), [5, 5], 'the final progress arrives')
-  t.ok(got.progress.every(([, target]) => target === 5 || target === null))
-  t.equal(got.statuses.at(-1), 'succeeded')
-  t.ok(got.statuses.includes('running') || got.statuses[0] === 'pending', 'the status changes are told')
+  const statuses = [snapshot.task.status, ...rest.flatMap(frame => frame.type === 'status' ? [frame.status] : [])]
+  t.same(got.statuses, statuses.filter((status, i) => status !== statuses[i - 1]), 'the snapshot\'s status, then each change')
+  const lifecycle = ['pending', 'running', 'succeeded']
+  t.same(got.statuses, lifecycle.slice(lifecycle.length - got.statuses.length), 'in lifecycle order, none skipped once followed')
   t.ok(seen.some(line => /^UPGRADE \/tasks\/[0-9a-f-]+\/events$/.test(line)), 'over a WebSocket')
   t.notOk(seen.some(line => /^GET \/tasks\/[0-9a-f-]+(\/events)?$/.test(line)), 'neither SSE nor polling')
 })
@@ -92,14 +103,15 @@ t.test('run rejects with a TaskRunError carrying the record when the task fails'
 })
 
 t.test('run rejects with a TaskApiError naming the input the server refused, and creates nothing', async (t) => {
-  const { app, base } = await serve(t, { list: true })
+  const store = new MemoryStore()
+  const { base } = await serve(t, { store })
   const client = createClient({ baseURL: base, WebSocket })
   const err = await client.run('steps', { steps: 'many' as unknown as number, delay: 1 }).catch((err: unknown) => err)
   t.ok(err instanceof TaskApiError)
   t.equal((err as TaskApiError).statusCode, 400)
   t.equal((err as TaskApiError).code, 'FST_TASK_API_INPUT_INVALID')
   t.equal((err as TaskApiError).message, 'inputs/steps must be integer')
-  t.same((await app.inject('/tasks')).json().tasks, [])
+  t.equal(store.size, 0, 'no record')
 })
 
 t.test('a task that fails and is retried is followed to its final status: pending after running is not an end', async (t) => {
@@ -209,7 +221,7 @@ t.test('a socket the server drops mid-task is reopened with ?since=: no frame lo
   t.same(outputs, { done: 20 })
   t.ok(dropped)
   const reconnects = seen.filter(line => /^UPGRADE .*\/events\?since=\d+$/.test(line))
-  t.ok(reconnects.length >= 1, `reconnected with since (${reconnects.join(', ')})`)
+  t.equal(reconnects.length, 1, `reconnected once, with since (${reconnects.join(', ')})`)
   t.same(got.messages, steps(20), 'every message exactly once, in order')
   t.ok(increasing(got.seqs), 'seq only grows across the reconnect')
   t.equal(new Set(got.seqs).size, got.seqs.length, 'no frame twice')
@@ -262,13 +274,14 @@ t.test('falls back to polling without WebSocket or EventSource', async (t) => {
   t.equal(typeof (globalThis as { EventSource?: unknown }).EventSource, 'undefined', 'Node 20 has no EventSource')
   const client = createClient({ baseURL: base, WebSocket: ForeignWebSocket, pollInterval: 20 })
   const { seen: got, handlers } = recorder()
-  const outputs = await client.run('steps', { steps: 6, delay: 30 }, handlers)
+  let updates = 0
+  const outputs = await client.run('steps', { steps: 6, delay: 30 }, { ...handlers, onUpdate: () => { updates++ } })
   t.same(outputs, { done: 6 })
   t.same(got.messages, steps(6), 'every message once, from the polled records')
   t.same(got.seqs, [], 'polling has no frames')
   t.same(got.progress.at(-1), [6, 6])
   t.equal(got.statuses.at(-1), 'succeeded')
-  t.ok(seen.filter(line => /^GET \/tasks\/[0-9a-f-]+$/.test(line)).length >= 2, 'polled GET /tasks/:uuid')
+  t.equal(seen.filter(line => /^GET \/tasks\/[0-9a-f-]+$/.test(line)).length, updates, 'polled GET /tasks/:uuid, each poll an update')
   t.notOk(seen.some(line => /^GET .*\/events/.test(line)), 'no SSE without an EventSource')
 })
 
@@ -302,8 +315,8 @@ t.test('the seed\'s call shape: run(task, inputs, progressCallback, callback, er
   t.same(outputs, { output: 'Hello World' })
   t.equal(succeeded?.status, 'succeeded')
   t.same(succeeded?.outputs, { output: 'Hello World' })
-  t.ok(updates.length >= 1)
-  t.equal(updates.at(-1)?.status, 'succeeded')
+  t.same(updates.at(-1), succeeded, 'the progress callback saw the final record last')
+  t.same(updates.at(-1)?.outputs, { output: 'Hello World' })
 
   let failure: Error | undefined
   const failed = client.run('raises', {}, null, () => t.fail('no callback'), (err) => { failure = err })

@@ -2,7 +2,8 @@ import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import WebSocket from 'ws'
-import { build, childPids, fixture, untilRunning } from './helpers.js'
+import { MemoryStore } from '../lib/index.js'
+import { build, childPids, exists, fixture, startWitness, until, untilRunning } from './helpers.js'
 
 const tasks = [fixture('control.ts')]
 
@@ -22,29 +23,35 @@ t.test('cancel a running task that honours its signal: cancelled, and its child 
   t.equal(next.status, 'succeeded')
 })
 
-t.test('cancel a task that ignores its signal: SIGTERM after cancelGrace', async (t) => {
-  const app = await build(t, { tasks, cancelGrace: 200 })
-  const task = await app.tasks.submit('stubborn')
-  await untilRunning(app, task.uuid)
-  const started = Date.now()
-  await app.tasks.cancel(task.uuid)
-  const done = await app.tasks.wait(task.uuid)
+t.test('cancel a task that ignores its signal: its signal is aborted, then after cancelGrace its process gets SIGTERM', async (t) => {
+  const app = await build(t, { tasks: [...tasks, fixture('signals.ts')], cancelGrace: 200 })
+  const witness = await startWitness(t, app, { sigterm: 'die' })
+  await app.tasks.cancel(witness.uuid)
+  const done = await app.tasks.wait(witness.uuid)
   t.equal(done.status, 'cancelled')
-  t.ok(Date.now() - started < 10_000, 'it did not wait for the task')
+  t.equal(done.error, null)
+  await until('the stopped child to leave the process table', () => !exists(witness.pid))
+  t.same(witness.log(), ['abort', 'SIGTERM'], 'first the signal, then SIGTERM, which it died of (no exit of its own)')
   t.equal((await app.tasks.wait((await app.tasks.submit('nap', { ms: 1 })).uuid)).status, 'succeeded', 'the next task succeeds')
   t.equal(childPids().length, 1, 'no process left over')
+  t.notOk(childPids().includes(witness.pid), 'in a fresh child')
 })
 
 t.test('a pending task leaves the queue at once and never runs', async (t) => {
   const app = await build(t, { tasks })
-  const blocker = await app.tasks.submit('nap', { ms: 300 })
+  const blocker = await app.tasks.submit('cooperative')
   const queued = await app.tasks.submit('nap', { ms: 1 })
+  t.same(app.tasks.stats(), { queued: 1, running: 1 })
   const res = await app.inject({ method: 'POST', url: `/tasks/${queued.uuid}/cancel/` })
   t.equal(res.statusCode, 200)
   t.equal(res.json().status, 'cancelled', 'the answer already says cancelled')
   t.equal(res.json().started, null, 'it never started')
   t.equal(app.tasks.stats().queued, 0)
-  t.equal((await app.tasks.wait(blocker.uuid)).status, 'succeeded')
+  await app.tasks.cancel(blocker.uuid)
+  t.equal((await app.tasks.wait(blocker.uuid)).status, 'cancelled')
+  const after = await app.tasks.get(queued.uuid)
+  t.equal(after?.status, 'cancelled')
+  t.equal(after?.started, null, 'it never ran, even once the worker was free')
 })
 
 t.test('cancelling a finished task changes nothing; an unknown one is 404', async (t) => {
@@ -65,16 +72,19 @@ t.test('the timeout option applies to tasks without their own', async (t) => {
 })
 
 t.test('maxQueued: past it, 429 with Retry-After and no record', async (t) => {
-  const app = await build(t, { tasks, maxQueued: 1, list: true })
-  await app.tasks.submit('nap', { ms: 300 })
+  const store = new MemoryStore()
+  const app = await build(t, { tasks, maxQueued: 1, store })
+  await app.tasks.submit('cooperative')
   await app.tasks.submit('nap', { ms: 1 })
-  const before = (await app.inject('/tasks')).json().tasks.length
+  t.same(app.tasks.stats(), { queued: 1, running: 1 })
   const res = await app.inject({ method: 'POST', url: '/tasks', payload: { task: 'nap', inputs: { ms: 1 } } })
   t.equal(res.statusCode, 429)
   t.equal(res.json().code, 'FST_TASK_API_QUEUE_FULL')
+  t.equal(res.json().message, 'too many tasks waiting (at most 1): try again later')
   t.equal(res.headers['retry-after'], '1')
-  t.equal((await app.inject('/tasks')).json().tasks.length, before, 'no record left behind')
+  t.equal(store.size, 2, 'no record left behind')
   await t.rejects(app.tasks.submit('nap', { ms: 1 }), { code: 'FST_TASK_API_QUEUE_FULL', statusCode: 429 })
+  t.equal(store.size, 2)
 })
 
 t.test('the cancelled status is streamed and ends the stream', async (t) => {
@@ -84,9 +94,14 @@ t.test('the cancelled status is streamed and ends the stream', async (t) => {
   await untilRunning(app, task.uuid)
   const socket = new WebSocket(`ws://127.0.0.1:${(app.server.address() as AddressInfo).port}/tasks/${task.uuid}/events`)
   const frames: Array<{ type: string, status?: string, task?: { status: string } }> = []
-  socket.on('message', data => frames.push(JSON.parse(data.toString()) as { type: string }))
-  await once(socket, 'open')
-  await new Promise(resolve => setTimeout(resolve, 50))
+  const snapshot = new Promise<void>((resolve) => {
+    socket.on('message', (data) => {
+      frames.push(JSON.parse(data.toString()) as { type: string })
+      if (frames.length === 1) resolve()
+    })
+  })
+  await snapshot
+  t.equal(frames[0]?.type, 'snapshot')
   await app.tasks.cancel(task.uuid)
   const [code] = await once(socket, 'close') as [number]
   t.equal(code, 1000)

@@ -7,9 +7,9 @@ import WebSocket from 'ws'
 import { build as buildBearer } from '../examples/auth/bearer.js'
 // @ts-expect-error the examples are plain JavaScript, without type declarations
 import { build as buildCookie } from '../examples/auth/cookie.js'
-import { childExecArgv } from './helpers.js'
+import { childExecArgv, pluginTimeout } from './helpers.js'
 
-const quiet = { logger: false, taskApi: { concurrency: 1, execArgv: childExecArgv } }
+const quiet = { logger: false, fastify: { pluginTimeout }, taskApi: { concurrency: 1, execArgv: childExecArgv } }
 
 async function firstFrame (url: string, headers: Record<string, string> = {}): Promise<{ type: string, task?: { status: string } }> {
   const socket = new WebSocket(url, { headers })

@@ -2,10 +2,10 @@ import t from 'tap'
 // @ts-expect-error the example is plain JavaScript, without type declarations
 import { build } from '../examples/basic/app.js'
 import type { FastifyInstance } from 'fastify'
-import { childExecArgv } from './helpers.js'
+import { childExecArgv, pluginTimeout } from './helpers.js'
 
 t.test('the basic example serves its page and runs the seed\'s wait task', async (t) => {
-  const app: FastifyInstance = await build({ logger: false, taskApi: { concurrency: 1, execArgv: childExecArgv } })
+  const app: FastifyInstance = await build({ logger: false, fastify: { pluginTimeout }, taskApi: { concurrency: 1, execArgv: childExecArgv } })
   t.teardown(() => app.close())
   const page = await app.inject('/')
   t.equal(page.statusCode, 200)

@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, childPids, fixture, untilRunning, zombiePids } from './helpers.js'
+import { build, childPids, exists, fixture, startWitness, until, untilRunning, zombiePids } from './helpers.js'
 
 // The fault suite: each fault runs in a real child process of one pool of size 1, and
 // after each the next task succeeds, the pool is back to exactly one child, and no
@@ -11,7 +11,7 @@ const heapMb = 64
 let app: FastifyInstance
 t.before(async () => {
   app = await build(t, {
-    tasks: [fixture('faults.ts'), fixture('basic.ts'), fixture('control.ts'), fixture('stream.ts'), fixture('env.ts')],
+    tasks: [fixture('faults.ts'), fixture('basic.ts'), fixture('control.ts'), fixture('stream.ts'), fixture('env.ts'), fixture('signals.ts')],
     concurrency: 1,
     cancelGrace: 100,
     maxMessages: 100,
@@ -80,12 +80,15 @@ t.test('an infinite loop is ended by its timeout', async (t) => {
   await nextSucceeds(t)
 })
 
-t.test('a task that ignores its signal and SIGTERM is cancelled (SIGKILL)', async (t) => {
-  const task = await app.tasks.submit('ignores-sigterm')
-  await untilRunning(app, task.uuid)
-  await app.tasks.cancel(task.uuid)
-  const done = await app.tasks.wait(task.uuid)
+t.test('a task that ignores its signal and SIGTERM is cancelled: SIGTERM, then SIGKILL', async (t) => {
+  const witness = await startWitness(t, app, { sigterm: 'ignore' })
+  await app.tasks.cancel(witness.uuid)
+  const done = await app.tasks.wait(witness.uuid)
   t.equal(done.status, 'cancelled')
+  await until('the killed child to leave the process table', () => !exists(witness.pid))
+  // It caught SIGTERM and every other catchable signal that ends a process, and never
+  // exited on its own: what ended it was SIGKILL.
+  t.same(witness.log(), ['abort', 'SIGTERM'], 'its signal was aborted, then SIGTERM came, and nothing else it could see')
   await nextSucceeds(t)
 })
 

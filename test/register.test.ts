@@ -2,10 +2,10 @@ import { fileURLToPath } from 'node:url'
 import Fastify from 'fastify'
 import t from 'tap'
 import taskApi, { type TaskApiOptions } from '../lib/index.js'
-import { childExecArgv, childPids, fixture } from './helpers.js'
+import { childExecArgv, childPids, fixture, pluginTimeout } from './helpers.js'
 
 async function register (options: Record<string, unknown>): Promise<unknown> {
-  const app = Fastify()
+  const app = Fastify({ pluginTimeout })
   try {
     await app.register(taskApi, { execArgv: childExecArgv, concurrency: 1, ...options } as unknown as TaskApiOptions)
     await app.ready()
@@ -17,7 +17,7 @@ async function register (options: Record<string, unknown>): Promise<unknown> {
 
 t.test('tasks accepts URL objects, file: URL strings and absolute paths', async (t) => {
   for (const location of [fixture('plain.js'), fixture('plain.js').href, fileURLToPath(fixture('plain.js'))]) {
-    const app = Fastify()
+    const app = Fastify({ pluginTimeout })
     await app.register(taskApi, { tasks: [location], concurrency: 1, execArgv: childExecArgv })
     const done = await app.tasks.wait((await app.tasks.submit('plain-js', { seconds: 2 })).uuid)
     t.same(done.outputs, { waited: 2 }, String(location))
@@ -26,7 +26,7 @@ t.test('tasks accepts URL objects, file: URL strings and absolute paths', async 
 })
 
 t.test('a module may export several tasks', async (t) => {
-  const app = Fastify()
+  const app = Fastify({ pluginTimeout })
   t.teardown(() => app.close())
   await app.register(taskApi, { tasks: [fixture('basic.ts'), fixture('plain.js')], concurrency: 1, execArgv: childExecArgv })
   t.same([...app.tasks.names].sort(), ['bad-output', 'crash', 'hello', 'multi', 'no-outputs', 'plain-js', 'raises', 'seed-task', 'sleep'])

@@ -99,27 +99,27 @@ t.test('unknown or malformed uuid: 404', async (t) => {
 
 t.test('never a 500 for what a client sends', async (t) => {
   const app = await build(t)
-  const cases: Array<[string, string | undefined, string, number]> = [
-    ['malformed JSON', 'application/json', '{"task": "hello", ', 400],
-    ['empty body', 'application/json', '', 400],
-    ['body is an array', 'application/json', '[1,2]', 400],
-    ['body is a string', 'application/json', '"hello"', 400],
-    ['body is null', 'application/json', 'null', 400],
-    ['task is missing', 'application/json', '{"inputs": {}}', 400],
-    ['task is a number', 'application/json', '{"task": 5}', 400],
-    ['task is an object', 'application/json', '{"task": {"name": "hello"}}', 400],
-    ['inputs is a string', 'application/json', '{"task": "hello", "inputs": "x"}', 400],
-    ['inputs is an array', 'application/json', '{"task": "hello", "inputs": ["x"]}', 400],
-    ['inputs is null', 'application/json', '{"task": "hello", "inputs": null}', 400],
-    ['__proto__ key', 'application/json', '{"task": "hello", "inputs": {"name": "x", "__proto__": {"polluted": true}}}', 400],
-    ['constructor.prototype key', 'application/json', '{"task": "hello", "inputs": {"name": "x", "constructor": {"prototype": {"polluted": true}}}}', 400],
-    ['text/plain body', 'text/plain', 'task=hello', 400],
-    ['unsupported content type', 'application/xml', '<task/>', 415],
+  const cases: Array<[string, string, string, number, string]> = [
+    ['malformed JSON', 'application/json', '{"task": "hello", ', 400, 'FST_ERR_CTP_INVALID_JSON_BODY'],
+    ['empty body', 'application/json', '', 400, 'FST_ERR_CTP_EMPTY_JSON_BODY'],
+    ['body is an array', 'application/json', '[1,2]', 400, 'FST_TASK_API_BODY_INVALID'],
+    ['body is a string', 'application/json', '"hello"', 400, 'FST_TASK_API_BODY_INVALID'],
+    ['body is null', 'application/json', 'null', 400, 'FST_TASK_API_BODY_INVALID'],
+    ['task is missing', 'application/json', '{"inputs": {}}', 400, 'FST_TASK_API_BODY_INVALID'],
+    ['task is a number', 'application/json', '{"task": 5}', 400, 'FST_TASK_API_BODY_INVALID'],
+    ['task is an object', 'application/json', '{"task": {"name": "hello"}}', 400, 'FST_TASK_API_BODY_INVALID'],
+    ['inputs is a string', 'application/json', '{"task": "hello", "inputs": "x"}', 400, 'FST_TASK_API_INPUT_INVALID'],
+    ['inputs is an array', 'application/json', '{"task": "hello", "inputs": ["x"]}', 400, 'FST_TASK_API_INPUT_INVALID'],
+    ['inputs is null', 'application/json', '{"task": "hello", "inputs": null}', 400, 'FST_TASK_API_INPUT_INVALID'],
+    ['__proto__ key', 'application/json', '{"task": "hello", "inputs": {"name": "x", "__proto__": {"polluted": true}}}', 400, 'FST_ERR_CTP_INVALID_JSON_BODY'],
+    ['constructor.prototype key', 'application/json', '{"task": "hello", "inputs": {"name": "x", "constructor": {"prototype": {"polluted": true}}}}', 400, 'FST_ERR_CTP_INVALID_JSON_BODY'],
+    ['text/plain body', 'text/plain', 'task=hello', 400, 'FST_TASK_API_BODY_INVALID'],
+    ['unsupported content type', 'application/xml', '<task/>', 415, 'FST_ERR_CTP_INVALID_MEDIA_TYPE'],
   ]
-  for (const [name, type, payload, status] of cases) {
-    const res = await app.inject({ method: 'POST', url: '/tasks', headers: type === undefined ? {} : { 'content-type': type }, payload })
+  for (const [name, type, payload, status, code] of cases) {
+    const res = await app.inject({ method: 'POST', url: '/tasks', headers: { 'content-type': type }, payload })
     t.equal(res.statusCode, status, name)
-    t.type(res.json().message, 'string', name)
+    t.equal(res.json().code, code, name)
   }
   t.equal(({} as Record<string, unknown>).polluted, undefined, 'Object.prototype untouched')
   const ok = await submit(app, 'hello', { name: 'still up' })

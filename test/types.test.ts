@@ -1,127 +1,82 @@
-// Type tests: this file must type-check (`npm run typecheck`, run by .ci/run). A
-// ts-expect-error directive fails the type-check if the error it expects goes away.
-import Fastify from 'fastify'
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import taskApi, { defineTask, Task, TaskError, Type, type Static, type TaskState, type TaskEvent } from '../lib/index.js'
+import ts from 'typescript'
 
-const typed = defineTask({
-  name: 'typed',
-  inputs: { name: Type.String(), count: Type.Optional(Type.Integer()), tags: Type.Array(Type.String()) },
-  outputs: { output: Type.String() },
-  run ({ name, count = 5, tags }, task) {
-    const text: string = name
-    const n: number = count
-    const first: string | undefined = tags[0]
-    // @ts-expect-error name is a string, not a number
-    const wrong: number = name
-    task.setTarget(n)
-    task.incProgress()
-    task.addMessage(`${first ?? ''}${String(wrong)}`)
-    const aborted: boolean = task.signal.aborted
-    return aborted ? text : `Hello ${text}`
-  },
-})
+/*
+ * The type tests, as part of `npm test`. Each file under test/types/ is compiled with the
+ * project's tsconfig and every `@ts-expect-error` lifted (the text is swapped for one of
+ * the same length, so positions hold). Each directive names the error it stands for,
+ * `// @ts-expect-error TS2322 \`fragment\`: why`: that code, with that fragment in its
+ * message, must start on the line below; and no other error may appear anywhere.
+ */
 
-defineTask({
-  name: 'one-output',
-  outputs: { output: Type.String() },
-  // @ts-expect-error with one output, run returns that output's value
-  run () {
-    return 5
-  },
-})
+// Compiling TypeBox's and Fastify's types takes a while, more so on a busy machine.
+t.setTimeout(240_000)
 
-defineTask({
-  name: 'async-one-output',
-  outputs: { output: Type.Integer() },
-  async run () {
-    return 5
-  },
-})
+const root = fileURLToPath(new URL('..', import.meta.url))
+const files = ['tasks.ts', 'client.ts'].map(name => fileURLToPath(new URL(`./types/${name}`, import.meta.url)))
+const directive = /^\s*\/\/\s*@ts-expect-error(?<rest>.*)$/
+const named = /^ TS(?<code>\d+) `(?<fragment>[^`]+)`: \S/
 
-defineTask({
-  name: 'several-outputs',
-  outputs: { out: Type.String(), count: Type.Integer() },
-  run () {
-    return { out: 'Foo', count: 5 }
-  },
-})
+interface Expected { file: string, line: number, code: number, fragment: string }
 
-defineTask({
-  name: 'several-outputs-missing',
-  outputs: { out: Type.String(), count: Type.Integer() },
-  // @ts-expect-error with several outputs, run returns an object with each of them
-  run () {
-    return { out: 'Foo' }
-  },
-})
-
-defineTask({ name: 'no-outputs', run () { return 42 } })
-
-defineTask({
-  name: 'unknown-input',
-  inputs: { a: Type.String() },
-  // @ts-expect-error run cannot read an input that is not declared
-  run ({ b }) { return b },
-})
-
-// @ts-expect-error a task needs a name
-defineTask({ run () {} })
-
-const inputs = { name: Type.String() }
-class SeedStyle extends Task {
-  name = 'seed-style'
-  override inputs = inputs
-  run ({ name }: Static<ReturnType<typeof Type.Object<typeof inputs>>>): string {
-    this.setTarget(1)
-    this.setProgress(1)
-    // @ts-expect-error setProgress takes a number
-    this.setProgress('1')
-    return name
-  }
-}
-
-// @ts-expect-error a Task subclass must implement run and name
-class Incomplete extends Task {}
-
-async function decorated (): Promise<void> {
-  const app = Fastify()
-  await app.register(taskApi, { tasks: [new URL('./fixtures/basic.ts', import.meta.url)] })
-  const state: TaskState = await app.tasks.submit('hello', { name: 'x' })
-  const done: TaskState = await app.tasks.wait(state.uuid)
-  const stop: () => void = app.tasks.subscribe(done.uuid, (event: TaskEvent) => {
-    if (event.type === 'progress') { const p: number | null = event.progress; void p }
-    // @ts-expect-error a message event has no progress
-    if (event.type === 'message') { void event.progress }
+function expectations (file: string): { expected: Expected[], malformed: string[] } {
+  const expected: Expected[] = []
+  const malformed: string[] = []
+  readFileSync(file, 'utf8').split('\n').forEach((text, index) => {
+    const rest = directive.exec(text)?.groups?.rest
+    if (rest === undefined) return
+    const match = named.exec(rest)?.groups
+    if (match === undefined) malformed.push(`${path.relative(root, file)}:${index + 1}: ${text.trim()}`)
+    else expected.push({ file, line: index + 2, code: Number(match.code), fragment: match.fragment as string })
   })
-  stop()
-  // @ts-expect-error the options need tasks
-  await app.register(taskApi, {})
-  // @ts-expect-error concurrency is a number
-  await app.register(taskApi, { tasks: [], concurrency: '2' })
+  return { expected, malformed }
 }
 
-export const retried = defineTask({
-  name: 'retried',
-  retries: 2,
-  backoff: { type: 'exponential', delay: 100, maxDelay: 1000 },
-  run (_inputs, task) {
-    const attempt: number = task.attempt
-    if (attempt < 2) throw new TaskError('again')
-    throw new TaskError('give up', { retry: false, cause: new Error('root') })
-  },
-})
+function compile (): readonly ts.Diagnostic[] {
+  const config = ts.getParsedCommandLineOfConfigFile(path.join(root, 'tsconfig.json'), {}, {
+    ...ts.sys,
+    onUnRecoverableConfigFileDiagnostic: (diagnostic) => { throw new Error(ts.flattenDiagnosticMessageText(diagnostic.messageText, '\n')) },
+  })
+  if (config === undefined) throw new Error('tsconfig.json could not be read')
+  const options = { ...config.options, noEmit: true }
+  const host = ts.createCompilerHost(options)
+  const read = host.getSourceFile.bind(host)
+  host.getSourceFile = (name, language, onError, create) => {
+    if (!files.includes(path.resolve(name))) return read(name, language, onError, create)
+    const text = readFileSync(name, 'utf8').replaceAll('@ts-expect-error', '@ts-expect-ERROR')
+    return ts.createSourceFile(name, text, language, true)
+  }
+  return ts.getPreEmitDiagnostics(ts.createProgram(files, options, host))
+}
 
-// @ts-expect-error backoff types are 'fixed' or 'exponential'
-defineTask({ name: 'bad-backoff', backoff: { type: 'linear', delay: 5 }, run () {} })
-
-// @ts-expect-error retries is a number
-defineTask({ name: 'bad-retries', retries: 'twice', run () {} })
-
-t.test('the typed definitions are real tasks', async (t) => {
-  t.equal(typed.name, 'typed')
-  t.equal(retried.retries, 2)
-  t.equal(new SeedStyle().name, 'seed-style')
-  t.type(decorated, 'function')
-  t.type(Incomplete, 'function')
+t.test('each type test file produces exactly the errors its directives name, each on its line', async (t) => {
+  const diagnostics = compile().map((diagnostic) => {
+    const file = diagnostic.file
+    const line = file === undefined || diagnostic.start === undefined ? 0 : file.getLineAndCharacterOfPosition(diagnostic.start).line + 1
+    return {
+      file: file === undefined ? '' : path.resolve(file.fileName),
+      line,
+      code: diagnostic.code,
+      message: ts.flattenDiagnosticMessageText(diagnostic.messageText, ' '),
+    }
+  })
+  const describe = (d: { file: string, line: number, code: number, message: string }): string =>
+    `${path.relative(root, d.file)}:${d.line} TS${d.code} ${d.message.slice(0, 300)}`
+  const matched = new Set<(typeof diagnostics)[number]>()
+  for (const file of files) {
+    const { expected, malformed } = expectations(file)
+    t.same(malformed, [], `${path.relative(root, file)}: every directive names its error code and a message fragment`)
+    t.ok(expected.length > 0, `${path.relative(root, file)} has type tests`)
+    for (const want of expected) {
+      const found = diagnostics.find(d => d.file === want.file && d.line === want.line && d.code === want.code && d.message.includes(want.fragment))
+      t.ok(found, `${path.relative(root, want.file)}:${want.line}: TS${want.code} "${want.fragment}"`, {
+        got: diagnostics.filter(d => d.file === want.file && d.line === want.line).map(describe),
+      })
+      if (found !== undefined) matched.add(found)
+    }
+  }
+  t.same(diagnostics.filter(d => !matched.has(d)).map(describe), [], 'no error that no directive names')
 })

@@ -16,7 +16,7 @@ const users = new Map([
 ])
 
 export async function build (options = {}) {
-  const app = Fastify({ logger: options.logger ?? true })
+  const app = Fastify({ logger: options.logger ?? true, ...options.fastify })
   await app.register(taskApi, {
     tasks: [new URL('../basic/tasks/wait.js', import.meta.url)],
     auth: [async (request) => {

@@ -10,7 +10,7 @@ import Fastify from 'fastify'
 import taskApi from 'fastify-task-api'
 
 export async function build (options = {}) {
-  const app = Fastify({ logger: options.logger ?? true })
+  const app = Fastify({ logger: options.logger ?? true, ...options.fastify })
   await app.register(cookie, { secret: process.env.COOKIE_SECRET ?? 'demo secret: set COOKIE_SECRET in production' })
 
   app.post('/login', {

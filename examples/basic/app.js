@@ -3,9 +3,9 @@ import { readFile } from 'node:fs/promises'
 import Fastify from 'fastify'
 import taskApi from 'fastify-task-api'
 
-/** Builds the example app; `server.js` starts it, the tests inject into it. */
+/** Builds the example app; `server.js` starts it, the tests inject into it (`options.fastify`: Fastify's own options). */
 export async function build (options = {}) {
-  const app = Fastify({ logger: options.logger ?? true })
+  const app = Fastify({ logger: options.logger ?? true, ...options.fastify })
   await app.register(taskApi, {
     tasks: [new URL('./tasks/wait.js', import.meta.url)],
     ...options.taskApi,
