@@ -49,15 +49,17 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     limits: normalized.limits,
     inputLimits: normalized.inputLimits,
   })
+  // preClose: refuse submissions while in-flight requests finish; onClose: drain the tasks.
+  // Added before the children start, so that a close while they are starting (Fastify's
+  // pluginTimeout passed, say) still ends them.
+  app.addHook('preClose', async () => service.stopAccepting())
+  app.addHook('onClose', async () => service.close())
   try {
     await service.start()
   } catch (err) {
     await service.close()
     throw err
   }
-  // preClose: refuse submissions while in-flight requests finish; onClose: drain the tasks.
-  app.addHook('preClose', async () => service.stopAccepting())
-  app.addHook('onClose', async () => service.close())
 
   const names = Object.freeze(service.taskNames)
   const api: TaskApi = {

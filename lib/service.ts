@@ -469,7 +469,8 @@ export class TaskService {
       patch = { status: 'failed', error: cut(result.error, maxErrorLength) }
     }
     const retryable = stopping?.reason !== 'cancel' && (result.ok ? stopping !== undefined : result.retry !== false)
-    if (patch.status === 'failed' && retryable && active.job.attempt <= registered.task.retries && this.#closing === undefined) {
+    // Once the server has begun closing (preClose), nothing is retried: it would only be cancelled.
+    if (patch.status === 'failed' && retryable && active.job.attempt <= registered.task.retries && !this.#closed) {
       await this.#retry(uuid, active, patch.error as string)
       return
     }
@@ -501,7 +502,7 @@ export class TaskService {
     const seq = ++active.seq
     const record = await this.#write(uuid, { status: 'pending', error, progress: null, target: null, seq })
     if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(record) })
-    if (active.stopping !== undefined || this.#closing !== undefined) {
+    if (active.stopping !== undefined || this.#closed) {
       // Cancelled, or the server began closing, while the retry was being recorded.
       active.stopping ??= { reason: 'cancel' }
       this.#endUnrun(uuid)

@@ -1,5 +1,7 @@
 import t from 'tap'
-import { build, childPids, exists, fixture, startWitness, until, untilRunning } from './helpers.js'
+import Fastify from 'fastify'
+import taskApi from '../lib/index.js'
+import { build, childExecArgv, childPids, exists, fixture, pluginTimeout, startWitness, until, untilRunning } from './helpers.js'
 
 /*
  * How a running task is stopped (README: POST /tasks/:uuid/cancel, the timeout option):
@@ -56,4 +58,14 @@ t.test('a child killed from outside fails its task naming the signal', async (t)
   const done = await app.tasks.wait(task.uuid)
   t.equal(done.status, 'failed')
   t.equal(done.error, 'the child process running the task was killed by signal SIGTERM')
+})
+
+t.test('at close, a task still running after shutdownTimeout has its signal aborted, then its process SIGTERM and SIGKILL', async (t) => {
+  const app = Fastify({ pluginTimeout })
+  await app.register(taskApi, { tasks, concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 100 })
+  const witness = await startWitness(t, app, { sigterm: 'ignore' })
+  await app.close()
+  t.notOk(exists(witness.pid), 'the child is gone when close resolves')
+  t.same(witness.log().sort(), ['SIGTERM', 'abort'], 'it saw its abort and the SIGTERM (in either order: a message and a signal race), and died of SIGKILL')
+  t.equal((await app.tasks.get(witness.uuid))?.status, 'cancelled')
 })

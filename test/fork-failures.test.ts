@@ -83,3 +83,20 @@ t.test('a fork that fails at run time (EMFILE) costs no pool slot: 503 meanwhile
   t.same(result.unavailable, { statusCode: 503, code: 'FST_TASK_API_RUNNER_UNAVAILABLE' }, 'while no child can be forked')
   t.equal(result.status, 'succeeded', 'a task runs once descriptors are free')
 })
+
+t.test('a close while the children are still starting (Fastify\'s pluginTimeout passed) ends them', async (t) => {
+  const before = childPids()
+  const app = Fastify({ pluginTimeout: 2000 })
+  void app.register(taskApi, { tasks: [fixture('slow-start.ts')], concurrency: 2, execArgv: ['--import=tsx'], env: { ...process.env, SLOW_START: '1' } })
+  await t.rejects(async () => { await app.ready() }, { code: 'FST_ERR_PLUGIN_TIMEOUT' })
+  const deadline = Date.now() + 30_000
+  let starting = childPids().filter(pid => !before.includes(pid))
+  while (starting.length < 2 && Date.now() < deadline) {
+    await new Promise(resolve => setTimeout(resolve, 20))
+    starting = childPids().filter(pid => !before.includes(pid))
+  }
+  t.equal(starting.length, 2, 'two children are starting')
+  await app.close()
+  await ended(starting)
+  t.same(await lastingZombies(), [], 'no zombie lasts')
+})

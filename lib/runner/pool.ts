@@ -157,6 +157,12 @@ export class ProcessPool implements Runner {
     clearTimeout(this.#refillTimer)
     const dropped = this.#queue.drain()
     await Promise.all([...this.#workers].map(async (worker) => {
+      // A task still running is told first (its signal), then its group gets SIGTERM.
+      if (worker.state === 'busy' && worker.job !== undefined) {
+        try {
+          worker.child.send({ type: 'abort', id: worker.job.uuid } satisfies ParentMessage, () => {})
+        } catch {}
+      }
       this.#stop(worker)
       await worker.gone
     }))
