@@ -76,7 +76,8 @@ t.test('a pool that cannot start fails register and leaves no child behind', asy
   const before = childPids()
   const err = await register({ tasks: [fixture('plain.js')], execArgv: ['--no-such-node-flag'], concurrency: 2 })
     .then(() => undefined, (err: Error) => err)
-  t.match(err?.message, /a child process exited with code \d+ before it was ready/)
+  t.equal(err?.message, 'fastify-task-api: a child process could not start: it exited with code 9 before it was ready: ' +
+    `${process.execPath}: bad option: --no-such-node-flag`, 'the cause, from the child\'s stderr')
   await new Promise(resolve => setTimeout(resolve, 1500))
   t.same(childPids().filter(pid => !before.includes(pid)), [], 'no child left, and no respawn loop')
 })
