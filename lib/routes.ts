@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
 import { TaskStateSchema } from './events.js'
 import { FST_TASK_API_BODY_INVALID, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
-import type { Access } from './access.js'
+import { redactedRequest, type Access } from './access.js'
 import { FST_TASK_API_FORBIDDEN } from './errors.js'
 import { toState, type TaskService } from './service.js'
 import { statuses, type TaskRecord, type TaskStatus } from './store/types.js'
@@ -54,6 +54,7 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
     app.route<{ Body: Submission }>({
       method: 'POST',
       url,
+      logSerializers: { req: redactedRequest },
       schema: {
         body: {
           type: 'object',
@@ -97,6 +98,7 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
       app.route<{ Params: { uuid: string } }>({
         method,
         url,
+        logSerializers: { req: redactedRequest },
         schema: {
           params: { type: 'object', properties: { uuid: { type: 'string' } } },
           response: { 200: response, '4xx': errorSchema },
@@ -128,6 +130,7 @@ export function registerRoutes (app: FastifyInstance, service: TaskService, acce
     app.route<{ Querystring: { status?: TaskStatus, task?: string, limit: number } }>({
       method: 'GET',
       url,
+      logSerializers: { req: redactedRequest },
       schema: {
         querystring: {
           type: 'object',
