@@ -334,6 +334,9 @@ function wsChannel (socket: WebSocket, hardLimit: number): Channel {
     if (socket.readyState !== socket.OPEN) return false
     if (socket.bufferedAmount <= hardLimit) return true
     closeSocket(socket, 1013, 'client too slow: send buffer over its limit')
+    // Read nothing more from a client that reads nothing: it cannot make the server work
+    // while its close runs out (its close frame is not awaited either).
+    socket.pause()
     return false
   }
   return {
@@ -521,7 +524,9 @@ export function registerStreams (
       if (refused !== undefined) throw refused
     }
     await access.authenticate(request, reply)
-    if (request.ws) holdUpgrade(request, streamKey(request, await access.ownerOf(request)))
+    // An owner function that cannot answer for this request (it may expect credentials the
+    // socket's subscribe frames bring as tokens) leaves the count to the client's IP.
+    if (request.ws) holdUpgrade(request, streamKey(request, await access.ownerOf(request).catch(() => null)))
   }
 
   const oneTaskReply = Buffer.from(JSON.stringify({
