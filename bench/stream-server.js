@@ -10,7 +10,9 @@
 //                                                            loop time (ms), and the final
 //                                                            status's fan-out loop time
 //   { type: 'memory' }                 -> { usage, sockets } process.memoryUsage() after gc,
-//                                                            and the open WebSockets
+//                                                            and the open WebSockets (or
+//                                                            event streams)
+//   { type: 'usage' }                  -> { usage }          process.memoryUsage() now, no gc
 //   { type: 'trace', on }              -> {}                 from now on (or no longer), times the
 //                                                            sends of progress frames on sockets
 //                                                            opened meanwhile: 'wait' then also
@@ -26,14 +28,19 @@ import { serve } from './serve.js'
 
 const app = Fastify({ logger: false })
 // Registered here, before the plugin, so that this script can reach app.websocketServer
-// (to trace sends); the plugin then uses it, with its own maxPayload default.
-await app.register(websocket, { options: { maxPayload: 4096 } })
+// (to trace sends); the plugin then uses it, with the options the plugin would give it.
+// BENCH_PLUGIN_WEBSOCKET=1 leaves it to the plugin, as most apps do (no tracing then).
+const ownWebsocket = process.env.BENCH_PLUGIN_WEBSOCKET !== '1'
+if (ownWebsocket) await app.register(websocket, { options: { maxPayload: 4096, allowSynchronousEvents: false } })
 await app.register(taskApi, {
   tasks: [new URL('./stream-tasks.js', import.meta.url)],
   concurrency: Number(process.env.BENCH_CONCURRENCY ?? 2),
   runner: 'process',
   progressInterval: Number(process.env.BENCH_PROGRESS_INTERVAL ?? 50),
   execArgv: [],
+  // Every bench client comes from 127.0.0.1: the per-owner cap would stop the idle step at
+  // 100 sockets. BENCH_MAX_STREAMS sets it (the flood bench keeps the default, 100).
+  streams: { maxStreamsPerOwner: Number(process.env.BENCH_MAX_STREAMS ?? 0) },
 })
 
 /** Publish-time latencies per task, collected by a listener of this process. */
@@ -44,7 +51,7 @@ const published = new Map()
 // lookup per send; sockets opened while tracing is off are not wrapped at all.
 let tracing = false
 const sends = new Map()
-app.websocketServer.on('connection', (socket) => {
+if (ownWebsocket) app.websocketServer.on('connection', (socket) => {
   if (!tracing) return
   const send = socket.send
   socket.send = function (data, ...rest) {
@@ -113,9 +120,12 @@ const handlers = {
     if (reset) loopDelay.reset()
     return { delay }
   },
+  async usage () {
+    return { usage: process.memoryUsage() }
+  },
   async memory () {
     await settleAndGc()
-    return { usage: process.memoryUsage(), sockets: app.websocketServer.clients.size }
+    return { usage: process.memoryUsage(), sockets: ownWebsocket ? app.websocketServer.clients.size : app.tasks.stats().streams }
   },
 }
 

@@ -84,7 +84,10 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     // for the event routes only, not for every route of the app.
     await app.register(async (context) => {
       await context.register(websocket, {
-        options: { maxPayload: normalized.streams.maxPayload },
+        // One client frame per turn of the event loop and socket: a client flooding tiny
+        // frames cannot hold the event loop (ws would otherwise emit every frame it has
+        // read, up to megabytes of them, in one go).
+        options: { maxPayload: normalized.streams.maxPayload, allowSynchronousEvents: false },
         // A client's garbage (bad frames, oversized payloads) is the client's problem: log it quietly.
         errorHandler: (err, socket, request) => {
           request.log.info({ err }, 'fastify-task-api: websocket error')

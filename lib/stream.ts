@@ -1,4 +1,5 @@
 import type { ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { Access, redactedRequest } from './access.js'
@@ -320,11 +321,21 @@ function parseSeq (value: unknown): number | undefined {
   return Number(value)
 }
 
+/** Each WebSocket's TCP connection (absent for app.injectWS). */
+const connections = new WeakMap<WebSocket, Socket>()
+const dropped = new Error('the close handshake did not finish in 5 s')
+
 /** Closes a socket, and destroys it if the close handshake does not finish (a client that stopped reading). */
 function closeSocket (socket: WebSocket, code: number, reason: string): void {
   if (socket.readyState !== socket.OPEN) return
   socket.close(code, reason)
-  const timer = setTimeout(() => socket.terminate(), 5000).unref()
+  const timer = setTimeout(() => {
+    // Destroyed with one error, the connection fails its thousands of pending writes
+    // with that error; without one, Node makes (and captures a stack for) one per write.
+    const connection = connections.get(socket)
+    if (connection !== undefined) connection.destroy(dropped)
+    else socket.terminate()
+  }, 5000).unref()
   socket.once('close', () => clearTimeout(timer))
 }
 
@@ -472,7 +483,7 @@ export function registerStreams (
     if (release === undefined) throw refuseOverCap()
     // Released when the connection closes, whether the upgrade completes or not.
     // (app.injectWS's request has no socket: the WebSocket's close releases it.)
-    const connection = request.raw.socket as import('node:net').Socket | undefined
+    const connection = request.raw.socket as Socket | undefined
     if (connection?.destroyed === true) release()
     else connection?.once('close', release)
     upgrades.set(request, release)
@@ -480,6 +491,8 @@ export function registerStreams (
 
   /** What every WebSocket gets once open: a channel, the heartbeat, and the release of its count on close. */
   const opened = (socket: WebSocket, request: FastifyRequest): Channel => {
+    const connection = request.raw.socket as Socket | undefined
+    if (connection !== undefined) connections.set(socket, connection)
     const channel = wsChannel(socket, options.hardBufferLimit)
     heartbeat.addSocket(socket, channel)
     const release = upgrades.get(request)
@@ -538,7 +551,9 @@ export function registerStreams (
     const channel = opened(socket, request)
     const subscription = track(new Subscription(service, request.params.uuid, wsSink(channel, () => closeSocket(socket, 1000, 'task finished')), subscriptionOptions))
     socket.on('close', () => untrack(subscription))
-    socket.on('message', () => { channel.write(oneTaskReply) })
+    socket.on('message', () => {
+      if (socket.readyState === socket.OPEN) channel.write(oneTaskReply)
+    })
     subscription.start(parseSeq(request.query.since)).then((found) => {
       if (!found) closeSocket(socket, 1008, 'task not found')
     }, (err: unknown) => {
@@ -622,11 +637,23 @@ export function registerStreams (
     })
   }
 
+  // The answers to malformed frames are few and fixed: each is made once, and a client
+  // sending thousands of them gets the same bytes each time.
+  const errorFrames = new Map<string, Buffer>()
+  const errorFrame = (message: string): Buffer => {
+    let frame = errorFrames.get(message)
+    if (frame === undefined) {
+      frame = Buffer.from(JSON.stringify({ type: 'error', message }))
+      errorFrames.set(message, frame)
+    }
+    return frame
+  }
+
   const manyTasks = (socket: WebSocket, request: FastifyRequest): void => {
     const channel = opened(socket, request)
     const following = new Map<string, Subscription>()
     const error = (message: string, uuid?: string): void => {
-      channel.write(JSON.stringify(uuid === undefined ? { type: 'error', message } : { type: 'error', uuid, message }))
+      channel.write(uuid === undefined ? errorFrame(message) : JSON.stringify({ type: 'error', uuid, message }))
     }
     /** Forgets a subscription, unless the client has already replaced it with another for the same task. */
     const drop = (uuid: string, subscription: Subscription): void => {
@@ -638,6 +665,8 @@ export function registerStreams (
       following.clear()
     })
     socket.on('message', (data: Buffer, isBinary: boolean) => {
+      // A socket being closed (cut for not reading, say) is owed no more answers.
+      if (socket.readyState !== socket.OPEN) return
       if (isBinary || data.length > options.maxPayload) {
         error(`frames must be JSON text of at most ${options.maxPayload} bytes`)
         return

@@ -19,7 +19,8 @@ const floodCap = 4 * 1024 * 1024
 
 for (const route of ['GET /tasks/events', 'GET /tasks/:uuid/events'] as const) {
   t.test(`a client on ${route} that floods junk frames and never reads is cut; the server serves others meanwhile`, async (t) => {
-    const { app, base, port } = await serve(t, { concurrency: 2, streams: { hardBufferLimit, softBufferLimit: 16 * 1024 } })
+    // No heartbeat: only the buffer limit may cut the flooder.
+    const { app, base, port } = await serve(t, { concurrency: 2, streams: { hardBufferLimit, softBufferLimit: 16 * 1024, heartbeatInterval: 0 } })
     const held = await app.tasks.submit('hold', { ms: 60_000 })
     const url = route === 'GET /tasks/events' ? '/tasks/events' : `/tasks/${held.uuid}/events`
     const flood = await flooder(port, url, clientFrame('x'), floodCap)
