@@ -4,11 +4,15 @@
 //   { type: 'submit', task, inputs }   -> { uuid }          submits, and times each of the
 //                                                            task's progress events as this
 //                                                            process publishes them
+//   { type: 'tail', uuid }             -> {}                subscribes a last listener: from now
+//                                                            on each event's fan-out is timed
 //   { type: 'wait', uuid }             -> { task, publish } the final state, and each progress
 //                                                            event's value, setProgress ->
-//                                                            publish latency (ms) and fan-out
-//                                                            loop time (ms), and the final
-//                                                            status's fan-out loop time
+//                                                            publish latency (ms); once a tail
+//                                                            is in, each progress event's
+//                                                            fan-out span and longest event-loop
+//                                                            block (ms), and the final status's
+//                                                            { span, maxBlock, turns }
 //   { type: 'memory' }                 -> { usage, sockets } process.memoryUsage() after gc,
 //                                                            and the open WebSockets (or
 //                                                            event streams)
@@ -82,29 +86,60 @@ async function settleAndGc () {
 const handlers = {
   async submit ({ task, inputs }) {
     const record = await app.tasks.submit(task, inputs)
-    const publish = { values: [], latencies: [], loops: [], finalLoop: undefined }
+    const publish = { values: [], latencies: [], loops: [], blocks: [], final: undefined, fanouts: new Map() }
     published.set(record.uuid, publish)
-    // Subscribed before any client: runs first on each event, before the fan-out. The
-    // subscribers are called synchronously after it, so a setImmediate scheduled here runs
-    // once the whole fan-out loop (every subscriber's send) is done.
+    // Subscribed before any client: runs first on each event, before the fan-out. Once a
+    // tail listener is subscribed (after the clients: it runs last), each event's fan-out is
+    // timed from here to the tail, with a setImmediate ticker measuring the longest stretch
+    // the event loop went without a turn meanwhile.
     const unsubscribe = app.tasks.subscribe(record.uuid, (event) => {
       const at = performance.now()
       if (event.type === 'progress' && event.progress !== null) {
         publish.values.push(event.progress)
         publish.latencies.push(performance.timeOrigin + at - event.progress)
-        setImmediate(() => publish.loops.push(performance.now() - at))
       }
-      if (event.type === 'status' && event.task !== undefined) {
-        unsubscribe()
-        setImmediate(() => { publish.finalLoop = performance.now() - at })
+      if (publish.tail) {
+        const fanout = { at, last: at, maxGap: 0, turns: 0, done: false }
+        publish.fanouts.set(event.seq, fanout)
+        const tick = () => {
+          const t = performance.now()
+          fanout.maxGap = Math.max(fanout.maxGap, t - fanout.last)
+          fanout.last = t
+          fanout.turns++
+          if (!fanout.done) setImmediate(tick)
+        }
+        setImmediate(tick)
       }
+      if (event.type === 'status' && event.task !== undefined) unsubscribe()
     })
     return { uuid: record.uuid }
+  },
+  /** Subscribes the tail listener of a task: call it once every client is subscribed. */
+  async tail ({ uuid }) {
+    const publish = published.get(uuid)
+    publish.tail = true
+    const unsubscribe = app.tasks.subscribe(uuid, (event) => {
+      const fanout = publish.fanouts.get(event.seq)
+      if (fanout === undefined) return
+      publish.fanouts.delete(event.seq)
+      fanout.done = true
+      const t = performance.now()
+      const result = { span: t - fanout.at, maxBlock: Math.max(fanout.maxGap, t - fanout.last), turns: fanout.turns + 1 }
+      if (event.type === 'progress') {
+        publish.loops.push(result.span)
+        publish.blocks.push(result.maxBlock)
+      }
+      if (event.type === 'status' && event.task !== undefined) {
+        publish.final = result
+        unsubscribe()
+      }
+    })
+    return {}
   },
   async wait ({ uuid }) {
     const task = await app.tasks.wait(uuid)
     await new Promise(resolve => setImmediate(resolve))
-    const publish = published.get(uuid) ?? { values: [], latencies: [], loops: [] }
+    const { fanouts, ...publish } = published.get(uuid) ?? { values: [], latencies: [], loops: [], blocks: [] }
     published.delete(uuid)
     const traced = [...sends.values()]
     sends.clear()
