@@ -11,8 +11,12 @@ import { eventually, follow, serve, upgradeStatus } from './stream-helpers.js'
 
 t.test('malformed stream tokens of every kind get 401 FST_TASK_API_TOKEN_INVALID on every event route', async (t) => {
   const { app, base } = await serve(t)
-  const task = await app.tasks.submit('hold', { ms: 60_000 })
-  const other = await app.tasks.submit('hold', { ms: 60_000 })
+  // Finished tasks: a token wrongly accepted gets the snapshot and the end of the stream
+  // (a 200 or a 101 that the test reports) rather than a stream that never ends.
+  const task = await app.tasks.submit('steps', { steps: 1, delay: 1 })
+  const other = await app.tasks.submit('steps', { steps: 1, delay: 1 })
+  await app.tasks.wait(task.uuid)
+  await app.tasks.wait(other.uuid)
   const { token } = app.tasks.streamToken(task.uuid)
   const [stamp, mac] = token.split('.') as [string, string]
   t.match(token, /^[0-9a-z]{1,11}\.[A-Za-z0-9_-]{43}$/, 'a token is <expiry in base36>.<43 base64url characters>')
@@ -28,7 +32,7 @@ t.test('malformed stream tokens of every kind get 401 FST_TASK_API_TOKEN_INVALID
     ['expiry with a sign', `+${stamp}.${mac}`],
     ['expiry with a minus sign', `-${stamp}.${mac}`],
     ['expiry after a space (parseInt skips it)', ` ${stamp}.${mac}`],
-    ['expiry with trailing junk (parseInt stops there)', `${stamp}z!.${mac}`.replace('z!', '!')],
+    ['expiry with trailing junk (parseInt stops there)', `${stamp}!.${mac}`],
     ['expiry past the safe integers', `${'z'.repeat(12)}.${mac}`],
     ['signature one character short', `${stamp}.${mac.slice(1)}`],
     ['signature one character long', `${stamp}.${mac}A`],
@@ -46,9 +50,11 @@ t.test('malformed stream tokens of every kind get 401 FST_TASK_API_TOKEN_INVALID
     const query = `?token=${encodeURIComponent(bad)}`
     const sse = await app.inject({ url: events + query, headers: { accept: 'text/event-stream' } })
     t.equal(sse.statusCode, 401, `SSE: ${kind}`)
-    t.equal(sse.json().code, 'FST_TASK_API_TOKEN_INVALID', `SSE: ${kind}: the code`)
+    t.equal(sse.headers['content-type']?.toString().startsWith('application/json') === true ? sse.json().code : sse.body.slice(0, 40),
+      'FST_TASK_API_TOKEN_INVALID', `SSE: ${kind}: the code`)
     const upgrade = await upgradeStatus(`ws://${base}${events}${query}`)
     t.equal(upgrade.status, 401, `WebSocket: ${kind}`)
+    upgrade.socket.terminate()
   }
 
   // The multiplexed socket: each subscribe with a bad token gets the token's error frame.
@@ -65,7 +71,7 @@ t.test('malformed stream tokens of every kind get 401 FST_TASK_API_TOKEN_INVALID
 
   const good = await upgradeStatus(`ws://${base}${events}?token=${token}`)
   t.equal(good.status, 101, 'the well-formed token still opens the stream')
-  good.socket.close()
+  good.socket.terminate()
 })
 
 /** Lines a logger wrote, parsed. */
