@@ -339,6 +339,22 @@ function closeSocket (socket: WebSocket, code: number, reason: string): void {
   socket.once('close', () => clearTimeout(timer))
 }
 
+/**
+ * Calls `fn` once the client is gone: when its TCP connection closes, which can come well
+ * before the WebSocket's own 'close' (that one waits until ws has gone through every frame
+ * it had read, one per turn).
+ */
+function whenGone (socket: WebSocket, fn: () => void): void {
+  let called = false
+  const once = (): void => {
+    if (called) return
+    called = true
+    fn()
+  }
+  socket.once('close', once)
+  connections.get(socket)?.once('close', once)
+}
+
 /** The WebSocket's channel: past `hardLimit` bytes waiting, close 1013 instead of sending. */
 function wsChannel (socket: WebSocket, hardLimit: number): Channel {
   const usable = (): boolean => {
@@ -550,7 +566,7 @@ export function registerStreams (
   const oneTask = (socket: WebSocket, request: UuidRequest): void => {
     const channel = opened(socket, request)
     const subscription = track(new Subscription(service, request.params.uuid, wsSink(channel, () => closeSocket(socket, 1000, 'task finished')), subscriptionOptions))
-    socket.on('close', () => untrack(subscription))
+    whenGone(socket, () => untrack(subscription))
     socket.on('message', () => {
       if (socket.readyState === socket.OPEN) channel.write(oneTaskReply)
     })
@@ -660,7 +676,7 @@ export function registerStreams (
       untrack(subscription)
       if (following.get(uuid) === subscription) following.delete(uuid)
     }
-    socket.on('close', () => {
+    whenGone(socket, () => {
       for (const subscription of following.values()) untrack(subscription)
       following.clear()
     })

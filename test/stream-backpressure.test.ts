@@ -17,6 +17,10 @@ const hardBufferLimit = 64 * 1024
 // server's answers (about 100 bytes of error frame per 7-byte junk frame).
 const floodCap = 4 * 1024 * 1024
 
+// Each test starts a server with its own pool of children: under load the file can take
+// longer than tap's default 60 s.
+t.setTimeout(180_000)
+
 for (const route of ['GET /tasks/events', 'GET /tasks/:uuid/events'] as const) {
   t.test(`a client on ${route} that floods junk frames and never reads is cut; the server serves others meanwhile`, async (t) => {
     // No heartbeat: only the buffer limit may cut the flooder.
@@ -48,6 +52,7 @@ for (const route of ['GET /tasks/events', 'GET /tasks/:uuid/events'] as const) {
     t.equal((await again.closed).code, 1000, 'the server still serves')
   })
 }
+
 
 t.test('a snapshot or a final record larger than the hard limit still reaches a client that reads', async (t) => {
   const { app, base } = await serve(t, { streams: { hardBufferLimit: 1024, softBufferLimit: 512 } })

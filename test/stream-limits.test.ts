@@ -26,6 +26,10 @@ function openSse (base: string, path: string, headers: Record<string, string> = 
   return { response, close: () => request.destroy() }
 }
 
+// Each test starts a server with its own pool of children: under load the file can take
+// longer than tap's default 60 s.
+t.setTimeout(180_000)
+
 t.test('a per-owner cap on open streams: the next one gets 429 before it opens, another owner is unaffected, closing one frees a slot', async (t) => {
   const { app, base } = await serve(t, { owner: ownerOf, streams: { maxStreamsPerOwner: 3 } })
   const task = await app.tasks.submit('hold', { ms: 60_000 }, { owner: 'alice' })

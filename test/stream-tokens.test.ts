@@ -9,6 +9,10 @@ import { eventually, follow, serve, upgradeStatus } from './stream-helpers.js'
 
 // Stream tokens are read strictly, and never reach the log of any route.
 
+// Each test starts a server with its own pool of children: under load the file can take
+// longer than tap's default 60 s.
+t.setTimeout(180_000)
+
 t.test('malformed stream tokens of every kind get 401 FST_TASK_API_TOKEN_INVALID on every event route', async (t) => {
   const { app, base } = await serve(t)
   // Finished tasks: a token wrongly accepted gets the snapshot and the end of the stream
