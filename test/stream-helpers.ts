@@ -10,10 +10,16 @@ import { build, fixture } from './helpers.js'
 // Real sockets on 127.0.0.1 for the stream tests: `ws` clients, and a raw TCP client
 // that speaks just enough of the WebSocket protocol to flood a server without reading.
 
+/**
+ * Fastify's 10 s default for a plugin to load: under heavy load (both cores busy with
+ * other work) forking the pool and importing the task modules under tsx can take longer.
+ */
+export const pluginTimeout = 120_000
+
 export interface Frame { type: string, seq?: number, uuid?: string, [key: string]: unknown }
 
 export async function serve (t: Test, options: Partial<TaskApiOptions> = {}, server: FastifyServerOptions = {}): Promise<{ app: FastifyInstance, base: string, port: number }> {
-  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 1, progressInterval: 20, ...options }, server)
+  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 1, progressInterval: 20, ...options }, { pluginTimeout, ...server })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as AddressInfo
   return { app, base: `127.0.0.1:${port}`, port }

@@ -10,6 +10,7 @@ import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import taskApi from '../lib/index.js'
 import { build, childExecArgv, fixture } from './helpers.js'
+import { pluginTimeout } from './stream-helpers.js'
 
 // Real sockets on 127.0.0.1: the `ws` client and a raw HTTP client for SSE.
 
@@ -22,7 +23,7 @@ interface Frame { type: string, seq?: number, uuid?: string, [key: string]: unkn
 const missing = '3f2a1b6e-8c4d-4e5f-9a0b-1c2d3e4f5a6b'
 
 async function serve (t: Test, options: Partial<TaskApiOptions> = {}): Promise<{ app: FastifyInstance, base: string }> {
-  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 2, progressInterval: 20, ...options })
+  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 2, progressInterval: 20, ...options }, { pluginTimeout })
   await app.listen({ port: 0, host: '127.0.0.1' })
   return { app, base: `127.0.0.1:${(app.server.address() as AddressInfo).port}` }
 }
@@ -130,7 +131,7 @@ t.test('an unknown or malformed uuid: the upgrade is refused with 404', async (t
 })
 
 t.test('an app that registered @fastify/websocket itself: app.injectWS reaches the same stream', async (t) => {
-  const app = Fastify()
+  const app = Fastify({ pluginTimeout })
   t.teardown(() => app.close())
   await app.register(websocket)
   await app.register(taskApi, { tasks: [fixture('stream.ts')], concurrency: 1, execArgv: childExecArgv })
@@ -429,7 +430,7 @@ t.test('WebSocket resume: ?since= and "since" send only the missed events', asyn
 })
 
 t.test('app.close() ends open SSE streams and sockets', async (t) => {
-  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 1, shutdownTimeout: 100, cancelGrace: 100 })
+  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 1, shutdownTimeout: 100, cancelGrace: 100 }, { pluginTimeout })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const base = `127.0.0.1:${(app.server.address() as AddressInfo).port}`
   const task = await app.tasks.submit('hold', { ms: 30_000 })
