@@ -12,7 +12,9 @@
 //                                                            is in, each progress event's
 //                                                            fan-out span and longest event-loop
 //                                                            block (ms), and the final status's
-//                                                            { span, maxBlock, turns }
+//                                                            { span, turns, turn, cpu, longestGc }:
+//                                                            turn and cpu are p50 / p99 / max of
+//                                                            each turn's wall-clock and CPU ms
 //   { type: 'memory' }                 -> { usage, sockets } process.memoryUsage() after gc,
 //                                                            and the open WebSockets (or
 //                                                            event streams)
@@ -24,7 +26,7 @@
 //                                                            count] per progress event
 //   { type: 'loop', reset }            -> { delay }          event-loop delay percentiles (ms)
 //                                                            since the last reset
-import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import taskApi from 'fastify-task-api'
@@ -73,6 +75,12 @@ if (ownWebsocket) app.websocketServer.on('connection', (socket) => {
   }
 })
 
+// Garbage-collection pauses, to tell them from the work of a turn: the longest since reset.
+let longestGc = 0
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) longestGc = Math.max(longestGc, entry.duration)
+}).observe({ entryTypes: ['gc'] })
+
 const loopDelay = monitorEventLoopDelay({ resolution: 5 })
 loopDelay.enable()
 
@@ -99,13 +107,19 @@ const handlers = {
         publish.latencies.push(performance.timeOrigin + at - event.progress)
       }
       if (publish.tail) {
-        const fanout = { at, last: at, maxGap: 0, turns: 0, done: false }
+        // Wall-clock gaps between turns include the time the OS gave the CPU to other
+        // processes; the CPU time this process used between two turns does not.
+        const cpu = process.cpuUsage()
+        if (event.type === 'status' && event.task !== undefined) longestGc = 0
+        const fanout = { at, last: at, gaps: [], cpuLast: cpu.user + cpu.system, cpus: [], done: false }
         publish.fanouts.set(event.seq, fanout)
         const tick = () => {
           const t = performance.now()
-          fanout.maxGap = Math.max(fanout.maxGap, t - fanout.last)
+          const c = process.cpuUsage()
+          fanout.gaps.push(t - fanout.last)
+          fanout.cpus.push((c.user + c.system - fanout.cpuLast) / 1000)
           fanout.last = t
-          fanout.turns++
+          fanout.cpuLast = c.user + c.system
           if (!fanout.done) setImmediate(tick)
         }
         setImmediate(tick)
@@ -118,28 +132,43 @@ const handlers = {
   async tail ({ uuid }) {
     const publish = published.get(uuid)
     publish.tail = true
+    publish.finalSeen = new Promise((resolve) => { publish.sawFinal = resolve })
     const unsubscribe = app.tasks.subscribe(uuid, (event) => {
       const fanout = publish.fanouts.get(event.seq)
       if (fanout === undefined) return
       publish.fanouts.delete(event.seq)
       fanout.done = true
       const t = performance.now()
-      const result = { span: t - fanout.at, maxBlock: Math.max(fanout.maxGap, t - fanout.last), turns: fanout.turns + 1 }
+      const c = process.cpuUsage()
+      const gaps = [...fanout.gaps, t - fanout.last].sort((a, b) => a - b)
+      const cpus = [...fanout.cpus, (c.user + c.system - fanout.cpuLast) / 1000].sort((a, b) => a - b)
+      const q = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.ceil(p / 100 * sorted.length) - 1)]
+      const result = {
+        span: t - fanout.at,
+        turns: gaps.length,
+        turn: { p50: q(gaps, 50), p99: q(gaps, 99), max: gaps.at(-1) },
+        cpu: { p50: q(cpus, 50), p99: q(cpus, 99), max: cpus.at(-1) },
+        longestGc,
+      }
       if (event.type === 'progress') {
         publish.loops.push(result.span)
-        publish.blocks.push(result.maxBlock)
+        publish.blocks.push(result.turn.max)
       }
       if (event.type === 'status' && event.task !== undefined) {
         publish.final = result
         unsubscribe()
+        publish.sawFinal()
       }
     })
     return {}
   },
   async wait ({ uuid }) {
     const task = await app.tasks.wait(uuid)
+    // A task that ended before this request came reads as ended at once, while the fan-out
+    // of its final status may still be going on: wait for the tail.
+    await published.get(uuid)?.finalSeen
     await new Promise(resolve => setImmediate(resolve))
-    const { fanouts, ...publish } = published.get(uuid) ?? { values: [], latencies: [], loops: [], blocks: [] }
+    const { fanouts, finalSeen, sawFinal, ...publish } = published.get(uuid) ?? { values: [], latencies: [], loops: [], blocks: [] }
     published.delete(uuid)
     const traced = [...sends.values()]
     sends.clear()
