@@ -10,8 +10,8 @@
 //                                                            event's value, setProgress ->
 //                                                            publish latency (ms); once a tail
 //                                                            is in, each progress event's
-//                                                            fan-out span and longest event-loop
-//                                                            block (ms), and the final status's
+//                                                            fan-out span (ms), and the final
+//                                                            status's
 //                                                            { span, turns, turn, cpu, longestGc }:
 //                                                            turn and cpu are p50 / p99 / max of
 //                                                            each turn's wall-clock and CPU ms
@@ -94,12 +94,11 @@ async function settleAndGc () {
 const handlers = {
   async submit ({ task, inputs }) {
     const record = await app.tasks.submit(task, inputs)
-    const publish = { values: [], latencies: [], loops: [], blocks: [], final: undefined, fanouts: new Map() }
+    const publish = { values: [], latencies: [], loops: [], final: undefined, fanouts: new Map() }
     published.set(record.uuid, publish)
     // Subscribed before any client: runs first on each event, before the fan-out. Once a
     // tail listener is subscribed (after the clients: it runs last), each event's fan-out is
-    // timed from here to the tail, with a setImmediate ticker measuring the longest stretch
-    // the event loop went without a turn meanwhile.
+    // timed from here to the tail; the final status's also turn by turn.
     const unsubscribe = app.tasks.subscribe(record.uuid, (event) => {
       const at = performance.now()
       if (event.type === 'progress' && event.progress !== null) {
@@ -107,12 +106,18 @@ const handlers = {
         publish.latencies.push(performance.timeOrigin + at - event.progress)
       }
       if (publish.tail) {
+        const fanout = { at, last: at, gaps: [], cpuLast: 0, cpus: [], done: false }
+        publish.fanouts.set(event.seq, fanout)
+      }
+      // The final status's fan-out is watched turn by turn. (Not the progress events': a
+      // ticker keeps the event loop spinning, which would slow what it measures.)
+      const fanout = publish.fanouts.get(event.seq)
+      if (fanout !== undefined && event.type === 'status' && event.task !== undefined) {
         // Wall-clock gaps between turns include the time the OS gave the CPU to other
         // processes; the CPU time this process used between two turns does not.
         const cpu = process.cpuUsage()
-        if (event.type === 'status' && event.task !== undefined) longestGc = 0
-        const fanout = { at, last: at, gaps: [], cpuLast: cpu.user + cpu.system, cpus: [], done: false }
-        publish.fanouts.set(event.seq, fanout)
+        fanout.cpuLast = cpu.user + cpu.system
+        longestGc = 0
         const tick = () => {
           const t = performance.now()
           const c = process.cpuUsage()
@@ -150,10 +155,7 @@ const handlers = {
         cpu: { p50: q(cpus, 50), p99: q(cpus, 99), max: cpus.at(-1) },
         longestGc,
       }
-      if (event.type === 'progress') {
-        publish.loops.push(result.span)
-        publish.blocks.push(result.turn.max)
-      }
+      if (event.type === 'progress') publish.loops.push(result.span)
       if (event.type === 'status' && event.task !== undefined) {
         publish.final = result
         unsubscribe()
@@ -168,7 +170,7 @@ const handlers = {
     // of its final status may still be going on: wait for the tail.
     await published.get(uuid)?.finalSeen
     await new Promise(resolve => setImmediate(resolve))
-    const { fanouts, finalSeen, sawFinal, ...publish } = published.get(uuid) ?? { values: [], latencies: [], loops: [], blocks: [] }
+    const { fanouts, finalSeen, sawFinal, ...publish } = published.get(uuid) ?? { values: [], latencies: [], loops: [] }
     published.delete(uuid)
     const traced = [...sends.values()]
     sends.clear()

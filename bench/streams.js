@@ -396,7 +396,6 @@ async function benchFanout (server, port, run = {}) {
   // starts later, so the last ones line up with the last values.
   const valuesInWindow = done.publish.values.slice(-done.publish.loops.length).map(inWindow)
   const loops = summary(done.publish.loops.filter((_, i) => valuesInWindow[i]))
-  const blocks = summary(done.publish.blocks.filter((_, i) => valuesInWindow[i]))
   const spread = summary([...firstLast.values()].map(([min, max]) => max - min))
   const fpc = summary(framesPerClient)
   const traced = done.sends.filter(([value]) => inWindow(value))
@@ -413,7 +412,6 @@ async function benchFanout (server, port, run = {}) {
   row('  of which setProgress -> server publish (before the fan-out), p50 / p99', `${ms(pub)} (max ${fmt(pub.max, 1)}, n=${pub.n})`, 'info', '-')
   row('  setProgress -> server writes the frame to the first / last subscriber, p50 / p99', `${ms(firstSend)} / ${ms(lastSend)} (max ${fmt(lastSend.max, 1)})`, 'info', '-')
   row('  server fan-out per event (publish -> the last subscriber\'s send; sends a subscriber\'s pacing defers go out later on timers), p50 / p99', `${ms(loops)} (max ${fmt(loops.max, 1)})`, 'info', '-')
-  row('  longest event-loop block within one fan-out, p50 / p99', `${ms(blocks)} (max ${fmt(blocks.max, 1)})`, 'info', '-')
   row('  spread per event, server sends (last minus first) / client receives, p50 / p99', `${ms(sendSpread)} / ${ms(spread)}`, 'info', '-')
   row('  event-loop delay past the 5 ms sampling period, server / client process, p50 / p99 / max', `${ms(serverLoop, ['p50', 'p99', 'max'])} / ${ms(clientLoop, ['p50', 'p99', 'max'])}`, 'info', '-')
   row(`${tag}, server CPU (user+system, % of one core) over the window`,
