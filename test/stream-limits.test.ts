@@ -1,8 +1,10 @@
 import http from 'node:http'
 import { once } from 'node:events'
-import type { FastifyRequest } from 'fastify'
+import Fastify, { type FastifyRequest } from 'fastify'
 import t from 'tap'
 import WebSocket from 'ws'
+import taskApi from '../lib/index.js'
+import { fixture } from './helpers.js'
 import { eventually, follow, serve, upgradeStatus, type Frame } from './stream-helpers.js'
 
 // Limits of the event routes against a real server: open streams per owner, HEAD, and
@@ -176,4 +178,15 @@ t.test('a subscribe racing an unsubscribe and a second subscribe: the second one
   t.ok(await eventually(() => app.tasks.stats().subscribers === 0), 'nothing listens after the end')
   t.equal(socket.readyState, WebSocket.OPEN)
   socket.close()
+})
+
+t.test('streams.maxStreamsPerOwner must be an integer, 0 or more: register fails naming it', async (t) => {
+  for (const value of [-1, 1.5, '10']) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await t.rejects(async () => { await app.register(taskApi, { tasks: [fixture('stream.ts')], streams: { maxStreamsPerOwner: value as number } }) }, {
+      code: 'FST_TASK_API_OPT_INVALID',
+      message: `options.streams.maxStreamsPerOwner must be an integer, 0 or more, got ${typeof value === 'string' ? `"${value}"` : value}`,
+    }, String(value))
+  }
 })
