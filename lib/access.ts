@@ -55,6 +55,39 @@ export interface AccessOptions {
   }
 }
 
+// A token: the expiry in base36 (a safe integer takes at most 11 digits), a dot, and the
+// HMAC-SHA256 in base64url (32 bytes: 43 characters, no padding).
+const tokenPattern = /^[0-9a-z]{1,11}\.[A-Za-z0-9_-]{43}$/
+const maxTokenLength = 11 + 1 + 43
+
+/** The URL with the value of each `token` parameter replaced, however its name is percent-encoded. */
+export function redactedUrl (url: string): string {
+  const start = url.indexOf('?')
+  if (start === -1) return url
+  const params = url.slice(start + 1).split('&').map((param) => {
+    const eq = param.indexOf('=')
+    const name = eq === -1 ? param : param.slice(0, eq)
+    let decoded = name
+    try {
+      decoded = decodeURIComponent(name.replaceAll('+', ' '))
+    } catch {}
+    return decoded === 'token' ? `${name}=[redacted]` : param
+  })
+  return `${url.slice(0, start + 1)}${params.join('&')}`
+}
+
+/**
+ * The request as the log shows it (a `req` log serializer for every route of the plugin):
+ * a stream token in the query string never reaches the log.
+ */
+export const redactedRequest = (request: FastifyRequest): Record<string, unknown> => ({
+  method: request.method,
+  url: redactedUrl(request.url),
+  host: request.host,
+  remoteAddress: request.ip,
+  remotePort: request.socket?.remotePort,
+})
+
 type Visibility = { ok: true, record: Readonly<TaskRecord> } | { ok: false, error: Error }
 
 /** Authentication, ownership, permission, origins and stream tokens, in one place. */
@@ -137,12 +170,17 @@ export class Access {
     return { token: `${expires.toString(36)}.${this.#sign(uuid, expires)}`, expires: new Date(expires).toISOString() }
   }
 
-  /** True when `token` was minted for this uuid and has not expired. */
+  /**
+   * True when `token` was minted for this uuid and has not expired. Only the exact form
+   * `token()` makes is read: `<expiry in base36>.<43 base64url characters>`, the expiry
+   * written as `toString(36)` writes it; anything else is refused before any HMAC is computed.
+   */
   verifyToken (uuid: string, token: string): boolean {
-    const dot = token.indexOf('.')
-    if (dot <= 0) return false
-    const expires = parseInt(token.slice(0, dot), 36)
-    if (!Number.isSafeInteger(expires) || expires < Date.now()) return false
+    if (typeof token !== 'string' || token.length < 45 || token.length > maxTokenLength || !tokenPattern.test(token)) return false
+    const dot = token.length - 44
+    const stamp = token.slice(0, dot)
+    const expires = parseInt(stamp, 36)
+    if (!Number.isSafeInteger(expires) || expires.toString(36) !== stamp || expires < Date.now()) return false
     const given = Buffer.from(token.slice(dot + 1))
     const expected = Buffer.from(this.#sign(uuid, expires))
     return given.length === expected.length && timingSafeEqual(given, expected)

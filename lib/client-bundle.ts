@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
+import { redactedRequest } from './access.js'
 
 /*
  * The browser client (lib/client, bundled and minified by esbuild into
@@ -30,7 +31,7 @@ export function loadClientBundle (): Promise<ClientBundle> {
 
 /** `GET {prefix}/client.js`: the client as an ES module, cached by the browser and revalidated with its ETag. */
 export function registerClientBundle (app: FastifyInstance, prefix: string, { body, etag }: ClientBundle): void {
-  app.get(`${prefix}/client.js`, async (request, reply) => {
+  app.get(`${prefix}/client.js`, { logSerializers: { req: redactedRequest } }, async (request, reply) => {
     void reply
       .header('cache-control', 'public, max-age=3600, must-revalidate')
       .header('etag', etag)

@@ -80,6 +80,10 @@ export const FST_TASK_API_TOKEN_INVALID = createError(
 export const FST_TASK_API_QUEUE_FULL = createError<[number]>(
   'FST_TASK_API_QUEUE_FULL', 'too many tasks waiting (at most %d): try again later', 429)
 
+/** The owner (or client IP) already has `streams.maxStreamsPerOwner` event streams open. */
+export const FST_TASK_API_STREAM_LIMIT = createError<[number]>(
+  'FST_TASK_API_STREAM_LIMIT', 'too many open event streams for this owner (at most %d): close one first', 429)
+
 /** Every error code, for documentation and tests. */
 export const codes = {
   FST_TASK_API_OPT_INVALID,
@@ -100,4 +104,5 @@ export const codes = {
   FST_TASK_API_ORIGIN_FORBIDDEN,
   FST_TASK_API_TOKEN_INVALID,
   FST_TASK_API_QUEUE_FULL,
+  FST_TASK_API_STREAM_LIMIT,
 } as const

@@ -62,11 +62,33 @@ export type TaskEvent = ProgressEvent | MessageEvent | StatusEvent
 export type TaskListener = (event: TaskEvent) => void
 
 /**
+ * How much of one event's fan-out runs in one turn of the event loop: at most this many
+ * listeners, and no more once this many ms have passed. A larger fan-out (the final status
+ * to thousands of sockets) goes on in later turns, so it never blocks the server for long.
+ */
+export const fanOutSlice = { listeners: 256, ms: 2 }
+
+/** One event on its way to the listeners the task had when it was published. */
+interface Delivery {
+  event: TaskEvent
+  onError: (err: unknown) => void
+  listeners: TaskListener[]
+  next: number
+}
+
+/**
  * Delivers a task's events to its subscribers, in this process. The listener set is
- * per task, so publishing costs nothing for tasks nobody watches.
+ * per task, so publishing costs nothing for tasks nobody watches. Each event goes to the
+ * listeners subscribed when it was published (and still subscribed when their turn
+ * comes), in slices (`fanOutSlice`); a task's next event waits until the previous one
+ * reached all of them, so no listener ever sees a task's events out of order.
  */
 export class EventBus {
   readonly #listeners = new Map<string, Set<TaskListener>>()
+  /** Per task, the events whose fan-out has not finished, oldest first. */
+  readonly #backlog = new Map<string, Delivery[]>()
+  #size = 0
+  #scheduled = false
 
   /** Adds a listener for one task; returns the function that removes it. */
   subscribe (uuid: string, listener: TaskListener): () => void {
@@ -75,31 +97,87 @@ export class EventBus {
       set = new Set()
       this.#listeners.set(uuid, set)
     }
-    set.add(listener)
+    if (!set.has(listener)) {
+      set.add(listener)
+      this.#size++
+    }
     return () => {
       const current = this.#listeners.get(uuid)
-      if (current === undefined) return
-      current.delete(listener)
+      if (current === undefined || !current.delete(listener)) return
+      this.#size--
       if (current.size === 0) this.#listeners.delete(uuid)
     }
   }
 
-  /** Calls each listener of the event's task. A listener that throws does not stop the others. */
+  /**
+   * Calls each listener of the event's task: at once when the fan-out is small and the
+   * task has none pending, else partly now and the rest in later turns. A listener that
+   * throws does not stop the others.
+   */
   publish (event: TaskEvent, onError: (err: unknown) => void): void {
     const set = this.#listeners.get(event.uuid)
     if (set === undefined) return
-    for (const listener of set) {
-      try {
-        listener(event)
-      } catch (err) {
-        onError(err)
-      }
+    const delivery: Delivery = { event, onError, listeners: [...set], next: 0 }
+    const backlog = this.#backlog.get(event.uuid)
+    if (backlog !== undefined) {
+      backlog.push(delivery)
+      return
     }
+    const fresh = [delivery]
+    this.#backlog.set(event.uuid, fresh)
+    if (!this.#work(event.uuid, fresh, { start: performance.now(), calls: 0 })) this.#schedule()
   }
 
   /** True when somebody listens to this task. */
   has (uuid: string): boolean {
     return this.#listeners.has(uuid)
+  }
+
+  /** Listeners subscribed, over all tasks. */
+  get size (): number {
+    return this.#size
+  }
+
+  /** Delivers a task's pending events until they are all out (true) or the slice is spent (false). */
+  #work (uuid: string, backlog: Delivery[], slice: { start: number, calls: number }): boolean {
+    while (backlog.length > 0) {
+      const delivery = backlog[0] as Delivery
+      while (delivery.next < delivery.listeners.length) {
+        if (slice.calls >= fanOutSlice.listeners || performance.now() - slice.start >= fanOutSlice.ms) return false
+        const listener = delivery.listeners[delivery.next++] as TaskListener
+        // Unsubscribed meanwhile: no call after its unsubscribe.
+        if (this.#listeners.get(uuid)?.has(listener) !== true) continue
+        slice.calls++
+        try {
+          listener(delivery.event)
+        } catch (err) {
+          delivery.onError(err)
+        }
+      }
+      backlog.shift()
+    }
+    this.#backlog.delete(uuid)
+    return true
+  }
+
+  #schedule (): void {
+    if (this.#scheduled) return
+    this.#scheduled = true
+    setImmediate(this.#drain)
+  }
+
+  #drain = (): void => {
+    this.#scheduled = false
+    const slice = { start: performance.now(), calls: 0 }
+    for (const [uuid, backlog] of this.#backlog) {
+      if (!this.#work(uuid, backlog, slice)) {
+        // This task goes last next turn, so that one large fan-out does not hold back the others.
+        this.#backlog.delete(uuid)
+        this.#backlog.set(uuid, backlog)
+        break
+      }
+    }
+    if (this.#backlog.size > 0) this.#schedule()
   }
 }
 

@@ -7,7 +7,7 @@ import { loadClientBundle, registerClientBundle } from './client-bundle.js'
 import { normalizeOptions, type TaskApiOptions } from './options.js'
 import { loadRegistry } from './registry.js'
 import { registerRoutes } from './routes.js'
-import { registerStreams } from './stream.js'
+import { registerStreams, type StreamStats } from './stream.js'
 import { InlineRunner } from './runner/inline.js'
 import { ProcessPool } from './runner/pool.js'
 import type { Runner } from './runner/types.js'
@@ -61,6 +61,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     throw err
   }
 
+  let streams: StreamStats | undefined
   const names = Object.freeze(service.taskNames)
   const api: TaskApi = {
     names,
@@ -70,7 +71,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     subscribe: (uuid, listener) => service.subscribe(uuid, listener),
     wait: uuid => service.wait(uuid),
     cancel: uuid => service.cancel(uuid),
-    stats: () => service.stats(),
+    stats: () => ({ ...service.stats(), streams: streams?.open ?? 0 }),
     streamToken: () => { throw new Error('fastify-task-api is not ready yet') },
   }
   app.decorate('tasks', api)
@@ -82,20 +83,23 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   const streamOptions = { ...normalized.streams, progressInterval: normalized.progressInterval }
   if (app.hasDecorator('websocketServer')) {
     // The app registered @fastify/websocket itself: use it.
-    registerStreams(app, service, access, normalized.prefix, streamOptions)
+    streams = registerStreams(app, service, access, normalized.prefix, streamOptions)
   } else {
     // Registered in a context of its own, so that its onRequest and onResponse hooks run
     // for the event routes only, not for every route of the app.
-    await app.register(async (streams) => {
-      await streams.register(websocket, {
-        options: { maxPayload: normalized.streams.maxPayload },
+    await app.register(async (context) => {
+      await context.register(websocket, {
+        // One client frame per turn of the event loop and socket: a client flooding tiny
+        // frames cannot hold the event loop (ws would otherwise emit every frame it has
+        // read, up to megabytes of them, in one go).
+        options: { maxPayload: normalized.streams.maxPayload, allowSynchronousEvents: false },
         // A client's garbage (bad frames, oversized payloads) is the client's problem: log it quietly.
         errorHandler: (err, socket, request) => {
           request.log.info({ err }, 'fastify-task-api: websocket error')
           socket.terminate()
         },
       })
-      registerStreams(streams, service, access, normalized.prefix, streamOptions)
+      streams = registerStreams(context, service, access, normalized.prefix, streamOptions)
     })
   }
 }

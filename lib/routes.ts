@@ -2,7 +2,7 @@ import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError, onRequestHookHandler } from 'fastify'
 import { TaskStateSchema } from './events.js'
 import { codes, FST_TASK_API_BODY_INVALID, FST_TASK_API_FORBIDDEN, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
-import type { Access } from './access.js'
+import { redactedRequest, type Access } from './access.js'
 import { toState, type TaskService } from './service.js'
 import { statuses, type TaskRecord, type TaskStatus, type TaskSummary } from './store/types.js'
 import { describe } from './task.js'
@@ -123,6 +123,7 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
     app.route<{ Body: Submission }>({
       method: 'POST',
       url,
+      logSerializers: { req: redactedRequest },
       schema: {
         body: {
           type: 'object',
@@ -168,6 +169,7 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
       app.route<{ Params: { uuid: string } }>({
         method,
         url,
+        logSerializers: { req: redactedRequest },
         schema: {
           params: { type: 'object', properties: { uuid: { type: 'string' } } },
           response: { 200: response, '4xx': errorSchema, '5xx': errorSchema },
@@ -203,6 +205,7 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
     app.route<{ Querystring: { status?: TaskStatus, task?: string, limit: number } }>({
       method: 'GET',
       url,
+      logSerializers: { req: redactedRequest },
       schema: {
         querystring: {
           type: 'object',

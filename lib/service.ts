@@ -30,12 +30,16 @@ export interface SubmitOptions {
   owner?: string | null
 }
 
-/** Counts of what the runner holds. */
+/** Counts of what the runner and the streams hold. */
 export interface TaskStats {
   /** Tasks waiting for a worker. */
   queued: number
   /** Tasks being run. */
   running: number
+  /** Event listeners subscribed: `app.tasks.subscribe` callbacks and one per task a stream follows. */
+  subscribers: number
+  /** Event streams open: WebSockets on both event routes and SSE responses. */
+  streams: number
 }
 
 interface ActiveTask {
@@ -337,9 +341,9 @@ export class TaskService {
     }
   }
 
-  /** What the runner holds now. */
-  stats (): TaskStats {
-    return { queued: this.#runner.queued, running: this.#runner.running }
+  /** What the runner holds now, and the event listeners (the streams are counted by the plugin). */
+  stats (): Omit<TaskStats, 'streams'> {
+    return { queued: this.#runner.queued, running: this.#runner.running, subscribers: this.#bus.size }
   }
 
   /** Refuses new submissions (503) from now on; called as the server starts closing. */

@@ -1,8 +1,15 @@
 import type { ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
-import { Access } from './access.js'
-import { FST_TASK_API_STREAM_NOT_ACCEPTABLE, FST_TASK_API_STREAM_UPGRADE_REQUIRED, FST_TASK_API_TASK_NOT_FOUND } from './errors.js'
+import { Access, redactedRequest } from './access.js'
+import { closeSocket, Heartbeat, sseChannel, StreamCounter, whenGone, wsChannel, type Channel } from './channel.js'
+import {
+  FST_TASK_API_STREAM_LIMIT,
+  FST_TASK_API_STREAM_NOT_ACCEPTABLE,
+  FST_TASK_API_STREAM_UPGRADE_REQUIRED,
+  FST_TASK_API_TASK_NOT_FOUND,
+} from './errors.js'
 import type { ProgressEvent, TaskEvent } from './events.js'
 import { Pace } from './pace.js'
 import { paths } from './routes.js'
@@ -14,7 +21,8 @@ import { finalStatuses, type TaskState } from './store/types.js'
  * Server-Sent Events. Every transport goes through a Subscription, which owns the
  * guarantees: snapshot first, nothing lost or duplicated between snapshot and live
  * frames, progress coalesced per subscriber, messages and status never dropped, slow
- * clients bounded.
+ * clients bounded. Every byte the server sends a client goes through its Channel
+ * (channel.ts), which cuts the client once its send buffer is past the hard limit.
  */
 
 /** Options of the event streams (the plugin's `streams` option). */
@@ -37,7 +45,8 @@ export interface StreamOptions {
   softBufferLimit?: number
   /**
    * Bytes waiting in a client's send buffer past which it is disconnected (WebSocket
-   * close 1013, SSE stream ended).
+   * close 1013, SSE stream ended), whatever the server was sending it: events,
+   * snapshots, error frames, pings.
    * @default 1048576
    */
   hardBufferLimit?: number
@@ -58,6 +67,13 @@ export interface StreamOptions {
    * @default 60000
    */
   historyTtl?: number
+  /**
+   * Open streams (WebSockets on either event route, SSE responses) per owner: the `owner`
+   * option's answer, or the client's IP when there is none. Past it a new stream is
+   * refused with 429 FST_TASK_API_STREAM_LIMIT before it opens. 0: no cap.
+   * @default 100
+   */
+  maxStreamsPerOwner?: number
 }
 
 export type NormalizedStreamOptions = Required<StreamOptions>
@@ -70,18 +86,18 @@ export const streamDefaults: NormalizedStreamOptions = {
   maxPayload: 4096,
   historySize: 512,
   historyTtl: 60_000,
+  maxStreamsPerOwner: 100,
 }
 
 /** Where a subscription writes. One per transport. */
 interface Sink {
-  snapshot (seq: number, task: TaskState): void
-  send (event: TaskEvent): void
+  /** false: the client is gone or was cut; the subscription stops. */
+  snapshot (seq: number, task: TaskState): boolean
+  send (event: TaskEvent): boolean
   /** Bytes written but not yet sent to the client. */
   readonly buffered: number
   /** The task ended: its final status went out. */
   end (): void
-  /** The client is too slow: past the hard buffer limit. */
-  overflow (): void
 }
 
 // Each event is serialized once, whatever the number of subscribers: the same bytes go to all.
@@ -113,7 +129,6 @@ const isFinal = (event: TaskEvent): boolean => event.type === 'status' && event.
 interface SubscriptionOptions {
   progressInterval: number
   softBufferLimit: number
-  hardBufferLimit: number
 }
 
 /** One client following one task. */
@@ -143,6 +158,9 @@ class Subscription {
    * server still holds them, else a snapshot. Resolves false when there is no such task.
    */
   async start (since?: number): Promise<boolean> {
+    // Stopped before it started (the client unsubscribed or left during the access check):
+    // it must not leave a listener behind.
+    if (this.#stopped) return true
     // Subscribe first, then read: an event published meanwhile waits in #buffer and is
     // dropped if the snapshot already covers it (seq), so nothing is lost or doubled.
     this.#unsubscribe = this.#service.subscribe(this.#uuid, (event) => {
@@ -164,7 +182,10 @@ class Subscription {
       this.stop()
       return false
     }
-    this.#sink.snapshot(snapshot.seq, snapshot.task)
+    if (!this.#sink.snapshot(snapshot.seq, snapshot.task)) {
+      this.stop()
+      return true
+    }
     this.#lastSeq = snapshot.seq
     if (finalStatuses.has(snapshot.task.status)) {
       this.#finish()
@@ -234,11 +255,7 @@ class Subscription {
   #emit (event: TaskEvent): void {
     if (this.#stopped) return
     this.#lastSeq = event.seq
-    this.#sink.send(event)
-    if (this.#sink.buffered > this.#options.hardBufferLimit) {
-      this.stop()
-      this.#sink.overflow()
-    }
+    if (!this.#sink.send(event)) this.stop()
   }
 
   #finish (): void {
@@ -247,80 +264,27 @@ class Subscription {
   }
 }
 
-/** Pings sockets and SSE streams on one timer; closes WebSockets that stopped answering. */
-class Heartbeat {
-  readonly #sockets = new Map<WebSocket, { alive: boolean }>()
-  readonly #streams = new Set<ServerResponse>()
-  #timer: NodeJS.Timeout | undefined
-
-  constructor (interval: number) {
-    if (interval > 0) this.#timer = setInterval(() => this.#beat(), interval).unref()
-  }
-
-  addSocket (socket: WebSocket): void {
-    const state = { alive: true }
-    this.#sockets.set(socket, state)
-    socket.on('pong', () => { state.alive = true })
-    socket.once('close', () => this.#sockets.delete(socket))
-  }
-
-  addStream (stream: ServerResponse): () => void {
-    this.#streams.add(stream)
-    return () => this.#streams.delete(stream)
-  }
-
-  #beat (): void {
-    for (const [socket, state] of this.#sockets) {
-      if (!state.alive) {
-        socket.terminate()
-        continue
-      }
-      state.alive = false
-      socket.ping()
-    }
-    for (const stream of this.#streams) {
-      if (!stream.writableEnded) stream.write(': ping\n\n')
-    }
-  }
-
-  stop (): void {
-    clearInterval(this.#timer)
-  }
-}
-
 function parseSeq (value: unknown): number | undefined {
   if (typeof value !== 'string' || !/^\d{1,15}$/.test(value)) return undefined
   return Number(value)
 }
 
-/** Closes a socket, and destroys it if the close handshake does not finish (a client that stopped reading). */
-function closeSocket (socket: WebSocket, code: number, reason: string): void {
-  if (socket.readyState !== socket.OPEN) return
-  socket.close(code, reason)
-  const timer = setTimeout(() => socket.terminate(), 5000).unref()
-  socket.once('close', () => clearTimeout(timer))
-}
-
-function wsSink (socket: WebSocket, onEnd: () => void): Sink {
+function wsSink (channel: Channel, onEnd: () => void): Sink {
   return {
-    snapshot: (seq, task) => socket.send(snapshotJson(seq, task)),
-    send: event => socket.send(wsFrame(event), { binary: false }),
-    get buffered () { return socket.bufferedAmount },
+    snapshot: (seq, task) => channel.write(snapshotJson(seq, task)),
+    send: event => channel.write(wsFrame(event)),
+    get buffered () { return channel.buffered },
     end: onEnd,
-    overflow: () => closeSocket(socket, 1013, 'client too slow: send buffer over its limit'),
   }
 }
 
 type UuidRequest = FastifyRequest<{ Params: { uuid: string }, Querystring: { since?: string, token?: string } }>
 
-/** The request as the log shows it: a stream token in the query string never reaches the log. */
-const redactedRequest = (request: FastifyRequest): Record<string, unknown> => ({
-  method: request.method,
-  url: request.url.replace(/([?&]token=)[^&]*/g, '$1[redacted]'),
-  host: request.host,
-  remoteAddress: request.ip,
-  remotePort: request.socket?.remotePort,
-})
+/** What the plugin reads from the streams. */
+export interface StreamStats {
+  /** Streams open now: WebSockets on both event routes and SSE responses. */
+  readonly open: number
+}
 
 /** The event routes: `GET {prefix}/:uuid/events` (WebSocket or SSE) and `GET {prefix}/events` (WebSocket). */
 export function registerStreams (
@@ -329,10 +293,15 @@ export function registerStreams (
   access: Access,
   prefix: string,
   options: NormalizedStreamOptions & { progressInterval: number }
-): void {
+): StreamStats {
   const heartbeat = new Heartbeat(options.heartbeatInterval)
   const subscriptions = new Set<Subscription>()
   const eventStreams = new Set<ServerResponse>()
+  const counter = new StreamCounter(options.maxStreamsPerOwner)
+  // Whom a request's stream counts against, decided by the access check (SSE); the
+  // count a WebSocket upgrade holds until its socket closes.
+  const streamKeys = new WeakMap<FastifyRequest, string>()
+  const upgrades = new WeakMap<FastifyRequest, () => void>()
   // An open SSE response would keep server.close() waiting: end them first. (WebSockets
   // are closed by @fastify/websocket's own preClose.)
   app.addHook('preClose', async () => {
@@ -345,7 +314,6 @@ export function registerStreams (
   const subscriptionOptions: SubscriptionOptions = {
     progressInterval: options.progressInterval,
     softBufferLimit: options.softBufferLimit,
-    hardBufferLimit: options.hardBufferLimit,
   }
   const track = (subscription: Subscription): Subscription => {
     subscriptions.add(subscription)
@@ -356,9 +324,36 @@ export function registerStreams (
     subscriptions.delete(subscription)
   }
 
+  const streamKey = (request: FastifyRequest, owner: string | null): string =>
+    owner !== null ? `owner:${owner}` : `ip:${request.ip}`
+
+  const refuseOverCap = (): Error => new FST_TASK_API_STREAM_LIMIT(options.maxStreamsPerOwner)
+
+  /** Counts an upgrade against its owner now, so that the 429 comes before the 101. */
+  const holdUpgrade = (request: FastifyRequest, key: string): void => {
+    const release = counter.acquire(key)
+    if (release === undefined) throw refuseOverCap()
+    // Released when the connection closes, whether the upgrade completes or not.
+    // (app.injectWS's request has no socket: the WebSocket's close releases it.)
+    const connection = request.raw.socket as Socket | undefined
+    if (connection?.destroyed === true) release()
+    else connection?.once('close', release)
+    upgrades.set(request, release)
+  }
+
+  /** What every WebSocket gets once open: a channel, the heartbeat, and the release of its count on close. */
+  const opened = (socket: WebSocket, request: FastifyRequest): Channel => {
+    const channel = wsChannel(socket, options.hardBufferLimit, request.raw.socket as Socket | undefined)
+    heartbeat.addSocket(socket, channel)
+    const release = upgrades.get(request)
+    if (release !== undefined) socket.once('close', release)
+    return channel
+  }
+
   // Everything is decided before the upgrade (or the SSE stream) opens, so a refusal is a
   // plain HTTP answer: 403 for a foreign origin, 401 without credentials, 404 for a task
-  // that does not exist or is another owner's, 403 when authorize says no.
+  // that does not exist or is another owner's, 403 when authorize says no, 429 past the
+  // owner's open streams.
   const mayFollow = async (request: UuidRequest, reply: FastifyReply): Promise<void> => {
     if (request.ws) {
       const refused = access.checkOrigin(request)
@@ -366,15 +361,24 @@ export function registerStreams (
     }
     const { uuid } = request.params
     const token = request.query.token
+    let owner: string | null = null
     if (token !== undefined) {
-      // A token minted for this task stands in for the credentials a browser cannot send.
+      // A token minted for this task stands in for the credentials a browser cannot send;
+      // its stream counts against the task's owner.
       if (!access.verifyToken(uuid, token)) throw Access.invalidToken()
-      if (await service.record(uuid) === undefined) throw new FST_TASK_API_TASK_NOT_FOUND(uuid)
-      return
+      const record = await service.record(uuid)
+      if (record === undefined) throw new FST_TASK_API_TASK_NOT_FOUND(uuid)
+      owner = record.owner
+    } else {
+      await access.authenticate(request, reply)
+      const visible = await access.visible(request, uuid, await service.record(uuid))
+      if (!visible.ok) throw visible.error
+      // Visible to a scoped request means owned by it: the record's owner is the request's.
+      if (access.scoped) owner = visible.record.owner
     }
-    await access.authenticate(request, reply)
-    const visible = await access.visible(request, uuid, await service.record(uuid))
-    if (!visible.ok) throw visible.error
+    const key = streamKey(request, owner)
+    if (request.ws) holdUpgrade(request, key)
+    else streamKeys.set(request, key)
   }
 
   const mayConnect = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
@@ -383,14 +387,22 @@ export function registerStreams (
       if (refused !== undefined) throw refused
     }
     await access.authenticate(request, reply)
+    // An owner function that cannot answer for this request (it may expect credentials the
+    // socket's subscribe frames bring as tokens) leaves the count to the client's IP.
+    if (request.ws) holdUpgrade(request, streamKey(request, await access.ownerOf(request).catch(() => null)))
   }
 
+  const oneTaskReply = Buffer.from(JSON.stringify({
+    type: 'error',
+    message: `this socket follows one task and takes no frames; use GET ${prefix}/events to subscribe`,
+  }))
+
   const oneTask = (socket: WebSocket, request: UuidRequest): void => {
-    heartbeat.addSocket(socket)
-    const subscription = track(new Subscription(service, request.params.uuid, wsSink(socket, () => closeSocket(socket, 1000, 'task finished')), subscriptionOptions))
-    socket.on('close', () => untrack(subscription))
+    const channel = opened(socket, request)
+    const subscription = track(new Subscription(service, request.params.uuid, wsSink(channel, () => closeSocket(socket, 1000, 'task finished')), subscriptionOptions))
+    whenGone(socket, () => untrack(subscription))
     socket.on('message', () => {
-      socket.send(JSON.stringify({ type: 'error', message: 'this socket follows one task and takes no frames; use GET ' + `${prefix}/events to subscribe` }))
+      if (socket.readyState === socket.OPEN) channel.write(oneTaskReply)
     })
     subscription.start(parseSeq(request.query.since)).then((found) => {
       if (!found) closeSocket(socket, 1008, 'task not found')
@@ -405,6 +417,13 @@ export function registerStreams (
     if (!/text\/event-stream|\*\/\*|text\/\*/.test(accept)) {
       throw new FST_TASK_API_STREAM_NOT_ACCEPTABLE()
     }
+    if (request.method === 'HEAD') {
+      // The headers a GET would get, and no stream: a HEAD holds no subscription.
+      return reply.code(200)
+        .header('content-type', 'text/event-stream; charset=utf-8')
+        .header('cache-control', 'no-cache, no-transform')
+        .send()
+    }
     const lastId = request.headers['last-event-id']
     const since = parseSeq(Array.isArray(lastId) ? lastId[0] : lastId) ?? parseSeq(request.query.since)
     if (since !== undefined) {
@@ -415,8 +434,15 @@ export function registerStreams (
         return reply.code(204).send()
       }
     }
-    reply.hijack()
+    const release = counter.acquire(streamKeys.get(request) ?? streamKey(request, null))
+    if (release === undefined) throw refuseOverCap()
     const raw = reply.raw
+    reply.hijack()
+    if (raw.socket === null || raw.socket.destroyed) {
+      // The client left during the access check.
+      release()
+      return
+    }
     raw.writeHead(200, {
       ...(reply.getHeaders() as Record<string, string | number | string[]>),
       'content-type': 'text/event-stream; charset=utf-8',
@@ -424,23 +450,24 @@ export function registerStreams (
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     })
-    raw.write('retry: 2000\n\n')
-    const forget = heartbeat.addStream(raw)
+    const channel = sseChannel(raw, options.hardBufferLimit)
+    channel.write('retry: 2000\n\n')
+    const forget = heartbeat.addStream(channel)
     eventStreams.add(raw)
     const subscription = track(new Subscription(service, request.params.uuid, {
-      snapshot: (seq, task) => raw.write(`id: ${seq}\ndata: ${snapshotJson(seq, task)}\n\n`),
-      send: event => raw.write(sseFrame(event)),
-      get buffered () { return raw.writableLength },
+      snapshot: (seq, task) => channel.write(`id: ${seq}\ndata: ${snapshotJson(seq, task)}\n\n`),
+      send: event => channel.write(sseFrame(event)),
+      get buffered () { return channel.buffered },
       end: () => {
         forget()
         eventStreams.delete(raw)
         raw.end()
       },
-      overflow: () => raw.destroy(),
     }, subscriptionOptions))
     // A client that vanished mid-write is not the server's problem.
     raw.on('error', (err) => request.log.debug({ err }, 'fastify-task-api: event stream write failed'))
     raw.on('close', () => {
+      release()
       forget()
       eventStreams.delete(raw)
       untrack(subscription)
@@ -460,17 +487,36 @@ export function registerStreams (
     })
   }
 
+  // The answers to malformed frames are few and fixed: each is made once, and a client
+  // sending thousands of them gets the same bytes each time.
+  const errorFrames = new Map<string, Buffer>()
+  const errorFrame = (message: string): Buffer => {
+    let frame = errorFrames.get(message)
+    if (frame === undefined) {
+      frame = Buffer.from(JSON.stringify({ type: 'error', message }))
+      errorFrames.set(message, frame)
+    }
+    return frame
+  }
+
   const manyTasks = (socket: WebSocket, request: FastifyRequest): void => {
-    heartbeat.addSocket(socket)
+    const channel = opened(socket, request)
     const following = new Map<string, Subscription>()
     const error = (message: string, uuid?: string): void => {
-      socket.send(JSON.stringify(uuid === undefined ? { type: 'error', message } : { type: 'error', uuid, message }))
+      channel.write(uuid === undefined ? errorFrame(message) : JSON.stringify({ type: 'error', uuid, message }))
     }
-    socket.on('close', () => {
+    /** Forgets a subscription, unless the client has already replaced it with another for the same task. */
+    const drop = (uuid: string, subscription: Subscription): void => {
+      untrack(subscription)
+      if (following.get(uuid) === subscription) following.delete(uuid)
+    }
+    whenGone(socket, () => {
       for (const subscription of following.values()) untrack(subscription)
       following.clear()
     })
     socket.on('message', (data: Buffer, isBinary: boolean) => {
+      // A socket being closed (cut for not reading, say) is owed no more answers.
+      if (socket.readyState !== socket.OPEN) return
       if (isBinary || data.length > options.maxPayload) {
         error(`frames must be JSON text of at most ${options.maxPayload} bytes`)
         return
@@ -493,8 +539,7 @@ export function registerStreams (
       }
       if (type === 'unsubscribe') {
         const subscription = following.get(uuid)
-        if (subscription !== undefined) untrack(subscription)
-        following.delete(uuid)
+        if (subscription !== undefined) drop(uuid, subscription)
         return
       }
       if (following.has(uuid)) {
@@ -505,15 +550,11 @@ export function registerStreams (
         error(`too many subscriptions on this socket (at most ${options.maxSubscriptions})`, uuid)
         return
       }
-      const subscription = track(new Subscription(service, uuid, wsSink(socket, () => {
-        untrack(subscription)
-        following.delete(uuid)
-      }), subscriptionOptions))
+      const subscription = track(new Subscription(service, uuid, wsSink(channel, () => drop(uuid, subscription)), subscriptionOptions))
       following.set(uuid, subscription)
       const notFound = `task ${uuid} not found`
       const refuse = (message: string): void => {
-        following.delete(uuid)
-        untrack(subscription)
+        drop(uuid, subscription)
         error(message, uuid)
       }
       // Another owner's task gets the very same error frame as a uuid that does not exist.
@@ -522,16 +563,17 @@ export function registerStreams (
         : service.record(uuid).then(record => access.visible(request, uuid, record)).then(visible =>
           visible.ok ? undefined : (visible.error as Error & { statusCode?: number }).statusCode === 404 ? notFound : 'not allowed')
       allowed.then(async (refusal) => {
+        // Unsubscribed, or the socket closed, while the check ran: nothing to start or answer.
+        if (following.get(uuid) !== subscription) return
         if (refusal !== undefined) {
           refuse(refusal)
           return
         }
         const found = await subscription.start(typeof since === 'number' && Number.isInteger(since) && since >= 0 ? since : undefined)
-        if (!found) refuse(notFound)
+        if (!found && following.get(uuid) === subscription) refuse(notFound)
       }).catch((err: unknown) => {
         request.log.error({ err }, 'fastify-task-api: event stream failed')
-        following.delete(uuid)
-        untrack(subscription)
+        drop(uuid, subscription)
         error('internal error', uuid)
       })
     })
@@ -541,9 +583,12 @@ export function registerStreams (
     app.route({
       method: 'GET',
       url,
+      logSerializers: { req: redactedRequest },
       preHandler: mayConnect,
       handler: async () => { throw new FST_TASK_API_STREAM_UPGRADE_REQUIRED() },
       wsHandler: manyTasks,
     })
   }
+
+  return { get open () { return counter.total } }
 }

@@ -33,7 +33,11 @@ export interface TaskApi {
   cancel (uuid: string): Promise<TaskState | undefined>
   /** Resolves with the task's final state once it has succeeded, failed or been cancelled. */
   wait (uuid: string): Promise<TaskState>
-  /** How many tasks wait for a worker and how many run. */
+  /**
+   * How many tasks wait for a worker and how many run; how many event listeners are
+   * subscribed (`app.tasks.subscribe` callbacks, and one per task each stream follows) and
+   * how many event streams are open.
+   */
   stats (): TaskStats
   /**
    * Mints a short-lived token that lets its holder follow one task

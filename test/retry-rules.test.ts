@@ -46,7 +46,7 @@ t.test('nothing that fails while the server is closing is retried: a thrown erro
   const crasher = await app.tasks.submit('fail-on-cue')
   const crasherPid = Number((await untilMessage(app, crasher.uuid, 'pid ')).slice(4))
   const queued = await app.tasks.submit('whoami')
-  t.same(app.tasks.stats(), { queued: 1, running: 2 })
+  t.same(app.tasks.stats(), { queued: 1, running: 2, subscribers: 0, streams: 0 })
   const closed = app.close()
   // Closing has begun once the queued task is cancelled (close cancels queued tasks first).
   t.equal((await app.tasks.wait(queued.uuid)).status, 'cancelled')
@@ -56,5 +56,5 @@ t.test('nothing that fails while the server is closing is retried: a thrown erro
   t.match(threw, { status: 'failed', attempt: 1, error: 'failed on cue' }, 'the thrown error ends it: no retry')
   t.match(crashed, { status: 'failed', attempt: 1, error: 'the child process running the task was killed by signal SIGKILL' }, 'so does the crash')
   await closed
-  t.same(app.tasks.stats(), { queued: 0, running: 0 })
+  t.same(app.tasks.stats(), { queued: 0, running: 0, subscribers: 0, streams: 0 })
 })

@@ -84,7 +84,7 @@ t.test('cancel during the backoff ends the task at once, with no further attempt
   const done = await app.tasks.wait(uuid)
   t.equal(done.status, 'cancelled')
   t.equal(done.attempt, 1)
-  t.same(app.tasks.stats(), { queued: 0, running: 0 })
+  t.same(app.tasks.stats(), { queued: 0, running: 0, subscribers: 0, streams: 0 })
 })
 
 t.test('close during the backoff cancels the task, without waiting for the backoff', async (t) => {

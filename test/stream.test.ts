@@ -2,6 +2,7 @@ import http from 'node:http'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
+
 import WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
 import type { TaskApiOptions } from '../lib/index.js'
@@ -9,15 +10,20 @@ import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import taskApi from '../lib/index.js'
 import { build, childExecArgv, fixture } from './helpers.js'
+import { pluginTimeout } from './stream-helpers.js'
 
 // Real sockets on 127.0.0.1: the `ws` client and a raw HTTP client for SSE.
+
+// Each test starts a server with its own pool of children: under load the file takes
+// longer than tap's default 60 s.
+t.setTimeout(240_000)
 
 interface Frame { type: string, seq?: number, uuid?: string, [key: string]: unknown }
 
 const missing = '3f2a1b6e-8c4d-4e5f-9a0b-1c2d3e4f5a6b'
 
 async function serve (t: Test, options: Partial<TaskApiOptions> = {}): Promise<{ app: FastifyInstance, base: string }> {
-  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 2, progressInterval: 20, ...options })
+  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 2, progressInterval: 20, ...options }, { pluginTimeout })
   await app.listen({ port: 0, host: '127.0.0.1' })
   return { app, base: `127.0.0.1:${(app.server.address() as AddressInfo).port}` }
 }
@@ -43,6 +49,34 @@ function waitFor (predicate: () => boolean, ms = 10_000): Promise<void> {
       else setTimeout(check, 5)
     }
     check()
+  })
+}
+
+/**
+ * A round trip on a multiplexed socket: resolves once the server has answered a frame sent
+ * now, so every frame it sent before has arrived (one socket keeps the order).
+ */
+async function roundTrip (socket: WebSocket, frames: Frame[], marker: string): Promise<void> {
+  socket.send(JSON.stringify({ type: 'subscribe', uuid: marker }))
+  await waitFor(() => frames.some(frame => frame.type === 'error' && frame.uuid === marker))
+}
+
+/** The first error frame at or after index `from`, once it arrives. */
+async function errorFrom (frames: Frame[], from: number): Promise<Frame> {
+  await waitFor(() => frames.slice(from).some(frame => frame.type === 'error'))
+  return frames.slice(from).find(frame => frame.type === 'error') as Frame
+}
+
+/** Resolves once the task has published `count` more messages (events a disconnected client misses). */
+function moreMessages (app: FastifyInstance, uuid: string, count: number): Promise<void> {
+  return new Promise((resolve) => {
+    let seen = 0
+    const stop = app.tasks.subscribe(uuid, (event) => {
+      if (event.type === 'message' && ++seen === count) {
+        stop()
+        resolve()
+      }
+    })
   })
 }
 
@@ -97,7 +131,7 @@ t.test('an unknown or malformed uuid: the upgrade is refused with 404', async (t
 })
 
 t.test('an app that registered @fastify/websocket itself: app.injectWS reaches the same stream', async (t) => {
-  const app = Fastify()
+  const app = Fastify({ pluginTimeout })
   t.teardown(() => app.close())
   await app.register(websocket)
   await app.register(taskApi, { tasks: [fixture('stream.ts')], concurrency: 1, execArgv: childExecArgv })
@@ -144,11 +178,11 @@ t.test('unsubscribe stops the frames of that task', async (t) => {
   socket.send(JSON.stringify({ type: 'subscribe', uuid: task.uuid }))
   await waitFor(() => frames.length >= 2)
   socket.send(JSON.stringify({ type: 'unsubscribe', uuid: task.uuid }))
-  await new Promise(resolve => setTimeout(resolve, 50))
-  const count = frames.length
+  await roundTrip(socket, frames, 'marker-1')
+  const count = frames.filter(frame => frame.uuid === task.uuid).length
   await app.tasks.wait(task.uuid)
-  await new Promise(resolve => setTimeout(resolve, 50))
-  t.equal(frames.length, count, 'no frame after unsubscribe')
+  await roundTrip(socket, frames, 'marker-2')
+  t.equal(frames.filter(frame => frame.uuid === task.uuid).length, count, 'no frame after unsubscribe')
   t.notOk(frames.some(frame => frame.type === 'status' && frame.task !== undefined))
   socket.close()
 })
@@ -165,27 +199,29 @@ t.test('error frames for bad client frames, and the socket goes on serving', asy
     [JSON.stringify({ type: 'subscribe', uuid: missing }), { type: 'error', uuid: missing, message: `task ${missing} not found` }],
     [JSON.stringify({ type: 'subscribe', uuid: 'nope' }), { type: 'error', uuid: 'nope', message: 'task nope not found' }],
   ]
+  // Only error frames answer these: the first one after each send is its answer.
   for (const [payload, expected] of bad) {
     const before = frames.length
     socket.send(payload)
-    await waitFor(() => frames.length > before)
-    t.same(frames.at(-1), expected, payload)
+    t.same(await errorFrom(frames, before), expected, payload)
   }
+  // Two followed tasks keep sending frames from here on: match the answer, not the last frame.
   const one = await app.tasks.submit('hold', { ms: 2000 })
   const two = await app.tasks.submit('hold', { ms: 2000 })
   const three = await app.tasks.submit('steps', { steps: 1, delay: 1 })
   for (const task of [one, two]) socket.send(JSON.stringify({ type: 'subscribe', uuid: task.uuid }))
   await waitFor(() => frames.filter(frame => frame.type === 'snapshot').length === 2)
+  let before = frames.length
   socket.send(JSON.stringify({ type: 'subscribe', uuid: one.uuid }))
-  await waitFor(() => frames.at(-1)?.type === 'error')
-  t.same(frames.at(-1), { type: 'error', uuid: one.uuid, message: 'already subscribed to this task' })
+  t.same(await errorFrom(frames, before), { type: 'error', uuid: one.uuid, message: 'already subscribed to this task' })
+  before = frames.length
   socket.send(JSON.stringify({ type: 'subscribe', uuid: three.uuid }))
-  await waitFor(() => (frames.at(-1)?.message as string | undefined)?.startsWith('too many') === true)
-  t.same(frames.at(-1), { type: 'error', uuid: three.uuid, message: 'too many subscriptions on this socket (at most 2)' })
+  t.same(await errorFrom(frames, before), { type: 'error', uuid: three.uuid, message: 'too many subscriptions on this socket (at most 2)' })
   socket.send(JSON.stringify({ type: 'unsubscribe', uuid: one.uuid }))
   socket.send(JSON.stringify({ type: 'subscribe', uuid: three.uuid }))
-  await waitFor(() => frames.some(frame => frame.type === 'snapshot' && (frame.task as { uuid: string }).uuid === three.uuid))
-  t.pass('after an unsubscribe there is room again')
+  const served = (): boolean => frames.some(frame => frame.type === 'snapshot' && (frame.task as { uuid: string }).uuid === three.uuid)
+  await waitFor(served)
+  t.ok(served(), 'after an unsubscribe there is room again')
   socket.close()
 })
 
@@ -248,8 +284,9 @@ t.test('a client that stops reading is disconnected; the server stays up', async
   await once(slow.socket, 'open')
   const raw = (slow.socket as unknown as { _socket: import('node:net').Socket })._socket
   raw.pause()
+  // The final status went to the slow socket's subscription before wait() resolved: by
+  // now it was sent, or the socket was cut before it.
   await app.tasks.wait(task.uuid)
-  await new Promise(resolve => setTimeout(resolve, 200))
   raw.resume()
   const { code } = await slow.closed
   t.ok(code === 1013 || code === 1006, `closed with ${code}`)
@@ -333,7 +370,7 @@ t.test('SSE with Last-Event-ID: only what was missed, else a fresh snapshot; 204
     request.on('error', () => {})
   })
   const lastId = seen.at(-1)?.seq as number
-  await new Promise(resolve => setTimeout(resolve, 120)) // events happen while disconnected
+  await moreMessages(app, task.uuid, 2) // events happen while disconnected
   const resumed = await sse(base, `/tasks/${task.uuid}/events`, { 'last-event-id': String(lastId) })
   t.equal(resumed.status, 200)
   t.not(resumed.events[0]?.data.type, 'snapshot', 'a resumed stream starts with the missed events, not a snapshot')
@@ -373,9 +410,10 @@ t.test('WebSocket resume: ?since= and "since" send only the missed events', asyn
   const task = await app.tasks.submit('steps', { steps: 10, delay: 40 })
   const first = follow(`ws://${base}/tasks/${task.uuid}/events`)
   await waitFor(() => first.frames.filter(frame => frame.type === 'message').length >= 2)
+  const missed = moreMessages(app, task.uuid, 2)
   first.socket.terminate()
   const lastSeq = first.frames.at(-1)?.seq as number
-  await new Promise(resolve => setTimeout(resolve, 100))
+  await missed
   const resumed = follow(`ws://${base}/tasks/${task.uuid}/events?since=${lastSeq}`)
   t.equal((await resumed.closed).code, 1000)
   t.equal(resumed.frames[0]?.seq, lastSeq + 1, 'the resumed socket starts right after the last seen seq')
@@ -386,20 +424,20 @@ t.test('WebSocket resume: ?since= and "since" send only the missed events', asyn
   const finalSeq = resumed.frames.at(-1)?.seq as number
   many.socket.send(JSON.stringify({ type: 'subscribe', uuid: task.uuid, since: finalSeq - 1 }))
   await waitFor(() => many.frames.length >= 1)
-  await new Promise(resolve => setTimeout(resolve, 50))
-  t.same(many.frames.map(frame => frame.seq), [finalSeq], 'a multiplexed subscribe with since gets only the final frame')
+  await roundTrip(many.socket, many.frames, 'marker')
+  t.same(many.frames.filter(frame => frame.type !== 'error').map(frame => frame.seq), [finalSeq], 'a multiplexed subscribe with since gets only the final frame')
   many.socket.close()
 })
 
 t.test('app.close() ends open SSE streams and sockets', async (t) => {
-  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 1, shutdownTimeout: 100, cancelGrace: 100 })
+  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 1, shutdownTimeout: 100, cancelGrace: 100 }, { pluginTimeout })
   await app.listen({ port: 0, host: '127.0.0.1' })
   const base = `127.0.0.1:${(app.server.address() as AddressInfo).port}`
   const task = await app.tasks.submit('hold', { ms: 30_000 })
   const stream = sse(base, `/tasks/${task.uuid}/events`)
   const socket = follow(`ws://${base}/tasks/${task.uuid}/events`)
   await once(socket.socket, 'open')
-  await new Promise(resolve => setTimeout(resolve, 100))
+  await waitFor(() => app.tasks.stats().streams === 2)
   const started = Date.now()
   await app.close()
   t.ok(Date.now() - started < 10_000, 'close did not wait for the streams')
