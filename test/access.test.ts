@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
-import taskApi, { MemoryStore, type AuthorizeContext, type TaskApiOptions } from '../lib/index.js'
+import taskApi, { MemoryStore, type AuthorizeContext, type TaskApiOptions } from '../dist/index.js'
 import { childExecArgv, fixture, pluginTimeout, untilRunning } from './helpers.js'
 
 // README, Authentication, permissions and owners: the promises auth.test.ts leaves out.

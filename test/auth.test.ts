@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
-import taskApi, { type TaskApiOptions } from '../lib/index.js'
+import taskApi, { type TaskApiOptions } from '../dist/index.js'
 import { childExecArgv, fixture, pluginTimeout, until } from './helpers.js'
 
 // Every route and transport × (no credentials, bad credentials, another owner, the right

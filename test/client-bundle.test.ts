@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises'
 import { gzipSync } from 'node:zlib'
 import Fastify from 'fastify'
 import t from 'tap'
-import taskApi from '../lib/index.js'
+import taskApi from '../dist/index.js'
 import { build, childExecArgv, fixture } from './helpers.js'
 
 // `npm run build` (run before the tests) bundles lib/client into dist/client.min.js.

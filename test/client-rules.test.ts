@@ -3,8 +3,8 @@ import { once } from 'node:events'
 import type { IncomingHttpHeaders } from 'node:http'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
-import type { TaskApiOptions } from '../lib/index.js'
-import TaskAPI, { createClient, TaskApiError, type TaskState } from '../lib/client/index.js'
+import type { TaskApiOptions } from '../dist/index.js'
+import TaskAPI, { createClient, TaskApiError, type TaskState } from '../dist/client/index.js'
 import { build, fixture } from './helpers.js'
 
 // README, Client: the seed's CSRF cookie → header, and when polling stops. A real server

@@ -4,8 +4,8 @@ import { EventSource } from 'eventsource'
 import type { FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
-import { MemoryStore, type TaskApiOptions } from '../lib/index.js'
-import TaskAPI, { createClient, TaskApiError, TaskRunError, type ClientOptions, type Frame, type TaskState } from '../lib/client/index.js'
+import { MemoryStore, type TaskApiOptions } from '../dist/index.js'
+import TaskAPI, { createClient, TaskApiError, TaskRunError, type ClientOptions, type Frame, type TaskState } from '../dist/client/index.js'
 import { build, fixture } from './helpers.js'
 
 /*

@@ -2,7 +2,7 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import t from 'tap'
-import taskApi, { MemoryStore } from '../lib/index.js'
+import taskApi, { MemoryStore } from '../dist/index.js'
 import { childExecArgv, fixture, pluginTimeout } from './helpers.js'
 
 t.test('a submission in flight when the server starts closing answers 503 FST_TASK_API_RUNNER_CLOSED over HTTP and creates nothing', async (t) => {

@@ -2,7 +2,7 @@ import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import WebSocket from 'ws'
-import { MemoryStore } from '../lib/index.js'
+import { MemoryStore } from '../dist/index.js'
 import { build, childPids, exists, fixture, startWitness, until, untilRunning } from './helpers.js'
 
 const tasks = [fixture('control.ts')]

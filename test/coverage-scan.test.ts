@@ -1,6 +1,6 @@
 import { readdir, readFile } from 'node:fs/promises'
 import t from 'tap'
-import { codes } from '../lib/errors.js'
+import { codes } from '../dist/errors.js'
 
 /*
  * Keeps the suite honest as the API grows: every error code lib/errors.ts defines and

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import t from 'tap'
-import * as exported from '../lib/index.js'
-import { codes } from '../lib/errors.js'
+import * as exported from '../dist/index.js'
+import { codes } from '../dist/errors.js'
 
 /** The README's error-code table: code → the status it documents ('(register)' for errors thrown by register). */
 async function documented (): Promise<Map<string, string>> {

@@ -1,6 +1,6 @@
 import t from 'tap'
 import Fastify from 'fastify'
-import taskApi from '../lib/index.js'
+import taskApi from '../dist/index.js'
 import { build, childExecArgv, childPids, exists, fixture, pluginTimeout, startWitness, until, untilRunning } from './helpers.js'
 
 /*

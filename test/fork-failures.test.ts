@@ -5,8 +5,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import taskApi from '../lib/index.js'
-import { build, childPids, fixture } from './helpers.js'
+import taskApi from '../dist/index.js'
+import { build, childPids, fixture, fixtureSource } from './helpers.js'
 import { ended, logLines, lastingZombies } from './proc.js'
 
 // Children that cannot start never cost a pool slot: register fails with the real cause,
@@ -18,7 +18,7 @@ t.test('at startup, a child that cannot start fails register with the real cause
   const before = childPids()
   const app = Fastify()
   const missing = join(tmpdir(), `task-api-missing-${process.pid}.mjs`)
-  await t.rejects(async () => { await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 2, execArgv: ['--import=tsx', `--import=${missing}`] }) },
+  await t.rejects(async () => { await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 2, execArgv: [`--import=${missing}`] }) },
     { message: /^fastify-task-api: a child process could not start: it exited with code 1 before it was ready: [^]*Cannot find module/ })
   await app.close()
   await ended(childPids().filter(pid => !before.includes(pid)))
@@ -26,7 +26,7 @@ t.test('at startup, a child that cannot start fails register with the real cause
 })
 
 t.test('fork failure at startup (EMFILE) fails register with the real cause; close resolves; it works once descriptors are free', async (t) => {
-  const server = spawn('/bin/sh', ['-c', 'ulimit -n 64 && exec "$0" "$@"', process.execPath, '--import=tsx', fileURLToPath(fixture('emfile-server.ts'))],
+  const server = spawn('/bin/sh', ['-c', 'ulimit -n 1024 && exec "$0" "$@"', process.execPath, '--import=tsx', fileURLToPath(fixtureSource('emfile-server.ts'))],
     { stdio: ['ignore', 'pipe', 'inherit'] })
   let out = ''
   server.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
@@ -43,7 +43,7 @@ t.test('while no child can start, submissions answer 503 with a clear code; the 
   const preload = join(dir, 'preload.mjs')
   writeFileSync(preload, 'export {}\n')
   const logs: string[] = []
-  const app = await build(t, { execArgv: ['--import=tsx', `--import=${preload}`] },
+  const app = await build(t, { execArgv: [`--import=${preload}`] },
     { logger: { level: 'warn', stream: { write: (line: string) => { logs.push(line) } } } })
   t.equal((await app.tasks.wait((await app.tasks.submit('hello', { name: 'before' })).uuid)).status, 'succeeded')
   rmSync(preload)
@@ -73,7 +73,7 @@ t.test('while no child can start, submissions answer 503 with a clear code; the 
 })
 
 t.test('a fork that fails at run time (EMFILE) costs no pool slot: 503 meanwhile, then the pool recovers and close resolves', async (t) => {
-  const server = spawn('/bin/sh', ['-c', 'ulimit -n 128 && exec "$0" "$@"', process.execPath, '--import=tsx', fileURLToPath(fixture('emfile-runtime-server.ts'))],
+  const server = spawn('/bin/sh', ['-c', 'ulimit -n 1024 && exec "$0" "$@"', process.execPath, '--import=tsx', fileURLToPath(fixtureSource('emfile-runtime-server.ts'))],
     { stdio: ['ignore', 'pipe', 'inherit'] })
   let out = ''
   server.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
@@ -87,7 +87,7 @@ t.test('a fork that fails at run time (EMFILE) costs no pool slot: 503 meanwhile
 t.test('a close while the children are still starting (Fastify\'s pluginTimeout passed) ends them', async (t) => {
   const before = childPids()
   const app = Fastify({ pluginTimeout: 2000 })
-  void app.register(taskApi, { tasks: [fixture('slow-start.ts')], concurrency: 2, execArgv: ['--import=tsx'], env: { ...process.env, SLOW_START: '1' } })
+  void app.register(taskApi, { tasks: [fixture('slow-start.ts')], concurrency: 2, execArgv: [], env: { ...process.env, SLOW_START: '1' } })
   await t.rejects(async () => { await app.ready() }, { code: 'FST_ERR_PLUGIN_TIMEOUT' })
   const deadline = Date.now() + 30_000
   let starting = childPids().filter(pid => !before.includes(pid))

@@ -1,8 +1,8 @@
 import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import t from 'tap'
-import taskApi, { FST_TASK_API_RUNNER_CLOSED, MemoryStore } from '../lib/index.js'
-import type { TaskRecord } from '../lib/index.js'
+import taskApi, { FST_TASK_API_RUNNER_CLOSED, MemoryStore } from '../dist/index.js'
+import type { TaskRecord } from '../dist/index.js'
 import { build, fixture } from './helpers.js'
 
 // A 5xx from the plugin's routes never carries an internal message (a store's, or a

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import t from 'tap'
-import { MemoryStore } from '../lib/index.js'
-import type { ListFilter, TaskRecord, TaskStatus } from '../lib/index.js'
+import { MemoryStore } from '../dist/index.js'
+import type { ListFilter, TaskRecord, TaskStatus } from '../dist/index.js'
 import { build, fixture } from './helpers.js'
 
 // The memory store: a page of a list costs the same however many records there are, and

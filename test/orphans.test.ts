@@ -5,8 +5,8 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import taskApi from '../lib/index.js'
-import { build, childExecArgv, childPids, fixture, untilRunning } from './helpers.js'
+import taskApi from '../dist/index.js'
+import { build, childExecArgv, childPids, fixture, fixtureSource, untilRunning } from './helpers.js'
 import { ended, running, lastingZombies } from './proc.js'
 
 // A child and everything its task spawned are stopped as a group, and nothing outlives
@@ -28,7 +28,7 @@ t.test('a child and what its task spawned are stopped as a group: cancel, timeou
   await app.tasks.cancel(cancelled.uuid)
   t.equal((await app.tasks.wait(cancelled.uuid)).status, 'cancelled')
   await ended([cancelled.child, cancelled.grandchild])
-  t.pass('cancel: the child and its grandchild are gone')
+  t.same([cancelled.child, cancelled.grandchild].filter(running), [], 'cancel: the child and its grandchild are gone')
 
   const timed = await build(t, { tasks: [fixture('containment.ts')], cancelGrace: 100, timeout: 1000 })
   const timeout = await started(timed, 'timeout', 'spin')
@@ -52,7 +52,7 @@ t.test('a child and what its task spawned are stopped as a group: cancel, timeou
 async function orphans (t: Test, how: NodeJS.Signals): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'task-api-orphans-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const server = spawn(process.execPath, ['--import=tsx', fileURLToPath(fixture('orphan-server.ts')), dir], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const server = spawn(process.execPath, ['--import=tsx', fileURLToPath(fixtureSource('orphan-server.ts')), dir], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.teardown(() => { server.kill('SIGKILL') })
   await new Promise<void>((resolve, reject) => {
     server.stdout.once('data', () => resolve())
@@ -75,7 +75,7 @@ async function orphans (t: Test, how: NodeJS.Signals): Promise<void> {
   await new Promise(resolve => server.once('exit', resolve))
   const ms = await ended(everyone)
   t.comment(`every child and grandchild ended ${ms} ms after the server died of ${how}`)
-  t.pass(`none outlived the server (${how})`)
+  t.same(everyone.filter(running), [], `none outlived the server (${how})`)
 }
 
 t.test('no child or grandchild outlives a server killed by SIGKILL, even one spinning or stopped', t => orphans(t, 'SIGKILL'))

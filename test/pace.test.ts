@@ -1,5 +1,5 @@
 import t from 'tap'
-import { Pace } from '../lib/pace.js'
+import { Pace } from '../dist/pace.js'
 
 // The pacing rule behind both coalescing steps (in the child, and per subscriber).
 

@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import type { TaskEvent } from '../lib/index.js'
+import type { TaskEvent } from '../dist/index.js'
 import { build, fixture } from './helpers.js'
 
 let app: FastifyInstance

@@ -1,6 +1,6 @@
 import t from 'tap'
-import { ProcessPool } from '../lib/runner/pool.js'
-import type { JobResult } from '../lib/runner/types.js'
+import { ProcessPool } from '../dist/runner/pool.js'
+import type { JobResult } from '../dist/runner/types.js'
 import { build, childExecArgv, childPids, fixture } from './helpers.js'
 import { ended, logLines, lastingZombies } from './proc.js'
 

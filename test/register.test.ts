@@ -1,7 +1,7 @@
 import { fileURLToPath } from 'node:url'
 import Fastify from 'fastify'
 import t from 'tap'
-import taskApi, { type TaskApiOptions } from '../lib/index.js'
+import taskApi, { type TaskApiOptions } from '../dist/index.js'
 import { childExecArgv, childPids, fixture, pluginTimeout } from './helpers.js'
 
 async function register (options: Record<string, unknown>): Promise<unknown> {
@@ -35,13 +35,13 @@ t.test('a module may export several tasks', async (t) => {
 t.test('register fails naming the module or option and the value received', async (t) => {
   const cases: Array<[string, Record<string, unknown>, string, RegExp]> = [
     ['duplicate task names', { tasks: [fixture('basic.ts'), fixture('duplicate.ts')] }, 'FST_TASK_API_TASK_DUPLICATE',
-      /^Task name "hello" is defined twice: in file:.*\/basic\.ts and in file:.*\/duplicate\.ts$/],
+      /^Task name "hello" is defined twice: in file:.*\/basic\.js and in file:.*\/duplicate\.js$/],
     ['a module with no task', { tasks: [fixture('empty.js')] }, 'FST_TASK_API_TASK_MODULE',
       /^Task module file:.*\/empty\.js: exports no task/],
     ['an invalid schema', { tasks: [fixture('bad-schema.ts')] }, 'FST_TASK_API_TASK_SCHEMA',
       /^Task "bad-schema" has an invalid input schema: .*type/],
     ['an empty task name', { tasks: [fixture('bad-name.ts')] }, 'FST_TASK_API_TASK_MODULE',
-      /bad-name\.ts: export "default": name must be a non-empty string, got ""$/],
+      /bad-name\.js: export "default": name must be a non-empty string, got ""$/],
     ['a module that throws on load', { tasks: [fixture('throws-on-load.js')] }, 'FST_TASK_API_TASK_MODULE',
       /throws-on-load\.js: cannot be imported: this module refuses to load$/],
     ['a module that does not exist', { tasks: [new URL('./fixtures/missing.js', import.meta.url)] }, 'FST_TASK_API_TASK_MODULE',
@@ -61,7 +61,7 @@ t.test('register fails naming the module or option and the value received', asyn
     ['a negative maxTasksPerChild', { tasks: [fixture('plain.js')], maxTasksPerChild: -1 }, 'FST_TASK_API_OPT_INVALID', /^options\.maxTasksPerChild must be an integer, 0 or more, got -1$/],
     ['a tiny heap limit', { tasks: [fixture('plain.js')], resourceLimits: { maxOldGenerationSizeMb: 1 } }, 'FST_TASK_API_OPT_INVALID', /^options\.resourceLimits\.maxOldGenerationSizeMb must be an integer number of MB, 16 or more, got 1$/],
     ['an unknown resource limit', { tasks: [fixture('plain.js')], resourceLimits: { stackSizeMb: 4 } }, 'FST_TASK_API_OPT_INVALID', /^options\.resourceLimits\.stackSizeMb must be a known option/],
-    ['a task with negative retries', { tasks: [fixture('bad-retries.ts')] }, 'FST_TASK_API_TASK_MODULE', /bad-retries\.ts: export "default": retries must be an integer from 0 to 1000, got -2$/],
+    ['a task with negative retries', { tasks: [fixture('bad-retries.ts')] }, 'FST_TASK_API_TASK_MODULE', /bad-retries\.js: export "default": retries must be an integer from 0 to 1000, got -2$/],
     ['a misspelt option', { tasks: [fixture('plain.js')], concurency: 2 }, 'FST_TASK_API_OPT_INVALID', /^options\.concurency must be a known option/],
   ]
   for (const [name, options, code, message] of cases) {

@@ -1,5 +1,5 @@
 import t from 'tap'
-import type { TaskEvent } from '../lib/index.js'
+import type { TaskEvent } from '../dist/index.js'
 import { build, childPids, fixture, untilMessage } from './helpers.js'
 
 // README, Retries: what is retried and what is not, through the public API only.

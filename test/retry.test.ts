@@ -1,6 +1,6 @@
 import t from 'tap'
-import { backoffDelay, loadTask, defineTask, TaskError } from '../lib/task.js'
-import type { TaskEvent } from '../lib/index.js'
+import { backoffDelay, loadTask, defineTask, TaskError } from '../dist/task.js'
+import type { TaskEvent } from '../dist/index.js'
 import { build, childPids, fixture } from './helpers.js'
 
 const tasks = [fixture('retry.ts')]

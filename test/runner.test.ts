@@ -2,8 +2,8 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import Fastify from 'fastify'
 import t from 'tap'
-import taskApi from '../lib/index.js'
-import { build, childExecArgv, childPids, fixture, pluginTimeout, untilRunning, zombiePids } from './helpers.js'
+import taskApi from '../dist/index.js'
+import { build, childExecArgv, childPids, fixture, fixtureSource, pluginTimeout, untilRunning, zombiePids } from './helpers.js'
 
 t.test('tasks queued behind a crash still run', async (t) => {
   const app = await build(t)
@@ -42,7 +42,7 @@ t.test('TypeScript task modules load in the children with the default execArgv',
   t.ok(process.execArgv.some(arg => arg.includes('tsx')), 'this test runs under tsx')
   const app = Fastify({ pluginTimeout })
   t.teardown(() => app.close())
-  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1 })
+  await app.register(taskApi, { tasks: [fixtureSource('basic.ts')], concurrency: 1 })
   const done = await app.tasks.wait((await app.tasks.submit('hello', { name: 'ts' })).uuid)
   t.same(done.outputs, { output: 'Hello ts' })
 })
@@ -84,7 +84,7 @@ t.test('app.close() ends every child: none left, no zombies', async (t) => {
 })
 
 t.test('children exit when the parent process dies', async (t) => {
-  const parent = spawn(process.execPath, ['--import=tsx', fileURLToPath(fixture('parent-server.ts'))], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const parent = spawn(process.execPath, ['--import=tsx', fileURLToPath(fixtureSource('parent-server.ts'))], { stdio: ['ignore', 'pipe', 'inherit'] })
   const line = await new Promise<string>((resolve) => parent.stdout.once('data', (chunk: Buffer) => resolve(chunk.toString())))
   const pids = (JSON.parse(line) as number[]).filter(pid => pid > 0)
   t.equal(pids.length, 2, 'the server has its two children (concurrency: 2)')
@@ -127,11 +127,11 @@ t.test('a module that fails to load in the children fails its tasks as "unavaila
   t.equal(failed.status, 'failed')
   t.equal(failed.error, 'task "env" is unavailable', 'clients learn nothing about the module')
   const res = await app.inject({ method: 'GET', url: `/tasks/${failed.uuid}` })
-  t.notMatch(res.body, /refuses to load|env\.ts/, 'nor over REST')
+  t.notMatch(res.body, /refuses to load|env\.[jt]s/, 'nor over REST')
   const entries = logs.map(line => JSON.parse(line) as { msg: string, detail?: string, loadErrors?: string[] })
   const failure = entries.find(entry => entry.msg === 'fastify-task-api: task failed')
-  t.match(failure?.detail, /^task "env" could not be loaded in the child process: .*env\.ts: this module refuses to load in a child$/, 'the log has the cause')
+  t.match(failure?.detail, /^task "env" could not be loaded in the child process: .*env\.[jt]s: this module refuses to load in a child$/, 'the log has the cause')
   const load = entries.find(entry => entry.msg.startsWith('fastify-task-api: task modules failed to load in a child process'))
-  t.match(load?.loadErrors?.[0], /env\.ts: this module refuses to load in a child$/, 'logged when the child starts, too')
+  t.match(load?.loadErrors?.[0], /env\.[jt]s: this module refuses to load in a child$/, 'logged when the child starts, too')
   t.equal((await app.tasks.wait((await app.tasks.submit('hello', { name: 'x' })).uuid)).status, 'succeeded')
 })

@@ -1,7 +1,7 @@
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
-import { MemoryStore, type ListFilter, type RecordPatch, type Store, type TaskRecord } from '../lib/index.js'
+import { MemoryStore, type ListFilter, type RecordPatch, type Store, type TaskRecord } from '../dist/index.js'
 import { build, fixture, untilRunning } from './helpers.js'
 
 // README, Store: the MemoryStore's bound, and any object with the Store methods in its place.

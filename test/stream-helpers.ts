@@ -4,7 +4,7 @@ import net, { type AddressInfo } from 'node:net'
 import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import WebSocket from 'ws'
-import type { TaskApiOptions } from '../lib/index.js'
+import type { TaskApiOptions } from '../dist/index.js'
 import { build, fixture } from './helpers.js'
 
 // Real sockets on 127.0.0.1 for the stream tests: `ws` clients, and a raw TCP client

@@ -3,7 +3,7 @@ import { once } from 'node:events'
 import Fastify, { type FastifyRequest } from 'fastify'
 import t from 'tap'
 import WebSocket from 'ws'
-import taskApi from '../lib/index.js'
+import taskApi from '../dist/index.js'
 import { fixture } from './helpers.js'
 import { eventually, follow, serve, upgradeStatus, type Frame } from './stream-helpers.js'
 

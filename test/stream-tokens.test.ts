@@ -3,7 +3,7 @@ import { once } from 'node:events'
 import http from 'node:http'
 import type { FastifyRequest } from 'fastify'
 import t from 'tap'
-import { MemoryStore } from '../lib/index.js'
+import { MemoryStore } from '../dist/index.js'
 import { childExecArgv } from './helpers.js'
 import { eventually, follow, serve, upgradeStatus } from './stream-helpers.js'
 
