@@ -213,9 +213,9 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     throw new FST_TASK_API_OPT_INVALID('progressInterval', 'a number of milliseconds, 0 or more', describe(progressInterval))
   }
   const store = options.store ?? new MemoryStore()
-  if (typeof store !== 'object' || store === null || typeof store.create !== 'function' ||
-      typeof store.get !== 'function' || typeof store.update !== 'function' || typeof store.list !== 'function') {
-    throw new FST_TASK_API_OPT_INVALID('store', 'an object with create, get, update and list methods', describe(store))
+  const storeMethods = ['create', 'get', 'update', 'list', 'delete', 'live', 'expire'] as const
+  if (typeof store !== 'object' || store === null || storeMethods.some(method => typeof store[method] !== 'function')) {
+    throw new FST_TASK_API_OPT_INVALID('store', `an object with ${storeMethods.join(', ')} methods (see Store)`, describe(store))
   }
   const { execArgv, env } = options
   if (execArgv !== undefined && !(Array.isArray(execArgv) && execArgv.every(arg => typeof arg === 'string'))) {

@@ -225,7 +225,7 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
       ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
       handler: async (request) => {
         const { status, task, limit } = request.query
-        const records = await service.list({
+        const { records } = await service.list({
           ...(access.scoped ? { owner: await access.ownerOf(request) } : {}),
           ...(status !== undefined ? { status } : {}),
           ...(task !== undefined ? { task } : {}),

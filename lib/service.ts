@@ -14,7 +14,7 @@ import { measureInputs } from './params.js'
 import { cut, encodeResult, maxDetailLength, maxErrorLength, type MessageLimits, type ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { Job, JobResult, Runner, RunnerEvents } from './runner/types.js'
-import { finalStatuses, type ListFilter, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
+import { finalStatuses, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
 import { backoffDelay, describe } from './task.js'
 import { clip } from './text.js'
 
@@ -251,8 +251,8 @@ export class TaskService {
     return this.#store.get(uuid)
   }
 
-  /** Stored records, newest first. */
-  async list (filter: ListFilter): Promise<Array<Readonly<TaskRecord>>> {
+  /** A page of stored records, newest first. */
+  async list (filter: ListFilter): Promise<ListPage> {
     return this.#store.list(filter)
   }
 

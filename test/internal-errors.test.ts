@@ -2,7 +2,7 @@ import { Writable } from 'node:stream'
 import Fastify from 'fastify'
 import t from 'tap'
 import taskApi, { FST_TASK_API_RUNNER_CLOSED, MemoryStore } from '../dist/index.js'
-import type { TaskRecord } from '../dist/index.js'
+import type { ListPage, TaskRecord } from '../dist/index.js'
 import { build, fixture } from './helpers.js'
 
 // A 5xx from the plugin's routes never carries an internal message (a store's, or a
@@ -20,7 +20,7 @@ class FailingStore extends MemoryStore {
     throw Object.assign(new Error('secret db detail: password=hunter2'), { code: 'EDBDOWN' })
   }
 
-  override async list (): Promise<TaskRecord[]> {
+  override async list (): Promise<ListPage> {
     throw new Error('secret db detail in list')
   }
 }

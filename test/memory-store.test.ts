@@ -115,7 +115,7 @@ t.test('a filtered page visits as many records with 100,000 records as with 1,00
       const page = await store.list({ ...filter, limit })
       probe.counting = false
       visits[n]?.push(probe.visited())
-      t.same(page.map(record => record.uuid), expected(all, filter, limit), `${n} records, ${JSON.stringify(filter)}: the newest matching, newest first`)
+      t.same(page.records.map(record => record.uuid), expected(all, filter, limit), `${n} records, ${JSON.stringify(filter)}: the newest matching, newest first`)
       t.ok(probe.visited() <= limit, `${n} records, ${JSON.stringify(filter)}: visited ${probe.visited()} records for a page of ${limit}`)
     }
     // Other values of fields already indexed cost no new pass: no owner can make the store scan.
@@ -138,7 +138,7 @@ t.test('the indexes follow status changes: a list by status is in creation order
   for (const record of [c, a, b]) await store.update(record.uuid, { status: 'running' })
   await store.update(c.uuid, { status: 'succeeded' })
   await store.update(a.uuid, { status: 'succeeded' })
-  const uuids = async (filter: Omit<ListFilter, 'limit'>) => (await store.list({ ...filter, limit: 10 })).map(record => record.uuid)
+  const uuids = async (filter: Omit<ListFilter, 'limit'>) => (await store.list({ ...filter, limit: 10 })).records.map(record => record.uuid)
   t.same(await uuids({ status: 'succeeded', owner: 'ann' }), [c.uuid, a.uuid])
   t.same(await uuids({ status: 'running' }), [b.uuid])
   t.same(await uuids({ status: 'pending' }), [])
@@ -162,7 +162,7 @@ t.test('evicts the oldest finished records past maxFinished; live tasks never', 
   t.equal(store.size, 5, 'two live, three finished')
   for (const record of finished.slice(0, 3)) t.equal(await store.get(record.uuid), undefined, 'an old finished one is gone')
   for (const record of [...live, ...finished.slice(3)]) t.ok(await store.get(record.uuid), 'kept')
-  t.same((await store.list({ limit: 100 })).map(record => record.uuid), [...finished.slice(3).reverse(), ...[...live].reverse()].map(record => record.uuid),
+  t.same((await store.list({ limit: 100 })).records.map(record => record.uuid), [...finished.slice(3).reverse(), ...[...live].reverse()].map(record => record.uuid),
     'the list forgets them too')
 })
 

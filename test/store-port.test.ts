@@ -1,7 +1,7 @@
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
-import { MemoryStore, type ListFilter, type RecordPatch, type Store, type TaskRecord } from '../dist/index.js'
+import { MemoryStore, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from '../dist/index.js'
 import { build, fixture, untilRunning } from './helpers.js'
 
 // README, Store: the MemoryStore's bound, and any object with the Store methods in its place.
@@ -66,13 +66,38 @@ class JsonStore implements Store {
     return JSON.parse(this.rows.get(uuid) as string) as TaskRecord
   }
 
-  async list (filter: ListFilter): Promise<TaskRecord[]> {
+  async list (filter: ListFilter): Promise<ListPage> {
     this.calls.push('list')
-    return [...this.rows.values()].map(row => JSON.parse(row) as TaskRecord)
-      .filter(record => (filter.owner === undefined || record.owner === filter.owner) &&
+    // A Map keeps insertion order: its position is the record's creation order, the cursor.
+    const all = [...this.rows.values()].map((row, position) => ({ position, record: JSON.parse(row) as TaskRecord }))
+    const after = filter.cursor === undefined ? Infinity : Number(filter.cursor)
+    const matching = all
+      .filter(({ position, record }) => position < after &&
+        (filter.owner === undefined || record.owner === filter.owner) &&
         (filter.status === undefined || record.status === filter.status) &&
         (filter.task === undefined || record.task === filter.task))
-      .reverse().slice(0, filter.limit)
+      .reverse()
+    const page = matching.slice(0, filter.limit)
+    const next = matching.length > page.length ? String(page.at(-1)?.position) : null
+    return { records: page.map(({ record }) => record), next }
+  }
+
+  async delete (uuid: string): Promise<boolean> {
+    this.calls.push('delete')
+    return this.rows.delete(uuid)
+  }
+
+  async live (): Promise<TaskRecord[]> {
+    this.calls.push('live')
+    return [...this.rows.values()].map(row => JSON.parse(row) as TaskRecord).filter(record => record.status === 'pending' || record.status === 'running')
+  }
+
+  async expire (status: FinalStatus, before: string, limit: number): Promise<string[]> {
+    this.calls.push('expire')
+    const uuids = [...this.rows.values()].map(row => JSON.parse(row) as TaskRecord)
+      .filter(record => record.status === status && (record.finished ?? '') < before).slice(0, limit).map(record => record.uuid)
+    for (const uuid of uuids) this.rows.delete(uuid)
+    return uuids
   }
 
   async close (): Promise<void> {

@@ -25,6 +25,29 @@ const entries = Object.entries
 const hasOwn = Object.hasOwn
 const startCwd = getCwd()
 const startEnv: Record<string, string | undefined> = { ...process.env }
+/**
+ * True once task code has changed the environment. Reading every variable back after each
+ * task (process.env is a live view of the C environment, each access a call into it)
+ * cost more than the whole rest of a no-op task; a proxy that notes writes lets the
+ * common case (no change) skip it. Writes still reach the real environment (TZ, and the
+ * env of processes the task spawns).
+ */
+let envChanged = false
+const realEnv = process.env
+process.env = new Proxy(realEnv, {
+  set (target, key, value) {
+    envChanged = true
+    return Reflect.set(target, key, value)
+  },
+  deleteProperty (target, key) {
+    envChanged = true
+    return Reflect.deleteProperty(target, key)
+  },
+  defineProperty (target, key, descriptor) {
+    envChanged = true
+    return Reflect.defineProperty(target, key, descriptor)
+  },
+})
 
 const init = parse(process.argv[2] ?? '{}') as ChildInit
 const tasks = new Map<string, LoadedTask>()
@@ -93,7 +116,9 @@ function restore (): void {
       chdir(startCwd)
     } catch {}
   }
-  const env = process.env
+  if (!envChanged) return
+  envChanged = false
+  const env = realEnv
   for (const key of keys(env)) {
     if (!hasOwn(startEnv, key)) delete env[key]
   }

@@ -1,5 +1,5 @@
 import BTreeModule from 'sorted-btree'
-import { finalStatuses, type ListFilter, type RecordPatch, type Store, type TaskRecord } from './types.js'
+import { finalStatuses, InvalidCursorError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from './types.js'
 
 const BTree = BTreeModule.default
 type Index = InstanceType<typeof BTree<number, TaskRecord>>
@@ -55,6 +55,8 @@ export class MemoryStore implements Store {
   readonly #indexes = new Map<number, Map<string, Index>>()
   /** Finished records in the order they finished: the first is forgotten first. */
   readonly #finished = new Set<string>()
+  /** The same, per final status: what retention expires, oldest first. */
+  readonly #finishedBy = new Map<string, Set<string>>()
   readonly #maxFinished: number
   readonly #maxBytes: number
   #bytes = 0
@@ -104,7 +106,11 @@ export class MemoryStore implements Store {
       }
     }
     if (this.#finished.has(uuid)) {
-      // A finished record changed after all: count it anew.
+      // A finished record changed after all: count it anew (and file it under its new status).
+      if (record.status !== before) {
+        this.#finishedBy.get(before)?.delete(uuid)
+        this.#fileFinished(uuid, record)
+      }
       this.#bytes -= entry.bytes
       entry.bytes = sizeOf(record)
       this.#bytes += entry.bytes
@@ -115,17 +121,56 @@ export class MemoryStore implements Store {
     return record
   }
 
-  async list (filter: ListFilter): Promise<TaskRecord[]> {
+  async list (filter: ListFilter): Promise<ListPage> {
+    let after: number | undefined
+    if (filter.cursor !== undefined) {
+      if (!/^[1-9][0-9]{0,15}$/.test(filter.cursor)) throw new InvalidCursorError(`not a cursor of this store: ${JSON.stringify(filter.cursor.slice(0, 64))}`)
+      after = Number(filter.cursor)
+    }
     const fields = (filter.owner !== undefined ? OWNER : 0) | (filter.status !== undefined ? STATUS : 0) | (filter.task !== undefined ? TASK : 0)
     const index = this.#indexesFor(fields).get(valueKey(fields, filter.owner ?? null, filter.status ?? '', filter.task ?? ''))
+    const records: TaskRecord[] = []
+    if (index === undefined || filter.limit <= 0) return { records, next: null }
+    // Newest first: from the highest creation number (below the cursor) down, one past the
+    // limit to know whether another page follows.
+    let last = 0
+    for (const [seq, record] of index.entriesReversed(after, undefined, after !== undefined)) {
+      if (records.length === filter.limit) return { records, next: String(last) }
+      records.push(record)
+      last = seq
+    }
+    return { records, next: null }
+  }
+
+  async delete (uuid: string): Promise<boolean> {
+    const entry = this.#entries.get(uuid)
+    if (entry === undefined) return false
+    this.#forget(uuid, entry)
+    return true
+  }
+
+  async live (): Promise<TaskRecord[]> {
     const found: TaskRecord[] = []
-    if (index === undefined || filter.limit <= 0) return found
-    // Newest first: from the highest creation number down, stopping at the limit.
-    for (const [, record] of index.entriesReversed()) {
-      found.push(record)
-      if (found.length >= filter.limit) break
+    // A Map iterates in insertion order: creation order.
+    for (const { record } of this.#entries.values()) {
+      if (!finalStatuses.has(record.status)) found.push(record)
     }
     return found
+  }
+
+  async expire (status: FinalStatus, before: string, limit: number): Promise<string[]> {
+    const removed: string[] = []
+    const finished = this.#finishedBy.get(status)
+    if (finished === undefined) return removed
+    // In the order they finished: stop at the first one young enough to stay.
+    for (const uuid of finished) {
+      if (removed.length >= limit) break
+      const entry = this.#entries.get(uuid) as Entry
+      if ((entry.record.finished ?? '') >= before) break
+      this.#forget(uuid, entry)
+      removed.push(uuid)
+    }
+    return removed
   }
 
   /** How many records are held. */
@@ -162,7 +207,18 @@ export class MemoryStore implements Store {
     entry.bytes = sizeOf(entry.record)
     this.#bytes += entry.bytes
     this.#finished.add(uuid)
+    this.#fileFinished(uuid, entry.record)
     this.#evict()
+  }
+
+  #fileFinished (uuid: string, record: TaskRecord): void {
+    if (!finalStatuses.has(record.status)) return
+    let set = this.#finishedBy.get(record.status)
+    if (set === undefined) {
+      set = new Set()
+      this.#finishedBy.set(record.status, set)
+    }
+    set.add(uuid)
   }
 
   #evict (): void {
@@ -177,6 +233,7 @@ export class MemoryStore implements Store {
     for (const [fields, indexes] of this.#indexes) remove(indexes, fields, entry)
     this.#entries.delete(uuid)
     if (this.#finished.delete(uuid)) this.#bytes -= entry.bytes
+    this.#finishedBy.get(entry.record.status)?.delete(uuid)
   }
 }
 

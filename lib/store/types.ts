@@ -5,7 +5,7 @@ export type TaskStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'cance
 export const statuses: readonly TaskStatus[] = ['pending', 'running', 'succeeded', 'failed', 'cancelled']
 
 /** The statuses a task never leaves. */
-export const finalStatuses: ReadonlySet<TaskStatus> = new Set(['succeeded', 'failed', 'cancelled'])
+export const finalStatuses: ReadonlySet<TaskStatus> = new Set<FinalStatus>(['succeeded', 'failed', 'cancelled'])
 
 /** A task as clients see it: what `GET /tasks/:uuid` answers. */
 export interface TaskState {
@@ -57,19 +57,48 @@ export type RecordPatch = Partial<Omit<TaskRecord, 'uuid' | 'task' | 'inputs' | 
 /**
  * Where records live. Small and async so that durable stores (SQLite, Redis) fit
  * behind it. Records handed out must be treated as read-only by callers.
+ *
+ * Every store passes the same contract suite (`test/store-contract.ts`): what one store
+ * does, they all do.
  */
 export interface Store {
   /** Saves a new record. */
   create (record: TaskRecord): Promise<void>
   /** The record, or undefined when there is none. */
   get (uuid: string): Promise<Readonly<TaskRecord> | undefined>
-  /** Applies a patch and returns the updated record, or undefined when there is none. */
+  /**
+   * Applies a patch and returns the updated record, or undefined when there is none.
+   * Once the promise resolves the change is as durable as the store makes anything (a
+   * durable store has committed it): the service publishes it only then.
+   */
   update (uuid: string, patch: RecordPatch): Promise<Readonly<TaskRecord> | undefined>
-  /** Records matching the filter, newest first, at most `filter.limit`. */
-  list (filter: ListFilter): Promise<Array<Readonly<TaskRecord>>>
+  /**
+   * A page of the records matching the filter, newest first (by creation), at most
+   * `filter.limit`, after `filter.cursor` when set. `next` is the cursor of the following
+   * page, or null when there is none. A cursor stays valid while records are created and
+   * removed: a page never repeats or skips a record that existed when the first page was
+   * read (records created since are newer, so they never appear on later pages).
+   */
+  list (filter: ListFilter): Promise<ListPage>
+  /** Removes a record; resolves with whether there was one. */
+  delete (uuid: string): Promise<boolean>
+  /**
+   * Every record whose status is `pending` or `running`, oldest first: what a server
+   * restarting on this store must pick up again.
+   */
+  live (): Promise<Array<Readonly<TaskRecord>>>
+  /**
+   * Removes up to `limit` records whose status is `status` (a final one) and whose
+   * `finished` time is before `before` (ISO 8601); resolves with their uuids. Called in
+   * small batches by the retention sweep: one call must stay short.
+   */
+  expire (status: FinalStatus, before: string, limit: number): Promise<string[]>
   /** Releases what the store holds (connections, files). */
   close? (): Promise<void>
 }
+
+/** The statuses a task never leaves. */
+export type FinalStatus = 'succeeded' | 'failed' | 'cancelled'
 
 /** What `Store.list` selects. Unset fields do not filter. */
 export interface ListFilter {
@@ -79,4 +108,28 @@ export interface ListFilter {
   task?: string
   /** At most this many. */
   limit: number
+  /** Where the page starts: the `next` of the previous page. */
+  cursor?: string
+}
+
+/** One page of `Store.list`. */
+export interface ListPage {
+  records: Array<Readonly<TaskRecord>>
+  /** The cursor of the next page, or null when this is the last. */
+  next: string | null
+}
+
+/** Thrown by `Store.list` for a cursor it did not make. The REST API answers 400. */
+export class InvalidCursorError extends Error {
+  override name = 'InvalidCursorError'
+  readonly invalidCursor = true
+}
+
+/**
+ * Thrown by a store whose storage is momentarily unable to take a write (SQLite busy past
+ * its retries, Redis down). The REST API answers it with 503 and `Retry-After`.
+ */
+export class StoreUnavailableError extends Error {
+  override name = 'StoreUnavailableError'
+  readonly storeUnavailable = true
 }
