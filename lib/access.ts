@@ -13,8 +13,8 @@ export type AuthStrategy = (request: FastifyRequest, reply: FastifyReply, done: 
 
 /** What `authorize` is asked about. */
 export interface AuthorizeContext {
-  /** `submit` for POST /tasks; `read` for fetching, listing and following a task; `cancel`. */
-  action: 'submit' | 'read' | 'cancel'
+  /** `submit` for POST /tasks; `read` for fetching, listing and following a task; `cancel`; `delete` for DELETE /tasks/:uuid. */
+  action: 'submit' | 'read' | 'cancel' | 'delete'
   /** The task's name. */
   task: string
   /** The converted inputs (of the submission, or of the stored task). */
@@ -154,7 +154,7 @@ export class Access {
    * Whether the request may read the task: another owner's task and a missing one get
    * the very same 404; a permission refusal gets 403.
    */
-  async visible (request: FastifyRequest, uuid: string, record: Readonly<TaskRecord> | undefined, action: 'read' | 'cancel' = 'read'): Promise<Visibility> {
+  async visible (request: FastifyRequest, uuid: string, record: Readonly<TaskRecord> | undefined, action: 'read' | 'cancel' | 'delete' = 'read'): Promise<Visibility> {
     if (record === undefined || (this.scoped && record.owner !== await this.ownerOf(request))) {
       return { ok: false, error: new FST_TASK_API_TASK_NOT_FOUND(clip(uuid)) }
     }

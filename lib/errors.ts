@@ -84,6 +84,18 @@ export const FST_TASK_API_QUEUE_FULL = createError<[number]>(
 export const FST_TASK_API_STREAM_LIMIT = createError<[number]>(
   'FST_TASK_API_STREAM_LIMIT', 'too many open event streams for this owner (at most %d): close one first', 429)
 
+/** `DELETE {prefix}/:uuid` of a task that is pending or running. */
+export const FST_TASK_API_TASK_LIVE = createError<[string]>(
+  'FST_TASK_API_TASK_LIVE', 'task %s is still pending or running: cancel it, and delete it once it has ended', 409)
+
+/** A list cursor that the store did not make (the `next` of an earlier page is the only valid one). */
+export const FST_TASK_API_CURSOR_INVALID = createError(
+  'FST_TASK_API_CURSOR_INVALID', 'querystring/cursor is not a cursor of this list: pass the next of an earlier page', 400)
+
+/** The store cannot take a write right now (SQLite busy past its retries, say): try again (the answer carries Retry-After). */
+export const FST_TASK_API_STORE_UNAVAILABLE = createError(
+  'FST_TASK_API_STORE_UNAVAILABLE', 'the task store is busy: try again later', 503)
+
 /** Every error code, for documentation and tests. */
 export const codes = {
   FST_TASK_API_OPT_INVALID,
@@ -105,4 +117,7 @@ export const codes = {
   FST_TASK_API_TOKEN_INVALID,
   FST_TASK_API_QUEUE_FULL,
   FST_TASK_API_STREAM_LIMIT,
+  FST_TASK_API_TASK_LIVE,
+  FST_TASK_API_CURSOR_INVALID,
+  FST_TASK_API_STORE_UNAVAILABLE,
 } as const

@@ -232,6 +232,12 @@ export class EventHistory {
     return { events: entry.events.filter(event => event.seq > seq), ended: entry.timer !== undefined }
   }
 
+  /** Drops a task's events (its record was deleted): a resume then finds nothing. */
+  forget (uuid: string): void {
+    clearTimeout(this.#tasks.get(uuid)?.timer)
+    this.#tasks.delete(uuid)
+  }
+
   clear (): void {
     for (const entry of this.#tasks.values()) clearTimeout(entry.timer)
     this.#tasks.clear()

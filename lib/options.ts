@@ -2,7 +2,8 @@ import { availableParallelism } from 'node:os'
 import { FST_TASK_API_OPT_INVALID } from './errors.js'
 import { moduleUrl, type TaskModuleLocation } from './registry.js'
 import { MemoryStore } from './store/memory.js'
-import type { Store } from './store/types.js'
+import type { FinalStatus, Store } from './store/types.js'
+import type { Retention } from './service.js'
 import { describe } from './task.js'
 import type { AccessOptions } from './access.js'
 import { streamDefaults, type NormalizedStreamOptions, type StreamOptions } from './stream.js'
@@ -151,7 +152,24 @@ export interface TaskApiOptions extends AccessOptions {
     /** The child's V8 old-space limit, in MB (`--max-old-space-size`). @default Node's own (about a quarter of RAM, up to 4 GB) */
     maxOldGenerationSizeMb?: number
   }
+  /**
+   * How long finished records are kept before a periodic sweep removes them: one duration
+   * for every final status, or one per status; `false` (or a status left out of the
+   * object) keeps them forever. A duration is milliseconds or a string such as `'30s'`,
+   * `'15m'`, `'12h'`, `'7d'`.
+   * @default { succeeded: '7d', cancelled: '7d', failed: '30d' }
+   */
+  retention?: Duration | false | Partial<Record<'succeeded' | 'failed' | 'cancelled', Duration | false>>
+  /**
+   * The clock: milliseconds since the epoch. Record times (`created`, `started`,
+   * `finished`) and retention read it. For tests; leave it alone otherwise.
+   * @default Date.now
+   */
+  clock?: () => number
 }
+
+/** Milliseconds, or a number with a unit: `'500ms'`, `'30s'`, `'15m'`, `'12h'`, `'7d'`. */
+export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h' | 'd'}`
 
 /** Options after checking, with every default filled in. */
 export interface NormalizedOptions {
@@ -174,11 +192,13 @@ export interface NormalizedOptions {
   childPerTask: boolean
   inputLimits: { maxInputSize: number, maxInputDepth: number }
   list: boolean
+  retention: Retention
+  clock: () => number
 }
 
 const known = new Set(['tasks', 'prefix', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
   'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength',
-  'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask', 'maxInputSize', 'maxInputDepth', 'list'])
+  'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask', 'maxInputSize', 'maxInputDepth', 'list', 'retention', 'clock'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -265,7 +285,13 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   if (typeof list !== 'boolean') {
     throw new FST_TASK_API_OPT_INVALID('list', 'a boolean', describe(list))
   }
+  const clock = options.clock ?? Date.now
+  if (typeof clock !== 'function') {
+    throw new FST_TASK_API_OPT_INVALID('clock', 'a function returning milliseconds since the epoch', describe(clock))
+  }
   return {
+    retention: normalizeRetention(options.retention),
+    clock,
     ackTimeout,
     childPerTask,
     inputLimits,
@@ -286,6 +312,46 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     execArgv,
     env,
   }
+}
+
+const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/** Milliseconds of a duration option; throws naming the option. */
+export function parseDuration (name: string, value: unknown): number {
+  let ms: number | undefined
+  if (typeof value === 'number') {
+    ms = value
+  } else if (typeof value === 'string') {
+    const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(value)
+    if (match !== null) ms = Number(match[1]) * (durationUnits[match[2] as string] as number)
+  }
+  if (ms === undefined || !Number.isFinite(ms) || ms <= 0) {
+    throw new FST_TASK_API_OPT_INVALID(name, 'a positive number of milliseconds or a duration such as \'30s\', \'15m\', \'12h\', \'7d\'', describe(value))
+  }
+  return ms
+}
+
+const finalNames = ['succeeded', 'failed', 'cancelled'] as const
+const defaultRetention = { succeeded: '7d', cancelled: '7d', failed: '30d' } as const
+
+function normalizeRetention (retention: unknown): Retention {
+  if (retention === false) return {}
+  const given = retention ?? defaultRetention
+  const normalized: Retention = {}
+  if (typeof given !== 'object' || given === null) {
+    const ms = parseDuration('retention', given)
+    for (const status of finalNames) normalized[status] = ms
+    return normalized
+  }
+  if (Array.isArray(given)) throw new FST_TASK_API_OPT_INVALID('retention', 'a duration, false, or an object per final status', describe(given))
+  for (const [key, value] of Object.entries(given)) {
+    if (!(finalNames as readonly string[]).includes(key)) {
+      throw new FST_TASK_API_OPT_INVALID(`retention.${key}`, 'a final status (succeeded, failed, cancelled)', 'an unknown key')
+    }
+    if (value === false || value === undefined) continue
+    normalized[key as FinalStatus] = parseDuration(`retention.${key}`, value)
+  }
+  return normalized
 }
 
 function normalizeResourceLimits (limits: unknown): number | undefined {

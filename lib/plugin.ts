@@ -6,7 +6,7 @@ import { Access } from './access.js'
 import { loadClientBundle, registerClientBundle } from './client-bundle.js'
 import { normalizeOptions, type TaskApiOptions } from './options.js'
 import { loadRegistry } from './registry.js'
-import { registerRoutes } from './routes.js'
+import { registerRoutes, toSummary } from './routes.js'
 import { registerStreams, type StreamStats } from './stream.js'
 import { InlineRunner } from './runner/inline.js'
 import { ProcessPool } from './runner/pool.js'
@@ -48,6 +48,8 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     execution: normalized.execution,
     limits: normalized.limits,
     inputLimits: normalized.inputLimits,
+    retention: normalized.retention,
+    now: normalized.clock,
   })
   // preClose: refuse submissions while in-flight requests finish; onClose: drain the tasks.
   // Added before the children start, so that a close while they are starting (Fastify's
@@ -71,6 +73,12 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     subscribe: (uuid, listener) => service.subscribe(uuid, listener),
     wait: uuid => service.wait(uuid),
     cancel: uuid => service.cancel(uuid),
+    delete: uuid => service.delete(uuid),
+    list: async (filter = {}) => {
+      const { records, next } = await service.list({ ...filter, limit: filter.limit ?? 50 })
+      return { tasks: records.map(toSummary), next }
+    },
+    sweep: () => service.sweep(),
     stats: () => ({ ...service.stats(), streams: streams?.open ?? 0 }),
     streamToken: () => { throw new Error('fastify-task-api is not ready yet') },
   }

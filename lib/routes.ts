@@ -1,7 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError, onRequestHookHandler } from 'fastify'
 import { TaskStateSchema } from './events.js'
-import { codes, FST_TASK_API_BODY_INVALID, FST_TASK_API_FORBIDDEN, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
+import { codes, FST_TASK_API_BODY_INVALID, FST_TASK_API_CURSOR_INVALID, FST_TASK_API_FORBIDDEN, FST_TASK_API_STORE_UNAVAILABLE, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
 import { redactedRequest, type Access } from './access.js'
 import { toState, type TaskService } from './service.js'
 import { statuses, type TaskRecord, type TaskStatus, type TaskSummary } from './store/types.js'
@@ -64,7 +64,13 @@ export function toSummary (record: Readonly<TaskRecord>): TaskSummary {
  * (the parent context's, which runs next) gets a generic error with the same status and
  * code. The plugin's own 5xx codes keep their messages: they say nothing internal.
  */
-function hideInternalErrors (error: FastifyError, request: FastifyRequest): never {
+function hideInternalErrors (error: FastifyError, request: FastifyRequest, reply: FastifyReply): never {
+  if ((error as { storeUnavailable?: unknown } | null)?.storeUnavailable === true) {
+    // The store says so itself (SQLite busy past its retries, say): a 503 to retry, not a 500.
+    request.log.warn({ err: error }, 'fastify-task-api: the store is unavailable')
+    void reply.header('retry-after', '1')
+    throw new FST_TASK_API_STORE_UNAVAILABLE()
+  }
   // Whatever was thrown: an Error or not.
   const { statusCode, status: otherStatus, code } = (typeof error === 'object' && error !== null ? error : {}) as Record<string, unknown>
   const status = [statusCode, otherStatus].find(value => typeof value === 'number' && value >= 400 && value <= 599) as number | undefined ?? 500
@@ -159,9 +165,9 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
   // The routes about one task share their checks: authentication, then the task must
   // exist and be visible to the requester (404 alike otherwise), then authorize.
   const taskRoute = (
-    method: 'GET' | 'POST',
+    method: 'GET' | 'POST' | 'DELETE',
     suffix: string,
-    action: 'read' | 'cancel',
+    action: 'read' | 'cancel' | 'delete',
     response: object,
     handler: (request: FastifyRequest<{ Params: { uuid: string } }>, reply: FastifyReply, record: Readonly<TaskRecord>) => Promise<unknown>
   ): void => {
@@ -172,9 +178,9 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
         logSerializers: { req: redactedRequest },
         schema: {
           params: { type: 'object', properties: { uuid: { type: 'string' } } },
-          response: { 200: response, '4xx': errorSchema, '5xx': errorSchema },
+          response: { [method === 'DELETE' ? 204 : 200]: response, '4xx': errorSchema, '5xx': errorSchema },
         },
-        ...(method === 'POST' ? { onRequest: sameSite } : {}),
+        ...(method !== 'GET' ? { onRequest: sameSite } : {}),
         ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
         handler: async (request, reply) => {
           const { uuid } = request.params
@@ -191,6 +197,11 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
   taskRoute('POST', '/cancel', 'cancel', TaskStateSchema, async (_request, _reply, record) =>
     await service.cancel(record.uuid) ?? toState(record))
 
+  taskRoute('DELETE', '', 'delete', { type: 'null' }, async (_request, reply, record) => {
+    await service.delete(record.uuid)
+    return await reply.code(204).send()
+  })
+
   taskRoute('GET', '/token', 'read', { type: 'object', properties: { token: { type: 'string' }, expires: { type: 'string' } } },
     async (_request, reply, record) => {
       void reply.header('cache-control', 'no-store')
@@ -202,7 +213,7 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
   if (!options.list) return
   // Listing shares POST's path, so it takes both spellings only when POST does.
   for (const url of paths(app, prefix === '' ? '/' : prefix)) {
-    app.route<{ Querystring: { status?: TaskStatus, task?: string, limit: number } }>({
+    app.route<{ Querystring: { status?: TaskStatus, task?: string, limit: number, cursor?: string } }>({
       method: 'GET',
       url,
       logSerializers: { req: redactedRequest },
@@ -213,29 +224,38 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
             status: { type: 'string', enum: [...statuses] },
             task: { type: 'string' },
             limit: { type: 'integer', minimum: 1, maximum: 1000, default: 50 },
+            cursor: { type: 'string', maxLength: 128 },
           },
           additionalProperties: false,
         },
         response: {
-          200: { type: 'object', properties: { tasks: { type: 'array', items: TaskSummarySchema } } },
+          200: { type: 'object', properties: { tasks: { type: 'array', items: TaskSummarySchema }, next: { type: ['string', 'null'] } } },
           '4xx': errorSchema,
           '5xx': errorSchema,
         },
       },
       ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
       handler: async (request) => {
-        const { status, task, limit } = request.query
-        const { records } = await service.list({
-          ...(access.scoped ? { owner: await access.ownerOf(request) } : {}),
-          ...(status !== undefined ? { status } : {}),
-          ...(task !== undefined ? { task } : {}),
-          limit,
-        })
+        const { status, task, limit, cursor } = request.query
+        let page
+        try {
+          page = await service.list({
+            ...(access.scoped ? { owner: await access.ownerOf(request) } : {}),
+            ...(status !== undefined ? { status } : {}),
+            ...(task !== undefined ? { task } : {}),
+            ...(cursor !== undefined ? { cursor } : {}),
+            limit,
+          })
+        } catch (err) {
+          if ((err as { invalidCursor?: unknown }).invalidCursor === true) throw new FST_TASK_API_CURSOR_INVALID()
+          throw err
+        }
+        const { records, next } = page
         const tasks: TaskSummary[] = []
         for (const record of records) {
           if (await access.authorize(request, { action: 'read', task: record.task, inputs: record.inputs, record })) tasks.push(toSummary(record))
         }
-        return { tasks }
+        return { tasks, next }
       },
     })
   }

@@ -7,6 +7,7 @@ import {
   FST_TASK_API_QUEUE_FULL,
   FST_TASK_API_RUNNER_CLOSED,
   FST_TASK_API_RUNNER_UNAVAILABLE,
+  FST_TASK_API_TASK_LIVE,
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_TASK_UNKNOWN,
 } from './errors.js'
@@ -14,7 +15,7 @@ import { measureInputs } from './params.js'
 import { cut, encodeResult, maxDetailLength, maxErrorLength, type MessageLimits, type ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { Job, JobResult, Runner, RunnerEvents } from './runner/types.js'
-import { finalStatuses, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
+import { finalStatuses, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
 import { backoffDelay, describe } from './task.js'
 import { clip } from './text.js'
 
@@ -86,6 +87,25 @@ export interface ExecutionOptions {
   shutdownTimeout: number
 }
 
+/** How long finished records are kept, per final status, in ms; absent: forever. */
+export type Retention = Partial<Record<FinalStatus, number>>
+
+/** Records the retention sweep removes per store call; it yields to the event loop between calls. */
+const sweepBatch = 200
+
+/** What a restart found in the store, and what became of it. */
+export interface Recovery {
+  /** Accepted, never started (or waiting for a retry): queued again. */
+  requeued: number
+  /** Interrupted while running, with retries left: queued again as a new attempt. */
+  retried: number
+  /** Interrupted while running, no retry left (or the task is no longer registered): failed. */
+  failed: number
+}
+
+/** The error of a task that was running when its server stopped. */
+export const interruptedError = 'interrupted: the server stopped while the task was running'
+
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/i
 
 /** The client's view of a record: no inputs, no internals; a copy the caller may keep. */
@@ -123,6 +143,10 @@ export class TaskService {
   readonly #execution: ExecutionOptions
   readonly #limits: MessageLimits
   readonly #inputLimits: InputLimits
+  readonly #now: () => number
+  readonly #retention: Retention
+  #sweepTimer: NodeJS.Timeout | undefined
+  #sweeping: Promise<number> | undefined
   #closing: Promise<void> | undefined
   #closed = false
 
@@ -136,7 +160,13 @@ export class TaskService {
     execution?: Partial<ExecutionOptions>
     limits?: MessageLimits
     inputLimits?: InputLimits
+    /** Milliseconds since the epoch: record times and retention (tests inject their own). */
+    now?: () => number
+    /** How long finished records are kept, per final status. */
+    retention?: Retention
   }) {
+    this.#now = options.now ?? Date.now
+    this.#retention = options.retention ?? {}
     this.#inputLimits = options.inputLimits ?? { maxInputSize: 256 * 1024, maxInputDepth: 32 }
     this.#limits = options.limits ?? { maxMessages: 1000, maxMessageLength: 2000, maxOutputSize: 1024 * 1024 }
     this.#execution = { timeout: 0, cancelGrace: 5000, maxQueued: 0, shutdownTimeout: 10_000, ...options.execution }
@@ -155,6 +185,111 @@ export class TaskService {
       finished: (uuid, result) => this.#apply(uuid, () => this.#finished(uuid, result)),
     }
     await this.#runner.start(events)
+    this.recovery = await this.#recover()
+    this.#scheduleSweep(0)
+  }
+
+  /** What the last start found in the store (restart recovery). */
+  recovery: Recovery = { requeued: 0, retried: 0, failed: 0 }
+
+  #iso (): string {
+    return new Date(this.#now()).toISOString()
+  }
+
+  /**
+   * Restart recovery: the store's `pending` and `running` records belong to a server that
+   * stopped (this one, before its restart). Pending ones run now. Running ones were
+   * interrupted: they run again as a new attempt when their task has retries left,
+   * otherwise they fail with `interruptedError`. Seq goes on from the stored one.
+   */
+  async #recover (): Promise<Recovery> {
+    const recovery: Recovery = { requeued: 0, retried: 0, failed: 0 }
+    for (const record of await this.#store.live()) {
+      const registered = this.#registry.get(record.task)
+      const seq = record.seq + 1
+      if (registered === undefined) {
+        await this.#store.update(record.uuid, { status: 'failed', error: `task "${clip(record.task)}" is no longer registered`, finished: this.#iso(), seq })
+        recovery.failed++
+        continue
+      }
+      let patch: RecordPatch | undefined
+      if (record.status === 'running') {
+        if (record.attempt <= registered.task.retries) {
+          patch = { status: 'pending', error: interruptedError, progress: null, target: null, seq }
+          recovery.retried++
+        } else {
+          await this.#store.update(record.uuid, { status: 'failed', error: interruptedError, finished: this.#iso(), seq })
+          recovery.failed++
+          continue
+        }
+      } else {
+        recovery.requeued++
+      }
+      const active: ActiveTask = {
+        registered,
+        job: { uuid: record.uuid, task: record.task, inputs: record.inputs, attempt: record.attempt + 1 },
+        seq: record.seq,
+        ended: false,
+        kept: record.messages.length,
+        dropped: record.messagesDropped,
+        steps: [],
+        draining: undefined,
+      }
+      if (patch !== undefined) {
+        await this.#store.update(record.uuid, patch)
+        active.seq = seq
+      }
+      this.#active.set(record.uuid, active)
+      this.#runner.enqueue(active.job)
+    }
+    if (recovery.requeued + recovery.retried + recovery.failed > 0) {
+      this.#log.warn({ ...recovery }, 'fastify-task-api: tasks left pending or running by the last server: picked up')
+    }
+    return recovery
+  }
+
+  /** Runs the retention sweep after `delay` ms, then again periodically. */
+  #scheduleSweep (delay: number): void {
+    const ages = Object.values(this.#retention).filter((ms): ms is number => ms !== undefined)
+    if (ages.length === 0 || this.#closed) return
+    // Often enough that a record outlives its retention by a tenth of it at most; between
+    // once a second and once an hour.
+    const every = Math.min(3_600_000, Math.max(1000, Math.min(...ages) / 10))
+    this.#sweepTimer = setTimeout(() => {
+      void this.sweep().finally(() => this.#scheduleSweep(every))
+    }, delay).unref()
+  }
+
+  /**
+   * Removes the finished records older than their status's retention, in small batches
+   * with a turn of the event loop between them. Resolves with how many were removed.
+   * Runs by itself periodically; calling it runs it now (one sweep at a time).
+   */
+  async sweep (): Promise<number> {
+    this.#sweeping ??= this.#sweepNow().finally(() => { this.#sweeping = undefined })
+    return await this.#sweeping
+  }
+
+  async #sweepNow (): Promise<number> {
+    let removed = 0
+    for (const [status, ms] of Object.entries(this.#retention) as Array<[FinalStatus, number | undefined]>) {
+      if (ms === undefined) continue
+      const before = new Date(this.#now() - ms).toISOString()
+      while (!this.#closed) {
+        let uuids: string[]
+        try {
+          uuids = await this.#store.expire(status, before, sweepBatch)
+        } catch (err) {
+          this.#log.error({ err }, 'fastify-task-api: the retention sweep failed; it runs again later')
+          return removed
+        }
+        for (const uuid of uuids) this.#history.forget(uuid)
+        removed += uuids.length
+        if (uuids.length < sweepBatch) break
+        await new Promise(resolve => setImmediate(resolve))
+      }
+    }
+    return removed
   }
 
   /** The registered task names. */
@@ -222,7 +357,7 @@ export class TaskService {
       messages: [],
       messagesDropped: 0,
       attempt: 0,
-      created: new Date().toISOString(),
+      created: this.#iso(),
       started: null,
       finished: null,
       error: null,
@@ -302,6 +437,21 @@ export class TaskService {
     return this.get(uuid)
   }
 
+  /**
+   * Removes a finished task's record. Resolves with false for an unknown uuid; throws
+   * FST_TASK_API_TASK_LIVE (409) for a task that is pending or running (cancel it first).
+   * Every stream following the task got its final status already; one opened afterwards
+   * gets 404.
+   */
+  async delete (uuid: string): Promise<boolean> {
+    const record = await this.record(uuid)
+    if (record === undefined) return false
+    if (this.#active.has(uuid) || !finalStatuses.has(record.status)) throw new FST_TASK_API_TASK_LIVE(uuid)
+    const deleted = await this.#store.delete(uuid)
+    this.#history.forget(uuid)
+    return deleted
+  }
+
   #stop (uuid: string, active: ActiveTask, why: NonNullable<ActiveTask['stopping']>): void {
     if (active.stopping !== undefined) return
     active.stopping = why
@@ -359,6 +509,7 @@ export class TaskService {
   async close (): Promise<void> {
     if (this.#closing !== undefined) return await this.#closing
     this.#closed = true
+    clearTimeout(this.#sweepTimer)
     this.#closing = this.#shutdown()
     await this.#closing
   }
@@ -386,6 +537,7 @@ export class TaskService {
     await Promise.all([...this.#active.values()].map(active => active.draining))
     for (const active of this.#active.values()) clearTimeout(active.timer)
     this.#history.clear()
+    await this.#sweeping
     await this.#store.close?.()
   }
 
@@ -416,7 +568,7 @@ export class TaskService {
     const { attempt } = active.job
     const timeout = active.registered.task.timeout ?? this.#execution.timeout
     if (timeout > 0) active.timer = setTimeout(() => this.#stop(uuid, active, { reason: 'timeout', ms: timeout }), timeout)
-    await this.#write(uuid, { status: 'running', started: new Date().toISOString(), attempt, seq })
+    await this.#write(uuid, { status: 'running', started: this.#iso(), attempt, seq })
     this.#publish({ type: 'status', uuid, seq, status: 'running' })
   }
 
@@ -490,7 +642,7 @@ export class TaskService {
       }, 'fastify-task-api: task failed')
     }
     if (patch.status === 'succeeded') patch.error = null // an earlier attempt's
-    patch.finished = new Date().toISOString()
+    patch.finished = this.#iso()
     patch.seq = ++active.seq
     active.ended = true
     const record = await this.#write(uuid, patch)
@@ -543,10 +695,26 @@ export class TaskService {
     return { outputs }
   }
 
+  /**
+   * Writes a task's change. A store that is momentarily unavailable (StoreUnavailableError)
+   * is tried again, with a growing delay, for up to a minute: the task's events wait in
+   * order meanwhile, so no status is skipped and none is published before it is stored.
+   */
   async #write (uuid: string, patch: RecordPatch): Promise<Readonly<TaskRecord>> {
-    const record = await this.#store.update(uuid, patch)
-    if (record === undefined) throw new Error(`the store lost task ${uuid}`)
-    return record
+    let delay = 50
+    const deadline = Date.now() + 60_000
+    for (;;) {
+      try {
+        const record = await this.#store.update(uuid, patch)
+        if (record === undefined) throw new Error(`the store lost task ${uuid}`)
+        return record
+      } catch (err) {
+        if ((err as { storeUnavailable?: unknown }).storeUnavailable !== true || Date.now() + delay > deadline) throw err
+        this.#log.warn({ uuid, delay, err: (err as Error).message }, 'fastify-task-api: the store is unavailable; the task\'s change is written again')
+        await new Promise(resolve => setTimeout(resolve, delay))
+        delay = Math.min(delay * 2, 2000)
+      }
+    }
   }
 
   #followed (uuid: string): boolean {

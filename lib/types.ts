@@ -1,6 +1,6 @@
 import type { TaskListener } from './events.js'
 import type { SubmitOptions, TaskStats } from './service.js'
-import type { TaskState } from './store/types.js'
+import type { ListFilter, TaskState, TaskSummary } from './store/types.js'
 
 /** What the plugin decorates the instance with, as `app.tasks`. */
 export interface TaskApi {
@@ -31,6 +31,22 @@ export interface TaskApi {
    * Resolves with the state after the request, or undefined for an unknown uuid.
    */
   cancel (uuid: string): Promise<TaskState | undefined>
+  /**
+   * Removes a finished task's record: resolves true, or false for an unknown uuid. Rejects
+   * with FST_TASK_API_TASK_LIVE for a task that is pending or running (cancel it first).
+   */
+  delete (uuid: string): Promise<boolean>
+  /**
+   * A page of task summaries, newest first: `limit` (default 50), filtered by `owner`,
+   * `status`, `task`, after `cursor` (the `next` of the previous page; null on the last).
+   * No owner filter unless given: this is the server's own view.
+   */
+  list (filter?: Partial<ListFilter>): Promise<{ tasks: TaskSummary[], next: string | null }>
+  /**
+   * Runs the retention sweep now (it also runs by itself periodically): removes finished
+   * records older than their `retention`. Resolves with how many it removed.
+   */
+  sweep (): Promise<number>
   /** Resolves with the task's final state once it has succeeded, failed or been cancelled. */
   wait (uuid: string): Promise<TaskState>
   /**
