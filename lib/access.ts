@@ -41,7 +41,7 @@ export interface AccessOptions {
   owner?: (request: FastifyRequest) => string | null | undefined | Promise<string | null | undefined>
   /**
    * Other origins (`https://app.example.com`) whose pages may open the WebSockets and call
-   * the REST routes that change state (submit, cancel), or `'*'` for any. Requests from
+   * the REST routes that change state (submit, cancel, delete), or `'*'` for any. Requests from
    * the server's own origin, and from clients that are not browsers, always pass.
    * @default none: only the request's own host
    */

@@ -76,3 +76,41 @@ t.test('filters by status and task, newest first, at most limit (1 to 1000)', as
     t.equal((await app.inject(`/tasks${query}`)).statusCode, 400, query)
   }
 })
+
+t.test('cursor pages: next until null, every task once, stable while tasks are created and deleted', async (t) => {
+  const app = await build(t, { ...inline, list: true })
+  const uuids: string[] = []
+  for (let i = 0; i < 12; i++) uuids.push((await app.tasks.submit('hello', { name: `t${i}`, count: 1 })).uuid)
+  for (const uuid of uuids) await app.tasks.wait(uuid)
+  const page = async (query: string) => (await app.inject(`/tasks${query}`)).json() as { tasks: Array<{ uuid: string }>, next: string | null }
+
+  const first = await page('?limit=5')
+  t.same(first.tasks.map(task => task.uuid), uuids.slice(7).reverse(), 'the newest five')
+  t.type(first.next, 'string')
+  // Between pages: new tasks arrive, and one not yet seen is deleted.
+  const newer = (await app.tasks.submit('hello', { name: 'new', count: 1 })).uuid
+  await app.tasks.wait(newer)
+  t.equal(await app.tasks.delete(uuids[3] as string), true)
+  const second = await page(`?limit=5&cursor=${first.next}`)
+  t.same(second.tasks.map(task => task.uuid), [uuids[6], uuids[5], uuids[4], uuids[2], uuids[1]], 'the next five older ones: the new task is not here, the deleted one is gone')
+  const third = await page(`?limit=5&cursor=${second.next}`)
+  t.same(third.tasks.map(task => task.uuid), [uuids[0]], 'the last page')
+  t.equal(third.next, null, 'and no next')
+  t.equal((await page('?limit=13')).next, null, 'a page that holds everything has no next')
+
+  const filtered = await page('?task=hello&status=succeeded&limit=4')
+  const rest = await page(`?task=hello&status=succeeded&limit=100&cursor=${filtered.next}`)
+  t.same([...filtered.tasks, ...rest.tasks].map(task => task.uuid), [newer, ...uuids.filter((_, i) => i !== 3).reverse()], 'filters and cursors combine')
+
+  const programmatic = await app.tasks.list({ limit: 5 })
+  t.same(programmatic.tasks.map(task => task.uuid), [newer, ...uuids.slice(8).reverse()], 'app.tasks.list: the same pages')
+  t.same(Object.keys(programmatic.tasks[0] as object).sort(), summaryKeys, 'of summaries')
+  t.same((await app.tasks.list({ limit: 5, cursor: programmatic.next as string })).tasks.map(task => task.uuid), uuids.slice(3, 8).filter((_, i) => i !== 0).reverse().concat(uuids[2] as string))
+
+  for (const cursor of ['abc', '-1', '0', '1.5', 'x'.repeat(129)]) {
+    const res = await app.inject(`/tasks?cursor=${cursor}`)
+    t.equal(res.statusCode, 400, `cursor ${cursor.slice(0, 10)}`)
+  }
+  t.match((await app.inject('/tasks?cursor=abc')).json(), { code: 'FST_TASK_API_CURSOR_INVALID', message: 'querystring/cursor is not a cursor of this list: pass the next of an earlier page' })
+  await t.rejects(app.tasks.list({ cursor: 'abc' }), { name: 'InvalidCursorError' }, 'app.tasks.list rejects with the store\'s error')
+})

@@ -1,0 +1,133 @@
+import { randomUUID } from 'node:crypto'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { MemoryStore, type TaskRecord } from '../dist/index.js'
+import { build, fixture } from './helpers.js'
+
+/*
+ * README, Durability: restart recovery. A store holds what a server that stopped left
+ * behind (pending and running records, written as that server wrote them); a new server
+ * on the same store picks them up. The SIGKILL test with a SQLite file is in
+ * restart.test.ts; this one checks each rule on its own, in-process.
+ */
+
+const interrupted = 'interrupted: the server stopped while the task was running'
+
+function leftBehind (fields: Partial<TaskRecord>): TaskRecord {
+  return {
+    uuid: randomUUID(),
+    task: 'once',
+    status: 'pending',
+    progress: null,
+    target: null,
+    outputs: {},
+    messages: [],
+    messagesDropped: 0,
+    attempt: 0,
+    created: new Date(Date.now() - 60_000).toISOString(),
+    started: null,
+    finished: null,
+    error: null,
+    inputs: { n: 7 },
+    owner: null,
+    seq: 0,
+    ...fields,
+  }
+}
+
+t.test('a restart runs pending tasks, retries interrupted ones with retries left, fails the others; seq goes on', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'task-api-recovery-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const runLog = join(dir, 'runs.log')
+  const started = new Date(Date.now() - 30_000).toISOString()
+  const records = {
+    pending: leftBehind({ seq: 0 }),
+    retryWaiting: leftBehind({ task: 'again', attempt: 1, error: 'attempt 1 failed', seq: 4, inputs: { n: 2 } }),
+    runningOnce: leftBehind({ status: 'running', attempt: 1, started, progress: 3, target: 10, seq: 6, messages: ['half way'] }),
+    runningAgain: leftBehind({ task: 'again', status: 'running', attempt: 1, started, seq: 3, inputs: { n: 3 } }),
+    runningLast: leftBehind({ task: 'again', status: 'running', attempt: 3, started, seq: 9, inputs: { n: 4 } }),
+    unregistered: leftBehind({ task: 'gone', seq: 2 }),
+    finished: leftBehind({ status: 'succeeded', attempt: 1, started, finished: started, outputs: { n: 1 }, seq: 5 }),
+  }
+  const store = new MemoryStore()
+  for (const record of Object.values(records)) await store.create(structuredClone(record))
+
+  const app = await build(t, { tasks: [fixture('durable.ts')], concurrency: 2, store, env: { ...process.env, RUN_LOG: runLog } })
+  const final = async (record: TaskRecord) => await app.tasks.wait(record.uuid)
+
+  const pending = await final(records.pending)
+  t.match(pending, { status: 'succeeded', outputs: { n: 7 }, attempt: 1, error: null }, 'a pending task runs after the restart')
+  const retryWaiting = await final(records.retryWaiting)
+  t.match(retryWaiting, { status: 'succeeded', outputs: { n: 2, attempt: 2 }, attempt: 2, error: null }, 'one waiting for its retry runs as its next attempt')
+
+  const runningOnce = await final(records.runningOnce)
+  t.match(runningOnce, { status: 'failed', error: interrupted, attempt: 1, progress: 3, messages: ['half way'] },
+    'an interrupted task without retries fails, keeping what it had reported')
+  t.ok(runningOnce.finished !== null && runningOnce.finished >= runningOnce.started!, 'and is finished')
+  const runningAgain = await final(records.runningAgain)
+  t.match(runningAgain, { status: 'succeeded', outputs: { n: 3, attempt: 2 }, attempt: 2, error: null }, 'an interrupted task with retries left runs again, as a new attempt')
+  const runningLast = await final(records.runningLast)
+  t.match(runningLast, { status: 'failed', error: interrupted, attempt: 3 }, 'an interrupted task on its last attempt fails')
+  const unregistered = await final(records.unregistered)
+  t.match(unregistered, { status: 'failed', error: 'task "gone" is no longer registered' }, 'a task no module defines any more fails')
+  t.same(await app.tasks.get(records.finished.uuid), await app.tasks.get(records.finished.uuid), 'a finished task is left alone')
+  t.match(await app.tasks.get(records.finished.uuid), { status: 'succeeded', outputs: { n: 1 }, finished: started })
+
+  // What ran: each pending or retried task once, the failed ones never.
+  const runs = existsSync(runLog) ? readFileSync(runLog, 'utf8').trim().split('\n').sort() : []
+  t.same(runs, [
+    `${records.pending.uuid} 1`,
+    `${records.retryWaiting.uuid} 2`,
+    `${records.runningAgain.uuid} 2`,
+  ].sort(), 'entered exactly once each; the interrupted ones without retries never again')
+
+  // Seq never goes backwards: every record's seq moved on from what was stored.
+  for (const [name, record] of Object.entries(records)) {
+    const snapshot = await app.tasks.snapshot(record.uuid)
+    if (name === 'finished') t.equal(snapshot?.seq, record.seq, 'a finished record keeps its seq')
+    else t.ok((snapshot?.seq ?? 0) > record.seq, `${name}: seq ${snapshot?.seq} after the stored ${record.seq}`)
+  }
+  t.same(await store.live(), [], 'nothing is left pending or running')
+})
+
+t.test('a subscriber that reconnects after a restart with its last seq gets a fresh snapshot, then the live events', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'task-api-recovery-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const gate = join(dir, 'gate')
+  const record = leftBehind({ task: 'gated', status: 'running', attempt: 1, started: new Date().toISOString(), seq: 12, inputs: { gate } })
+  const store = new MemoryStore()
+  await store.create(structuredClone(record))
+  const app = await build(t, { tasks: [fixture('durable.ts')], concurrency: 1, store })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as import('node:net').AddressInfo
+  // The client had seen up to seq 12 from the previous server.
+  const response = await fetch(`http://127.0.0.1:${port}/tasks/${record.uuid}/events`, { headers: { accept: 'text/event-stream', 'last-event-id': '12' } })
+  const reader = (response.body as ReadableStream<Uint8Array>).pipeThrough(new TextDecoderStream()).getReader()
+  let body = ''
+  while (!body.includes('"type":"snapshot"')) {
+    const { value, done } = await reader.read()
+    if (done) break
+    body += value
+  }
+  // The task (running again, as its second attempt) waits for its gate: open it now.
+  writeFileSync(gate, '')
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) break
+    body += value
+  }
+  const frames = body.split('\n\n').filter(block => block.startsWith('id:')).map(block => ({
+    id: Number(/^id: (\d+)/.exec(block)?.[1]),
+    frame: JSON.parse(/\ndata: (.*)$/.exec(block)?.[1] ?? 'null') as { type: string, status?: string, progress?: number, task?: { status: string, attempt: number } },
+  }))
+  t.match(frames[0]?.frame, { type: 'snapshot', task: { status: 'running', attempt: 2 } },
+    'a fresh snapshot first (the new server holds no history): running again, as the next attempt')
+  t.ok((frames[0]?.id ?? 0) > 12, `whose seq (${frames[0]?.id}) is past what the client had`)
+  const ids = frames.map(frame => frame.id)
+  t.same(ids, [...ids].sort((a, b) => a - b), 'seq only goes up')
+  t.equal(new Set(ids).size, ids.length, 'no seq twice')
+  t.ok(frames.some(({ frame }) => frame.type === 'progress' && frame.progress === 3), 'the live events follow: its progress')
+  t.match(frames.at(-1)?.frame, { type: 'status', status: 'succeeded', task: { attempt: 2 } }, 'and its end')
+})
