@@ -45,7 +45,7 @@ t.test('a stream opened after the delete answers 404; a resume too', async (t) =
   const closed = new Promise<number>(resolve => socket.on('close', code => resolve(code)))
   t.equal(await closed, 1000, 'the stream ended with the task, after its final status')
   t.equal(await app.tasks.delete(uuid), true)
-  for (const headers of [{ accept: 'text/event-stream' }, { accept: 'text/event-stream', 'last-event-id': '1' }]) {
+  for (const headers of [{ accept: 'text/event-stream' }, { accept: 'text/event-stream', 'last-event-id': '1' }] as Array<Record<string, string>>) {
     const response = await fetch(`http://127.0.0.1:${port}/tasks/${uuid}/events`, { headers })
     t.equal(response.status, 404, `SSE ${JSON.stringify(headers)}`)
     await response.body?.cancel()

@@ -104,19 +104,20 @@ t.test('a subscriber that reconnects after a restart with its last seq gets a fr
   const { port } = app.server.address() as import('node:net').AddressInfo
   // The client had seen up to seq 12 from the previous server.
   const response = await fetch(`http://127.0.0.1:${port}/tasks/${record.uuid}/events`, { headers: { accept: 'text/event-stream', 'last-event-id': '12' } })
-  const reader = (response.body as ReadableStream<Uint8Array>).pipeThrough(new TextDecoderStream()).getReader()
+  const reader = (response.body as ReadableStream<Uint8Array>).getReader()
+  const decoder = new TextDecoder()
   let body = ''
   while (!body.includes('"type":"snapshot"')) {
     const { value, done } = await reader.read()
     if (done) break
-    body += value
+    body += decoder.decode(value, { stream: true })
   }
   // The task (running again, as its second attempt) waits for its gate: open it now.
   writeFileSync(gate, '')
   for (;;) {
     const { value, done } = await reader.read()
     if (done) break
-    body += value
+    body += decoder.decode(value, { stream: true })
   }
   const frames = body.split('\n\n').filter(block => block.startsWith('id:')).map(block => ({
     id: Number(/^id: (\d+)/.exec(block)?.[1]),
