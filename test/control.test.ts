@@ -37,6 +37,24 @@ t.test('cancel a task that ignores its signal: its signal is aborted, then after
   t.notOk(childPids().includes(witness.pid), 'in a fresh child')
 })
 
+t.test('a cancel that comes after the task was handed to a child but before the child acknowledged it still stops it', async (t) => {
+  // The child is stopped (SIGSTOP) when the task is handed to it, so its acknowledgement
+  // comes only after the cancel: the acknowledgement must not undo the cancel's stop timers.
+  const app = await build(t, { tasks, concurrency: 1, cancelGrace: 1000 })
+  const [child] = childPids()
+  process.kill(child as number, 'SIGSTOP')
+  const task = await app.tasks.submit('stubborn')
+  await until('the task to be handed to the child', () => app.tasks.stats().running === 1)
+  t.equal((await app.tasks.get(task.uuid))?.status, 'pending', 'not acknowledged yet')
+  await app.tasks.cancel(task.uuid)
+  process.kill(child as number, 'SIGCONT')
+  await until('the acknowledgement', async () => (await app.tasks.get(task.uuid))?.status !== 'pending')
+  const done = await app.tasks.wait(task.uuid)
+  t.equal(done.status, 'cancelled', 'stopped after cancelGrace, although the acknowledgement came after the cancel')
+  t.equal(done.started === null ? 'never started' : 'started', 'started', 'it had started')
+  await until('the stopped child to leave the process table', () => !exists(child as number))
+})
+
 t.test('a pending task leaves the queue at once and never runs', async (t) => {
   const app = await build(t, { tasks })
   const blocker = await app.tasks.submit('cooperative')

@@ -59,6 +59,11 @@ interface Worker {
   acked: boolean
   /** The ack deadline, and the escalation of an abort (SIGTERM, then SIGKILL). */
   timers: NodeJS.Timeout[]
+  /**
+   * The running task's acknowledgement deadline. Apart from `timers`: the acknowledgement
+   * clears this one only, never the stop timers of a cancel or a timeout that came first.
+   */
+  ackTimer?: NodeJS.Timeout
   /** Tasks this child has run. */
   tasks: number
   /** The end of what the child wrote to stderr: tells an out-of-memory death from others. */
@@ -323,7 +328,7 @@ export class ProcessPool implements Runner {
           return
         }
         worker.acked = true
-        clearTimers(worker)
+        clearTimeout(worker.ackTimer)
         this.#events?.started(job.uuid)
         return
       default:
@@ -450,13 +455,13 @@ export class ProcessPool implements Runner {
       worker.acked = false
       this.#running++
       const ackTimeout = this.#options.ackTimeout ?? 5000
-      worker.timers.push(setTimeout(() => {
+      worker.ackTimer = setTimeout(() => {
         if (worker.job !== job || worker.acked) return
         worker.ending = { error: `the child process did not acknowledge the task within ${ackTimeout} ms`, retry: true }
         this.#options.log?.warn({ pid: worker.child.pid, uuid: job.uuid, ackTimeout }, 'fastify-task-api: a child process did not acknowledge its task; it is replaced')
         worker.state = 'stopping'
         signal(worker.child, 'SIGKILL')
-      }, ackTimeout).unref())
+      }, ackTimeout).unref()
     }
   }
 }
@@ -472,6 +477,7 @@ function lastError (stderr: string): string {
 function clearTimers (worker: Worker): void {
   for (const timer of worker.timers) clearTimeout(timer)
   worker.timers = []
+  clearTimeout(worker.ackTimer)
 }
 
 /** Signals a child's whole process group (it leads one), or the child alone if that fails. */
