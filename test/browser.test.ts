@@ -1,4 +1,6 @@
-import { existsSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { mkdir } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
@@ -22,7 +24,10 @@ t.test('the example page runs a task to 100% and cancels another, in Chromium', 
     t.fail(`no browser at ${executablePath}: install Debian's chromium (apt-get install -y chromium)`)
     return
   }
-  const app: FastifyInstance = await build({ logger: false, fastify: { pluginTimeout }, taskApi: { concurrency: 2, execArgv: childExecArgv } })
+  const dir = mkdtempSync(join(tmpdir(), 'task-api-browser-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const database = join(dir, 'tasks.db')
+  const app: FastifyInstance = await build({ logger: false, database, fastify: { pluginTimeout }, taskApi: { concurrency: 2, execArgv: childExecArgv } })
   t.teardown(() => app.close())
   const upgrades: string[] = []
   app.server.on('upgrade', (request) => upgrades.push(request.url ?? ''))
@@ -71,6 +76,19 @@ t.test('the example page runs a task to 100% and cancels another, in Chromium', 
   const screenshot = fileURLToPath(new URL('browser-cancelled.png', output))
   await page.screenshot({ path: screenshot, fullPage: true })
   t.comment(`screenshot: ${screenshot}`)
+
+  // The example keeps its tasks in SQLite: restarted on the same file, the page shows the last task again.
+  await app.close()
+  const restarted: FastifyInstance = await build({ logger: false, database, fastify: { pluginTimeout }, taskApi: { concurrency: 1, execArgv: childExecArgv } })
+  t.teardown(() => restarted.close())
+  await restarted.listen({ port: 0, host: '127.0.0.1' })
+  await page.goto(`http://127.0.0.1:${(restarted.server.address() as AddressInfo).port}/`)
+  await page.waitForFunction(() => document.getElementById('result')?.textContent !== '')
+  t.equal(await page.textContent('#status'), 'Last task: cancelled', 'after a restart the page shows the last task')
+  t.equal(await page.textContent('#result'), 'Cancelled')
+  const restart = fileURLToPath(new URL('browser-restarted.png', output))
+  await page.screenshot({ path: restart, fullPage: true })
+  t.comment(`screenshot: ${restart}`)
 
   t.same(errors, [], 'no error in the page')
 })

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t from 'tap'
 // @ts-expect-error the example is plain JavaScript, without type declarations
 import { build } from '../examples/basic/app.js'
@@ -5,7 +8,9 @@ import type { FastifyInstance } from 'fastify'
 import { childExecArgv, pluginTimeout } from './helpers.js'
 
 t.test('the basic example serves its page and runs the seed\'s wait task', async (t) => {
-  const app: FastifyInstance = await build({ logger: false, fastify: { pluginTimeout }, taskApi: { concurrency: 1, execArgv: childExecArgv } })
+  const dir = mkdtempSync(join(tmpdir(), 'task-api-example-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const app: FastifyInstance = await build({ logger: false, database: join(dir, 'tasks.db'), fastify: { pluginTimeout }, taskApi: { concurrency: 1, execArgv: childExecArgv } })
   t.teardown(() => app.close())
   const page = await app.inject('/')
   t.equal(page.statusCode, 200)
