@@ -20,6 +20,7 @@ const config = {
   spin: { calls: 20_000_000 },
   memory: { n: 100_000, batch: 10_000 },
   isolation: { spaced: 40, gapMs: 250, batch: 300 },
+  sqlite: { rounds: 3, n: 20_000, httpRounds: 3 },
 }
 
 if (typeof global.gc !== 'function') {
@@ -42,8 +43,8 @@ async function newApp (options = {}) {
 // ---------------------------------------------------------------------------
 // 1. HTTP submit: plugin route vs bare route, each server in its own process.
 
-function startServer (file) {
-  const child = fork(fileURLToPath(new URL(file, import.meta.url)), [], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+function startServer (file, env = process.env) {
+  const child = fork(fileURLToPath(new URL(file, import.meta.url)), [], { execArgv: [], env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
   const ready = new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${file} did not start in 15 s`)), 15_000)
     child.once('error', reject)
@@ -80,8 +81,8 @@ function cannon (port, duration) {
   })
 }
 
-async function httpBench (file) {
-  const { child, ready } = startServer(file)
+async function httpBench (file, env) {
+  const { child, ready } = startServer(file, env)
   try {
     const port = await ready
     await cannon(port, config.http.warmup)
@@ -318,10 +319,78 @@ async function benchIsolation () {
 }
 
 // ---------------------------------------------------------------------------
+// 7. The SQLite store against the memory store (no-op throughput, the event loop) and
+// against a bare route (HTTP submit), rounds alternating, in one run.
+
+async function benchSqlite () {
+  console.error('7. SQLite store')
+  const { SqliteStore } = await import('fastify-task-api/sqlite')
+  const { mkdtemp, rm } = await import('node:fs/promises')
+  const { tmpdir } = await import('node:os')
+  const { join } = await import('node:path')
+  const { monitorEventLoopDelay } = await import('node:perf_hooks')
+  const dir = await mkdtemp(join(tmpdir(), 'task-api-bench-'))
+  try {
+    const rates = { memory: [], sqlite: [] }
+    const delays = { memory: [], sqlite: [] }
+    for (let round = 0; round < config.sqlite.rounds; round++) {
+      for (const kind of round % 2 === 0 ? ['memory', 'sqlite'] : ['sqlite', 'memory']) {
+        const store = kind === 'sqlite' ? new SqliteStore({ path: join(dir, `throughput-${round}.db`) }) : new MemoryStore()
+        const app = await newApp({ store })
+        try {
+          await runBatch(app, 2_000, { name: 'x' })
+          const histogram = monitorEventLoopDelay({ resolution: 1 })
+          histogram.enable()
+          const t = performance.now()
+          const succeeded = await runBatch(app, config.sqlite.n, { name: 'x' })
+          const seconds = (performance.now() - t) / 1000
+          histogram.disable()
+          if (succeeded !== config.sqlite.n) throw new Error(`${kind}: ${succeeded} of ${config.sqlite.n} succeeded`)
+          rates[kind].push(config.sqlite.n / seconds)
+          delays[kind].push({ max: histogram.max / 1e6, p99: histogram.percentile(99) / 1e6 })
+          console.error(`  round ${round + 1} ${kind}: ${fmt(config.sqlite.n / seconds)} tasks/s, event loop delay max ${fmt(histogram.max / 1e6, 1)} ms`)
+        } finally {
+          await app.close()
+        }
+      }
+    }
+    const memory = median(rates.memory)
+    const sqlite = median(rates.sqlite)
+    row(`no-op throughput (${fmt(config.sqlite.n)} tasks, 2 children), memory store`, `${fmt(memory)} tasks/s (runs: ${rates.memory.map(r => fmt(r)).join(', ')})`, 'baseline', '-')
+    row(`no-op throughput (${fmt(config.sqlite.n)} tasks, 2 children), SQLite store`, `${fmt(sqlite)} tasks/s (runs: ${rates.sqlite.map(r => fmt(r)).join(', ')})`, 'baseline', '-')
+    row('no-op throughput ratio SQLite/memory (medians)', fmt(sqlite / memory, 2), '>= 0.50', pass(sqlite / memory >= 0.5))
+    const worst = kind => Math.max(...delays[kind].map(d => d.max))
+    const p99 = kind => median(delays[kind].map(d => d.p99))
+    row('event-loop delay under that load, SQLite: max / median p99', `${fmt(worst('sqlite'), 1)} / ${fmt(p99('sqlite'), 1)} ms (memory store, same runs: ${fmt(worst('memory'), 1)} / ${fmt(p99('memory'), 1)} ms)`, 'max <= 20 ms', pass(worst('sqlite') <= 20))
+
+    const http = { bare: [], sqlite: [] }
+    for (let round = 0; round < config.sqlite.httpRounds; round++) {
+      for (const kind of round % 2 === 0 ? ['bare', 'sqlite'] : ['sqlite', 'bare']) {
+        const result = kind === 'bare'
+          ? await httpBench('./server-bare.js')
+          : await httpBench('./server-plugin.js', { ...process.env, BENCH_DB: join(dir, `http-${round}.db`) })
+        http[kind].push(result)
+        console.error(`  round ${round + 1} HTTP ${kind}: ${fmt(result.rps)} req/s`)
+      }
+    }
+    const bare = median(http.bare.map(r => r.rps))
+    const plugin = median(http.sqlite.map(r => r.rps))
+    row('HTTP POST /tasks, plugin route with the SQLite store', `${fmt(plugin)} req/s (runs: ${http.sqlite.map(r => fmt(r.rps)).join(', ')}); bare: ${fmt(bare)} (runs: ${http.bare.map(r => fmt(r.rps)).join(', ')})`, 'baseline', '-')
+    row('HTTP submit ratio SQLite plugin/bare (medians)', fmt(plugin / bare, 2), '>= 0.50', pass(plugin / bare >= 0.5))
+    const bad = [...http.bare, ...http.sqlite].reduce((total, r) => total + r.non2xx + r.errors, 0)
+    row('HTTP non-2xx / errors (SQLite plugin and bare)', String(bad), '0', pass(bad === 0))
+    notes.push(`SQLite: ${config.sqlite.rounds} rounds alternating memory and SQLite (a fresh file each), ${fmt(config.sqlite.n)} no-op tasks after 2,000 warm-up, ` +
+      'event-loop delay from monitorEventLoopDelay (1 ms resolution) over the measured batch; HTTP as above, with the plugin server on a fresh SQLite file per run.')
+  } finally {
+    await rm(dir, { recursive: true, force: true })
+  }
+}
+
+// ---------------------------------------------------------------------------
 
 // `node --expose-gc bench/run.js http latency` runs only the steps named (http, latency,
-// throughput, spin, memory, isolation); no argument runs them all.
-const allSteps = { http: benchHttp, latency: benchLatency, throughput: benchThroughput, spin: benchSpin, memory: benchMemory, isolation: benchIsolation }
+// throughput, spin, memory, isolation, sqlite); no argument runs them all.
+const allSteps = { http: benchHttp, latency: benchLatency, throughput: benchThroughput, spin: benchSpin, memory: benchMemory, isolation: benchIsolation, sqlite: benchSqlite }
 const wanted = process.argv.slice(2)
 const steps = Object.entries(allSteps).filter(([name]) => wanted.length === 0 || wanted.includes(name)).map(([, step]) => step)
 for (const step of steps) {
