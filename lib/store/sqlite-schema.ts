@@ -1,3 +1,4 @@
+import type { SqliteDatabase, SqliteStatement } from './sqlite-file.js'
 import type { ListFilter, TaskRecord, TaskStatus } from './types.js'
 
 /*
@@ -128,3 +129,25 @@ export function listQuery (fields: number): string {
 
 /** The retention query: the oldest finished records of a status, by the partial index on (status, finished). */
 export const expireQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished < ? ORDER BY finished, id LIMIT ?`
+
+/** The store's statements, prepared once. */
+export function statements (db: SqliteDatabase) {
+  const statement = (source: string): SqliteStatement => db.prepare(source)
+  return {
+    begin: statement('BEGIN IMMEDIATE'),
+    commit: statement('COMMIT'),
+    rollback: statement('ROLLBACK'),
+    insert: statement(`INSERT INTO tasks (${columns}) VALUES (${columns.split(',').map(() => '?').join(', ')})`),
+    updateAll: statement('UPDATE tasks SET status = ?, progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, finished = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
+    updateLight: statement('UPDATE tasks SET progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
+    deleteTask: statement('DELETE FROM tasks WHERE id = ?'),
+    deleteMessages: statement('DELETE FROM messages WHERE task_id = ?'),
+    trimMessages: statement('DELETE FROM messages WHERE task_id = ? AND n < ?'),
+    insertMessage: statement('INSERT INTO messages (task_id, n, text) VALUES (?, ?, ?)'),
+    byUuid: statement(`SELECT ${columns} FROM tasks WHERE uuid = ?`),
+    byId: statement(`SELECT ${columns} FROM tasks WHERE id = ?`),
+    messages: statement('SELECT n, text FROM messages WHERE task_id = ? ORDER BY n'),
+    live: statement(`SELECT ${columns} FROM tasks WHERE status IN ('pending', 'running') ORDER BY id`),
+    expire: statement(expireQuery),
+  }
+}

@@ -1,15 +1,9 @@
-import { accessSync, constants, mkdirSync, statSync } from 'node:fs'
 import { createRequire } from 'node:module'
-import { dirname, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads'
 import type BetterSqlite3 from 'better-sqlite3'
-import { applicationId, columns, expireQuery, filterFields, listQuery, migrations, schemaVersion, toRecord, type TaskRow } from './sqlite-schema.js'
+import { filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDatabase, type SqliteDriver, type SqliteStatement } from './sqlite-file.js'
+import { filterFields, listQuery, statements, toRecord, type TaskRow } from './sqlite-schema.js'
 import { finalStatuses, InvalidCursorError, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
-
-type Database = BetterSqlite3.Database
-type Driver = typeof BetterSqlite3
-type Statement = BetterSqlite3.Statement<unknown[], unknown>
 
 /** Options of the SQLite store. */
 export interface SqliteStoreOptions {
@@ -44,23 +38,7 @@ export interface SqliteStoreOptions {
   maxBatch?: number
 }
 
-/** Why a SQLite store could not open, or refused a call. */
-export type SqliteStoreErrorReason = 'driver' | 'unwritable' | 'foreign' | 'version' | 'locked' | 'closed'
-
-/**
- * Thrown by `new SqliteStore()` when the file cannot be used (the message names the path
- * and the reason), and by every method once the store is closed.
- */
-export class SqliteStoreError extends Error {
-  override name = 'SqliteStoreError'
-  /** `driver`: better-sqlite3 is missing or does not load; `unwritable`: the path cannot be created, opened or written; `foreign`: the file is not a store of ours; `version`: a newer fastify-task-api wrote it; `locked`: another process (or store) has it open; `closed`: `close()` was called. */
-  readonly reason: SqliteStoreErrorReason
-
-  constructor (reason: SqliteStoreErrorReason, message: string, options?: ErrorOptions) {
-    super(message, options)
-    this.reason = reason
-  }
-}
+export { SqliteStoreError, type SqliteStoreErrorReason } from './sqlite-file.js'
 
 /** A record the store holds in memory: every live one, and any other with writes not yet committed. */
 interface Entry {
@@ -131,16 +109,16 @@ const cursorPattern = /^[1-9][0-9]{0,15}$/
 export class SqliteStore implements Store {
   /** The database file, absolute. */
   readonly path: string
-  readonly #db: Database
-  readonly #lock: Database
+  readonly #db: SqliteDatabase
+  readonly #lock: SqliteDatabase
   readonly #busyRetries: number
   readonly #maxBatch: number
   /** Live records, and any other whose changes are not yet committed, by uuid. */
   readonly #entries = new Map<string, Entry>()
   /** Entries with changes to write, in the order they were first changed. */
   readonly #dirty = new Set<Entry>()
-  readonly #sql: ReturnType<typeof prepare>
-  readonly #lists = new Map<number, Statement>()
+  readonly #sql: ReturnType<typeof statements>
+  readonly #lists = new Map<number, SqliteStatement>()
   #lastId: number
   #scheduled: ReturnType<typeof setImmediate> | undefined
   /** Whether the write loop runs (it picks up what is queued meanwhile), and its promise. */
@@ -163,27 +141,10 @@ export class SqliteStore implements Store {
     this.#maxBatch = maxBatch
 
     const driver = loadDriver()
-    prepareDirectory(this.path)
-    const db = openDatabase(driver.Database, this.path, busyTimeout)
-    try {
-      checkOwnership(db, this.path)
-    } catch (err) {
-      db.close()
-      throw err
-    }
-    // Ours (or empty): lock it before changing anything, so that two servers never both migrate.
-    const lock = takeLock(driver.Database, this.path, db)
-    try {
-      configure(db, this.path)
-      migrate(db, this.path)
-      this.#sql = prepare(db)
-    } catch (err) {
-      lock.close()
-      db.close()
-      throw err
-    }
+    const { db, lock } = openStoreFile(driver.Database, this.path, busyTimeout)
     this.#db = db
     this.#lock = lock
+    this.#sql = statements(db)
     this.#lastId = (db.prepare('SELECT max(id) AS id FROM tasks').get() as { id: number | null }).id ?? 0
     for (const row of this.#sql.live.all() as TaskRow[]) {
       const entry = this.#entryOf(row, true)
@@ -613,45 +574,8 @@ export class SqliteStore implements Store {
   }
 }
 
-function prepare (db: Database) {
-  const statement = (source: string): Statement => db.prepare(source)
-  return {
-    begin: statement('BEGIN IMMEDIATE'),
-    commit: statement('COMMIT'),
-    rollback: statement('ROLLBACK'),
-    insert: statement(`INSERT INTO tasks (${columns}) VALUES (${columns.split(',').map(() => '?').join(', ')})`),
-    updateAll: statement('UPDATE tasks SET status = ?, progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, finished = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
-    updateLight: statement('UPDATE tasks SET progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
-    deleteTask: statement('DELETE FROM tasks WHERE id = ?'),
-    deleteMessages: statement('DELETE FROM messages WHERE task_id = ?'),
-    trimMessages: statement('DELETE FROM messages WHERE task_id = ? AND n < ?'),
-    insertMessage: statement('INSERT INTO messages (task_id, n, text) VALUES (?, ?, ?)'),
-    byUuid: statement(`SELECT ${columns} FROM tasks WHERE uuid = ?`),
-    byId: statement(`SELECT ${columns} FROM tasks WHERE id = ?`),
-    messages: statement('SELECT n, text FROM messages WHERE task_id = ? ORDER BY n'),
-    live: statement(`SELECT ${columns} FROM tasks WHERE status IN ('pending', 'running') ORDER BY id`),
-    expire: statement(expireQuery),
-  }
-}
-
-function isBusy (err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code
-  return typeof code === 'string' && (code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED'))
-}
-
-function filePath (path: unknown): string {
-  if (path instanceof URL) {
-    if (path.protocol !== 'file:') throw new TypeError(`options.path must be a file path or a file: URL, got ${path.href}`)
-    return fileURLToPath(path)
-  }
-  if (typeof path !== 'string' || path === '' || path === ':memory:' || path.startsWith('file:')) {
-    throw new TypeError(`options.path must be the path of a file (use MemoryStore for records that need not last), got ${JSON.stringify(path) ?? String(path)}`)
-  }
-  return resolve(path)
-}
-
 /** better-sqlite3, loaded only by apps that use this store. */
-function loadDriver (): { Database: Driver, path: string } {
+function loadDriver (): { Database: SqliteDriver, path: string } {
   const require = createRequire(import.meta.url)
   let path: string
   try {
@@ -659,132 +583,9 @@ function loadDriver (): { Database: Driver, path: string } {
   } catch (err) {
     throw new SqliteStoreError('driver', 'SqliteStore needs better-sqlite3, which is not installed: npm install better-sqlite3@12', { cause: err })
   }
-  return { Database: require(path) as Driver, path }
-}
-
-function prepareDirectory (file: string): void {
-  const dir = dirname(file)
-  try {
-    mkdirSync(dir, { recursive: true })
-  } catch (err) {
-    throw new SqliteStoreError('unwritable', `cannot create the directory of the SQLite store ${file}: ${(err as Error).message}`, { cause: err })
-  }
-  try {
-    // SQLite creates <file>-wal, <file>-shm and the store <file>-lock beside the file.
-    accessSync(dir, constants.W_OK | constants.X_OK)
-  } catch (err) {
-    throw new SqliteStoreError('unwritable', `the SQLite store ${file} is not writable: cannot write in its directory ${dir} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err })
-  }
-  let isFile: boolean | undefined
-  try {
-    isFile = statSync(file).isFile()
-  } catch {
-    return // created on open
-  }
-  if (!isFile) throw new SqliteStoreError('unwritable', `the SQLite store ${file} is not a file`)
-  try {
-    accessSync(file, constants.R_OK | constants.W_OK)
-  } catch (err) {
-    throw new SqliteStoreError('unwritable', `the SQLite store ${file} is not writable (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err })
-  }
-}
-
-function isSqliteError (err: unknown, Database: Driver): boolean {
-  return err instanceof Database.SqliteError
-}
-
-function openDatabase (Database: Driver, file: string, busyTimeout: number): Database {
-  try {
-    return new Database(file, { timeout: busyTimeout })
-  } catch (err) {
-    if (!isSqliteError(err, Database)) {
-      // The native part did not load: built for another Node.js, or not built at all.
-      throw new SqliteStoreError('driver', `better-sqlite3 could not be loaded (${(err as Error).message}): npm install better-sqlite3@12`, { cause: err })
-    }
-    throw new SqliteStoreError('unwritable', `cannot open the SQLite store ${file}: ${(err as Error).message}`, { cause: err })
-  }
-}
-
-/** Refuses a file that is not one of ours (a text file, another application's database) or that a newer version wrote. */
-function checkOwnership (db: Database, file: string): void {
-  let id: number, version: number, objects: number
-  try {
-    id = db.pragma('application_id', { simple: true }) as number
-    version = db.pragma('user_version', { simple: true }) as number
-    objects = (db.prepare('SELECT count(*) AS n FROM sqlite_schema').get() as { n: number }).n
-  } catch (err) {
-    if ((err as { code?: unknown }).code === 'SQLITE_NOTADB') {
-      throw new SqliteStoreError('foreign', `${file} is not a fastify-task-api store: it is not an SQLite database`, { cause: err })
-    }
-    throw new SqliteStoreError('unwritable', `cannot read the SQLite store ${file}: ${(err as Error).message}`, { cause: err })
-  }
-  if (id === applicationId) {
-    if (version > schemaVersion) {
-      throw new SqliteStoreError('version', `the SQLite store ${file} has schema version ${version}, written by a newer fastify-task-api; this one knows versions up to ${schemaVersion}`)
-    }
-    return
-  }
-  if (id !== 0 || version !== 0 || objects > 0) {
-    throw new SqliteStoreError('foreign', `${file} is not a fastify-task-api store: it is the SQLite database of another application (application_id ${id}, user_version ${version}, ${objects} schema objects)`)
-  }
-  // An empty database: ours to set up.
-}
-
-/**
- * The one-process-per-file lock: an exclusive transaction held on `<file>-lock` for as
- * long as the store is open. It is the operating system's lock (fcntl), so it goes with
- * the process however that ends, and SQLite also applies it between connections of one
- * process. The file stays: removing it would let two processes lock two different files.
- */
-function takeLock (Database: Driver, file: string, db: Database): Database {
-  const path = `${file}-lock`
-  let lock: Database
-  try {
-    lock = new Database(path, { timeout: 0 })
-  } catch (err) {
-    db.close()
-    throw new SqliteStoreError('unwritable', `cannot create the lock file ${path} of the SQLite store ${file}: ${(err as Error).message}`, { cause: err })
-  }
-  try {
-    lock.pragma('journal_mode = MEMORY')
-    lock.pragma('locking_mode = EXCLUSIVE')
-    lock.exec('BEGIN EXCLUSIVE')
-  } catch (err) {
-    lock.close()
-    db.close()
-    if (isBusy(err)) {
-      throw new SqliteStoreError('locked', `the SQLite store ${file} is already open in another process (or another SqliteStore): one server per file, or two would run the same tasks`, { cause: err })
-    }
-    throw new SqliteStoreError('unwritable', `cannot lock the SQLite store ${file} (${path}): ${(err as Error).message}`, { cause: err })
-  }
-  return lock
-}
-
-function configure (db: Database, file: string): void {
-  try {
-    const mode = db.pragma('journal_mode = WAL', { simple: true })
-    if (mode !== 'wal') throw new Error(`SQLite kept journal_mode ${String(mode)}`)
-    db.pragma('synchronous = NORMAL')
-    // Checkpoints run in a worker thread; a WAL emptied by one shrinks back to this.
-    db.pragma('wal_autocheckpoint = 0')
-    db.pragma('journal_size_limit = 67108864')
-  } catch (err) {
-    throw new SqliteStoreError('unwritable', `cannot set up the SQLite store ${file} in WAL mode: ${(err as Error).message}`, { cause: err })
-  }
-}
-
-function migrate (db: Database, file: string): void {
-  try {
-    db.transaction(() => {
-      const version = db.pragma('user_version', { simple: true }) as number
-      if (version === schemaVersion) return
-      for (let v = version; v < schemaVersion; v++) db.exec(migrations[v] as string)
-      db.pragma(`application_id = ${applicationId}`)
-      db.pragma(`user_version = ${schemaVersion}`)
-    }).immediate()
-  } catch (err) {
-    throw new SqliteStoreError('unwritable', `cannot migrate the SQLite store ${file} to schema version ${schemaVersion}: ${(err as Error).message}`, { cause: err })
-  }
+  // Checked here: better-sqlite3's own types fit what the store uses of it.
+  const Database: SqliteDriver = require(path) as typeof BetterSqlite3
+  return { Database, path }
 }
 
 /**
@@ -795,7 +596,7 @@ function migrate (db: Database, file: string): void {
  * it, which makes the store's writes wait (busy, retried) for that moment.
  */
 function runCheckpointer (data: { driver: string, file: string }): void {
-  const Database = createRequire(import.meta.url)(data.driver) as Driver
+  const Database = createRequire(import.meta.url)(data.driver) as SqliteDriver
   const db = new Database(data.file, { fileMustExist: true, timeout: 1000 })
   const timer = setInterval(() => {
     try {
