@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module'
-import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads'
+import { isMainThread, Worker, workerData } from 'node:worker_threads'
 import type BetterSqlite3 from 'better-sqlite3'
 import { filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDatabase, type SqliteDriver, type SqliteStatement } from './sqlite-file.js'
 import { filterFields, listQuery, statements, toRecord, type TaskRow } from './sqlite-schema.js'
@@ -567,10 +567,9 @@ export class SqliteStore implements Store {
     const worker = this.#checkpointer
     if (worker === undefined) return
     this.#checkpointer = undefined
-    const exited = new Promise(resolve => worker.once('exit', resolve))
-    worker.ref() // the process waits for it to close its connection
-    worker.postMessage('stop')
-    await exited
+    // A checkpoint cut short is harmless (SQLite resumes it at the next); its connection
+    // closes as the thread ends.
+    await worker.terminate()
   }
 }
 
@@ -598,7 +597,7 @@ function loadDriver (): { Database: SqliteDriver, path: string } {
 function runCheckpointer (data: { driver: string, file: string }): void {
   const Database = createRequire(import.meta.url)(data.driver) as SqliteDriver
   const db = new Database(data.file, { fileMustExist: true, timeout: 1000 })
-  const timer = setInterval(() => {
+  setInterval(() => {
     try {
       const [result] = db.pragma('wal_checkpoint(PASSIVE)') as Array<{ busy: number, log: number, checkpointed: number }>
       if (result !== undefined && result.log >= truncateFrames) db.pragma('wal_checkpoint(TRUNCATE)')
@@ -606,12 +605,6 @@ function runCheckpointer (data: { driver: string, file: string }): void {
       // Busy past the timeout, or the file is gone: the next round tries again.
     }
   }, checkpointInterval)
-  parentPort?.on('message', (message) => {
-    if (message !== 'stop') return
-    clearInterval(timer)
-    db.close()
-    parentPort?.close()
-  })
 }
 
 if (!isMainThread && (workerData as Record<string, unknown> | null)?.[checkpointerFlag] === true) {
