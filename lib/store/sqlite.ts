@@ -76,7 +76,7 @@ const patchable = ['status', 'progress', 'target', 'outputs', 'error', 'attempt'
 const turnBudget = 10
 /** Background checkpoints: how often (ms), and past how many WAL frames the WAL is also truncated. */
 const checkpointInterval = 250
-const truncateFrames = 4096
+const truncateFrames = 16384
 const checkpointerFlag = 'fastify-task-api:sqlite-checkpointer'
 const cursorPattern = /^[1-9][0-9]{0,15}$/
 
