@@ -423,6 +423,21 @@ export function storeContract (t: Test, name: string, factory: StoreFactory): vo
     t.same(await store.expire('cancelled', minutes(0, 2), 5), [record.uuid], 'and so does expire')
   })
 
+  t.test(`${name}: a record created with the uuid of one that exists replaces it`, async (t) => {
+    const store = await factory(t)
+    const live = newRecord({ status: 'running', messages: ['old'] })
+    const finished = newRecord({ status: 'succeeded', finished: minutes(0, 1), messages: ['old'] })
+    const other = newRecord()
+    for (const record of [live, other, finished]) await store.create(record)
+    const newer = [newRecord({ uuid: live.uuid, task: 'sleep', messages: ['new'] }), newRecord({ uuid: finished.uuid, owner: 'ann' })]
+    for (const record of newer) await store.create(record)
+    t.same(copy(await store.get(live.uuid)), copy(newer[0]))
+    t.same(copy(await store.get(finished.uuid)), copy(newer[1]))
+    t.same(uuidsOf((await store.list({ limit: 10 })).records), [finished.uuid, live.uuid, other.uuid], 'listed once each, as the newest')
+    t.same(uuidsOf(await store.live()), [other.uuid, live.uuid, finished.uuid])
+    t.same(await store.expire('succeeded', minutes(0, 2), 10), [], 'the replaced finished one is gone')
+  })
+
   t.test(`${name}: close resolves, and so does a second close`, async (t) => {
     const store = await factory(t)
     await store.create(newRecord())

@@ -130,24 +130,73 @@ export function listQuery (fields: number): string {
 /** The retention query: the oldest finished records of a status, by the partial index on (status, finished). */
 export const expireQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished < ? ORDER BY finished, id LIMIT ?`
 
-/** The store's statements, prepared once. */
-export function statements (db: SqliteDatabase) {
+/** The reads, made by the store's own thread (the event loop's). */
+export function readStatements (db: SqliteDatabase) {
   const statement = (source: string): SqliteStatement => db.prepare(source)
   return {
-    begin: statement('BEGIN IMMEDIATE'),
-    commit: statement('COMMIT'),
-    rollback: statement('ROLLBACK'),
-    insert: statement(`INSERT INTO tasks (${columns}) VALUES (${columns.split(',').map(() => '?').join(', ')})`),
-    updateAll: statement('UPDATE tasks SET status = ?, progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, finished = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
-    updateLight: statement('UPDATE tasks SET progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
-    deleteTask: statement('DELETE FROM tasks WHERE id = ?'),
-    deleteMessages: statement('DELETE FROM messages WHERE task_id = ?'),
-    trimMessages: statement('DELETE FROM messages WHERE task_id = ? AND n < ?'),
-    insertMessage: statement('INSERT INTO messages (task_id, n, text) VALUES (?, ?, ?)'),
     byUuid: statement(`SELECT ${columns} FROM tasks WHERE uuid = ?`),
     byId: statement(`SELECT ${columns} FROM tasks WHERE id = ?`),
     messages: statement('SELECT n, text FROM messages WHERE task_id = ? ORDER BY n'),
     live: statement(`SELECT ${columns} FROM tasks WHERE status IN ('pending', 'running') ORDER BY id`),
     expire: statement(expireQuery),
+  }
+}
+
+/**
+ * What the store's thread sends its writer thread: one array per write, an opcode then
+ * the statement's parameters (plain values: they cross threads by structured clone).
+ */
+export type Write = readonly unknown[]
+
+export const INSERT = 0
+export const UPDATE_ALL = 1
+/** An update that leaves the indexed columns (status, finished) alone: SQLite then leaves every index alone. */
+export const UPDATE_LIGHT = 2
+export const TRIM = 3
+export const MESSAGE = 4
+export const DELETE = 5
+
+/** The writes, made by the writer thread. */
+export function writeStatements (db: SqliteDatabase) {
+  const statement = (source: string): SqliteStatement => db.prepare(source)
+  return {
+    begin: statement('BEGIN IMMEDIATE'),
+    commit: statement('COMMIT'),
+    rollback: statement('ROLLBACK'),
+    [INSERT]: statement(`INSERT INTO tasks (${columns}) VALUES (${columns.split(',').map(() => '?').join(', ')})`),
+    [UPDATE_ALL]: statement('UPDATE tasks SET status = ?, progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, finished = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
+    [UPDATE_LIGHT]: statement('UPDATE tasks SET progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
+    [TRIM]: statement('DELETE FROM messages WHERE task_id = ? AND n < ?'),
+    [MESSAGE]: statement('INSERT INTO messages (task_id, n, text) VALUES (?, ?, ?)'),
+    [DELETE]: statement('DELETE FROM tasks WHERE id = ?'),
+    deleteMessages: statement('DELETE FROM messages WHERE task_id = ?'),
+    idByUuid: statement('SELECT id FROM tasks WHERE uuid = ?'),
+  }
+}
+
+/** Applies writes in one transaction: all of them, or (it throws) none. */
+export function applyTransaction (sql: ReturnType<typeof writeStatements>, writes: readonly Write[]): void {
+  sql.begin.run()
+  try {
+    for (const [op, ...params] of writes) {
+      if (op === DELETE) sql.deleteMessages.run(params[0])
+      if (op === INSERT) {
+        // A record created with the uuid of one the file holds replaces it.
+        const old = sql.idByUuid.get(params[1]) as { id: number } | undefined
+        if (old !== undefined) {
+          sql.deleteMessages.run(old.id)
+          sql[DELETE].run(old.id)
+        }
+      }
+      sql[op as 0 | 1 | 2 | 3 | 4 | 5].run(...params)
+    }
+    sql.commit.run()
+  } catch (err) {
+    try {
+      sql.rollback.run()
+    } catch {
+      // SQLite rolls back by itself after some errors; the first error is the one to tell.
+    }
+    throw err
   }
 }

@@ -1,8 +1,9 @@
+import { once } from 'node:events'
 import { createRequire } from 'node:module'
-import { isMainThread, Worker, workerData } from 'node:worker_threads'
+import { isMainThread, parentPort, Worker, workerData, type MessagePort } from 'node:worker_threads'
 import type BetterSqlite3 from 'better-sqlite3'
 import { filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDatabase, type SqliteDriver, type SqliteStatement } from './sqlite-file.js'
-import { filterFields, listQuery, statements, toRecord, type TaskRow } from './sqlite-schema.js'
+import { applyTransaction, DELETE, filterFields, INSERT, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE_ALL, UPDATE_LIGHT, writeStatements, type TaskRow, type Write } from './sqlite-schema.js'
 import { finalStatuses, InvalidCursorError, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
 
 /** Options of the SQLite store. */
@@ -14,28 +15,39 @@ export interface SqliteStoreOptions {
    */
   path: string | URL
   /**
-   * How long one write may wait for another connection's lock, in ms. SQLite waits
-   * synchronously, blocking the event loop, so keep it small: past it the write is
-   * retried later (see `busyRetries`), without blocking.
+   * How long one attempt at a transaction waits for another connection's write lock,
+   * in ms, before it counts as busy (the wait is in the writer thread, never on the
+   * event loop).
    * @default 5
    */
   busyTimeout?: number
   /**
-   * How many times a write that finds the file busy or locked (SQLITE_BUSY, SQLITE_LOCKED)
-   * is retried, 10 ms after the first refusal, then twice as long each time up to 200 ms
-   * (about 1.3 s over 10 retries). Past it, every write waiting rejects with
-   * `StoreUnavailableError` (the REST API answers 503) and the store's view goes back to
-   * what the file holds.
+   * How many times a transaction that finds the file busy or locked (SQLITE_BUSY,
+   * SQLITE_LOCKED) is retried, 10 ms after the first refusal, then twice as long each
+   * time up to 200 ms (about 1.3 s over 10 retries). Past it, every write waiting rejects
+   * with `StoreUnavailableError` (the REST API answers 503) and the store's view goes
+   * back to what the file holds.
    * @default 10
    */
   busyRetries?: number
   /**
-   * The most rows (tasks and messages) one transaction writes; what is left goes in the
-   * next event-loop turn. A transaction also ends after about 10 ms of writing, so that
-   * store work never blocks the event loop for long.
+   * The most rows (tasks and messages) one transaction writes; a turn's writes past it
+   * go in further transactions.
    * @default 1000
    */
   maxBatch?: number
+}
+
+/** Counters of a SQLite store's writes, since it opened. */
+export interface SqliteStoreStats {
+  /** Calls (create, update, delete) whose changes wait for their commit. */
+  pending: number
+  /** Transactions committed. */
+  transactions: number
+  /** Attempts at a transaction that found the file busy or locked and were retried. */
+  busyRetries: number
+  /** Transactions that failed (their calls rejected with StoreUnavailableError). */
+  failures: number
 }
 
 export { SqliteStoreError, type SqliteStoreErrorReason } from './sqlite-file.js'
@@ -47,19 +59,20 @@ interface Entry {
   record: TaskRecord
   /** The `n` of `record.messages[0]` in the messages table. */
   first: number
-  /** Removed; the row goes at the next commit. */
+  /** Removed; the row goes with the next write. */
   deleted: boolean
-  /** The row exists in the file (as of the last commit). */
+  /** What the writes sent so far leave in the file, to send only what changed since. */
   saved: boolean
-  /** What the file holds of this record, to write only what changed. */
   savedFirst: number
   savedEnd: number
   savedStatus: TaskStatus
   savedFinished: string | null
   outputsJson: string
   inputsJson: string
-  /** The calls whose changes wait for the next commit of this entry. */
+  /** The calls that changed it since its last write was sent. */
   waiters: Waiter[]
+  /** The last transaction that writes it (0: none sent). */
+  transaction: number
 }
 
 interface Waiter {
@@ -69,15 +82,39 @@ interface Waiter {
   value: unknown
 }
 
+/** A transaction sent to the writer thread, until it answers. */
+interface Transaction {
+  id: number
+  entries: Entry[]
+  waiters: Waiter[]
+  /** Resolves when the writer answers, committed or not. */
+  done: Promise<void>
+  settle: () => void
+}
+
+/** What the store's thread tells the writer thread. */
+type ToWriter = { type: 'write', id: number, writes: Write[] } | { type: 'resume' } | { type: 'close' }
+/** What the writer thread answers. */
+type FromWriter =
+  | { type: 'committed', id: number }
+  | { type: 'busy', id: number }
+  | { type: 'failed', id: number, code: string | undefined, message: string, retries: number }
+
+interface WriterData {
+  driver: string
+  file: string
+  busyTimeout: number
+  busyRetries: number
+}
+
 /** The fields a patch may set, besides messages. Anything else in a patch is ignored. */
 const patchable = ['status', 'progress', 'target', 'outputs', 'error', 'attempt', 'started', 'finished', 'seq', 'messagesDropped'] as const
 
-/** A transaction writes for at most about this long (ms), then commits: the rest goes next turn. */
-const turnBudget = 10
-/** Background checkpoints: how often (ms), and past how many WAL frames the WAL is also truncated. */
+/** How long (ms) one turn may spend preparing writes for the writer thread; the rest goes next turn. */
+const turnBudget = 5
+/** How often (ms) the writer thread checkpoints the WAL into the database file. */
 const checkpointInterval = 250
-const truncateFrames = 16384
-const checkpointerFlag = 'fastify-task-api:sqlite-checkpointer'
+const writerFlag = 'fastify-task-api:sqlite-writer'
 const cursorPattern = /^[1-9][0-9]{0,15}$/
 
 /**
@@ -85,12 +122,12 @@ const cursorPattern = /^[1-9][0-9]{0,15}$/
  * restarted server finds its tasks.
  *
  * Writes are grouped: the calls made in one event-loop turn change the store's in-memory
- * view at once (a `get` right after sees them) and reach the file in one transaction at
- * the end of the turn; their promises resolve once it has committed, so whatever the
- * server publishes is on disk first. A transaction writes at most `maxBatch` rows or about
- * 10 ms of work, the rest the next turn. Live records stay in memory (they change
- * often); finished ones are read from the file. Checkpoints (copying the WAL into the
- * database, and the fsyncs) run in a worker thread, off the event loop.
+ * view at once (a `get` right after sees them) and, at the end of the turn, go to a writer
+ * thread as one transaction (at most `maxBatch` rows each); their promises resolve once
+ * it has committed, so whatever the server publishes is on disk first. Writing, commits
+ * and checkpoints (copying the WAL into the database, with the fsyncs) all happen in
+ * that thread: the event loop only reads (a finished record, a list page). Live records
+ * stay in memory (they change often); finished ones are read from the file.
  *
  * Durability: WAL with `synchronous = NORMAL`. A commit survives the process dying in any
  * way (SIGKILL, a crash, OOM): it is in the WAL, which the operating system writes out.
@@ -111,20 +148,21 @@ export class SqliteStore implements Store {
   readonly path: string
   readonly #db: SqliteDatabase
   readonly #lock: SqliteDatabase
-  readonly #busyRetries: number
   readonly #maxBatch: number
+  readonly #writerData: WriterData
   /** Live records, and any other whose changes are not yet committed, by uuid. */
   readonly #entries = new Map<string, Entry>()
-  /** Entries with changes to write, in the order they were first changed. */
+  /** Entries changed since their last write was sent, in the order they were first changed. */
   readonly #dirty = new Set<Entry>()
-  readonly #sql: ReturnType<typeof statements>
+  /** Transactions sent to the writer, in order, until it answers. */
+  readonly #sent = new Map<number, Transaction>()
+  readonly #sql: ReturnType<typeof readStatements>
   readonly #lists = new Map<number, SqliteStatement>()
+  readonly #stats = { transactions: 0, busyRetries: 0, failures: 0 }
   #lastId: number
+  #lastTransaction = 0
   #scheduled: ReturnType<typeof setImmediate> | undefined
-  /** Whether the write loop runs (it picks up what is queued meanwhile), and its promise. */
-  #writing = false
-  #written: Promise<void> = Promise.resolve()
-  #checkpointer: Worker | undefined
+  #writer: Worker | undefined
   #closing: Promise<void> | undefined
   #closed = false
 
@@ -137,29 +175,29 @@ export class SqliteStore implements Store {
     const maxBatch = options.maxBatch ?? 1000
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new TypeError(`options.maxBatch must be a positive integer, got ${String(maxBatch)}`)
     this.path = filePath(options.path)
-    this.#busyRetries = busyRetries
     this.#maxBatch = maxBatch
 
     const driver = loadDriver()
     const { db, lock } = openStoreFile(driver.Database, this.path, busyTimeout)
     this.#db = db
     this.#lock = lock
-    this.#sql = statements(db)
+    this.#sql = readStatements(db)
+    this.#writerData = { driver: driver.path, file: this.path, busyTimeout, busyRetries }
     this.#lastId = (db.prepare('SELECT max(id) AS id FROM tasks').get() as { id: number | null }).id ?? 0
     for (const row of this.#sql.live.all() as TaskRow[]) {
       const entry = this.#entryOf(row, true)
       this.#entries.set(entry.record.uuid, entry)
     }
-    this.#startCheckpointer(driver.path)
+    this.#startWriter()
   }
 
   async create (record: TaskRecord): Promise<void> {
     this.#checkOpen()
     const inputsJson = finalStatuses.has(record.status) ? '{}' : JSON.stringify(record.inputs ?? {})
     const outputsJson = JSON.stringify(record.outputs ?? {})
-    const previous = this.#find(record.uuid)
-    // Replaced: the old row goes in the same write (a failure rejects this create too).
-    if (previous !== undefined) this.#remove(previous).catch(() => {})
+    // A record with this uuid is replaced: in memory here, in the file by the writer thread.
+    const previous = this.#entries.get(record.uuid)
+    if (previous !== undefined && !previous.deleted) this.#remove(previous).catch(() => {})
     const copy: TaskRecord = { ...record, messages: record.messages.slice() }
     if (inputsJson === '{}') copy.inputs = {}
     const entry: Entry = {
@@ -175,6 +213,7 @@ export class SqliteStore implements Store {
       outputsJson,
       inputsJson,
       waiters: [],
+      transaction: 0,
     }
     this.#entries.set(copy.uuid, entry)
     await this.#enqueue(entry, undefined)
@@ -230,7 +269,7 @@ export class SqliteStore implements Store {
       if (!cursorPattern.test(filter.cursor)) throw new InvalidCursorError(`not a cursor of this store: ${JSON.stringify(filter.cursor.slice(0, 64))}`)
       before = Number(filter.cursor)
     }
-    // The file is the index: what this turn changed must be in it first.
+    // The file is the index: what was changed so far must be in it first.
     await this.#settled()
     this.#checkOpen()
     if (filter.limit <= 0) return { records: [], next: null }
@@ -294,6 +333,14 @@ export class SqliteStore implements Store {
     return removed
   }
 
+  /** Counters of the writes since the store opened. */
+  stats (): SqliteStoreStats {
+    let pending = 0
+    for (const entry of this.#dirty) pending += entry.waiters.length
+    for (const transaction of this.#sent.values()) pending += transaction.waiters.length
+    return { pending, ...this.#stats }
+  }
+
   /**
    * Writes what is pending, checkpoints the WAL into the database file (and truncates
    * it), and closes the file and the lock. Every call after it rejects (reason `closed`).
@@ -309,12 +356,18 @@ export class SqliteStore implements Store {
       clearImmediate(this.#scheduled)
       this.#scheduled = undefined
     }
-    while (this.#writing || this.#dirty.size > 0) await (this.#writing ? this.#written : this.#flush())
-    await this.#stopCheckpointer()
-    try {
-      this.#db.pragma('wal_checkpoint(TRUNCATE)')
-    } catch {
-      // Another connection reads the file: the WAL stays, and the next open uses it.
+    while (this.#dirty.size > 0 || this.#sent.size > 0) {
+      this.#flush(Infinity)
+      await Promise.all([...this.#sent.values()].map(transaction => transaction.done))
+    }
+    const writer = this.#writer
+    this.#writer = undefined
+    if (writer !== undefined) {
+      // It checkpoints (truncating the WAL) and closes its connection.
+      const exited = once(writer, 'exit')
+      writer.ref()
+      writer.postMessage({ type: 'close' } satisfies ToWriter)
+      await exited
     }
     this.#db.close()
     this.#lock.close()
@@ -356,6 +409,7 @@ export class SqliteStore implements Store {
       outputsJson: row.outputs,
       inputsJson: row.inputs,
       waiters: [],
+      transaction: 0,
     }
   }
 
@@ -373,203 +427,195 @@ export class SqliteStore implements Store {
     })
     entry.waiters.push(waiter)
     this.#dirty.add(entry)
-    if (this.#scheduled === undefined && !this.#writing) {
-      this.#scheduled = setImmediate(() => {
-        this.#scheduled = undefined
-        void this.#flush()
-      })
-    }
+    this.#scheduled ??= setImmediate(() => {
+      this.#scheduled = undefined
+      this.#flush(turnBudget)
+    })
     return waiter.promise
   }
 
-  /** Resolves once every write queued so far has committed or failed. */
+  /** Resolves once every write made so far has committed or failed. */
   async #settled (): Promise<void> {
     const pending: Array<Promise<unknown>> = []
     for (const entry of this.#dirty) {
       for (const waiter of entry.waiters) pending.push(waiter.promise)
     }
+    for (const transaction of this.#sent.values()) pending.push(transaction.done)
     if (pending.length > 0) await Promise.allSettled(pending)
   }
 
-  #flush (): Promise<void> {
-    this.#written = this.#writeAll()
-    return this.#written
+  /**
+   * Sends the dirty entries' writes to the writer thread, in transactions of at most
+   * `maxBatch` rows, for at most `budget` ms; what is left goes next turn.
+   */
+  #flush (budget: number): void {
+    const started = performance.now()
+    let transaction: Transaction | undefined
+    let writes: Write[] = []
+    let rows = 0
+    for (const entry of this.#dirty) {
+      transaction ??= this.#newTransaction()
+      rows += this.#writesOf(entry, writes)
+      transaction.entries.push(entry)
+      entry.transaction = transaction.id
+      for (const waiter of entry.waiters) transaction.waiters.push(waiter)
+      entry.waiters = []
+      this.#dirty.delete(entry)
+      if (rows >= this.#maxBatch) {
+        this.#send(transaction, writes)
+        transaction = undefined
+        writes = []
+        rows = 0
+        if (performance.now() - started > budget) break
+      }
+    }
+    if (transaction !== undefined) this.#send(transaction, writes)
+    if (this.#dirty.size > 0) {
+      this.#scheduled ??= setImmediate(() => {
+        this.#scheduled = undefined
+        this.#flush(turnBudget)
+      })
+    }
+  }
+
+  #newTransaction (): Transaction {
+    const transaction = { id: ++this.#lastTransaction, entries: [], waiters: [] } as unknown as Transaction
+    transaction.done = new Promise<void>((resolve) => { transaction.settle = resolve })
+    return transaction
+  }
+
+  #send (transaction: Transaction, writes: Write[]): void {
+    this.#sent.set(transaction.id, transaction)
+    const writer = this.#writer ?? this.#startWriter()
+    writer.ref() // the process waits for its writes
+    writer.postMessage({ type: 'write', id: transaction.id, writes } satisfies ToWriter)
   }
 
   /**
-   * Writes the dirty entries, a bounded transaction per turn, retrying while the file is
-   * busy. `#writing` is cleared synchronously as the loop ends: a call made by code that
-   * a commit resumed then schedules the next write itself.
+   * Appends the writes that take the file from what the writes sent so far leave there
+   * to the entry's present state; returns how many rows they write.
    */
-  async #writeAll (): Promise<void> {
-    this.#writing = true
-    try {
-      await this.#writeLoop()
-    } finally {
-      this.#writing = false
-    }
-  }
-
-  async #writeLoop (): Promise<void> {
-    let retries = 0
-    while (this.#dirty.size > 0) {
-      let written: Entry[]
-      try {
-        written = this.#transaction()
-      } catch (err) {
-        if (isBusy(err) && retries < this.#busyRetries) {
-          await new Promise(resolve => setTimeout(resolve, Math.min(200, 10 * 2 ** retries)))
-          retries++
-          continue
-        }
-        this.#fail(err, retries)
-        return
-      }
-      retries = 0
-      this.#committed(written)
-      // The next transaction in the next turn: the event loop gets its turn between them.
-      if (this.#dirty.size > 0) await new Promise(resolve => setImmediate(resolve))
-    }
-  }
-
-  /** One transaction: the dirty entries in order, up to the row and time budgets. */
-  #transaction (): Entry[] {
-    const sql = this.#sql
-    const started = performance.now()
-    const written: Entry[] = []
-    let rows = 0
-    sql.begin.run()
-    try {
-      for (const entry of this.#dirty) {
-        rows += this.#write(entry)
-        written.push(entry)
-        if (rows >= this.#maxBatch || performance.now() - started > turnBudget) break
-      }
-      sql.commit.run()
-    } catch (err) {
-      try {
-        if (this.#db.inTransaction) sql.rollback.run()
-      } catch {
-        // SQLite rolls back by itself after some errors; the first error is the one to tell.
-      }
-      throw err
-    }
-    return written
-  }
-
-  /** Writes one entry's changes since its last commit; returns how many rows it wrote. */
-  #write (entry: Entry): number {
-    const sql = this.#sql
+  #writesOf (entry: Entry, writes: Write[]): number {
     const { id, record } = entry
     if (entry.deleted) {
       if (!entry.saved) return 0
-      sql.deleteMessages.run(id)
-      sql.deleteTask.run(id)
+      entry.saved = false
+      writes.push([DELETE, id])
       return 2
     }
     let rows = 1
     let from: number
     if (!entry.saved) {
-      sql.insert.run(id, record.uuid, record.task, record.status, record.owner ?? null, record.progress ?? null, record.target ?? null,
+      writes.push([INSERT, id, record.uuid, record.task, record.status, record.owner ?? null, record.progress ?? null, record.target ?? null,
         entry.outputsJson, record.error ?? null, record.attempt, record.created, record.started ?? null, record.finished ?? null,
-        record.seq, entry.inputsJson, record.messagesDropped)
+        record.seq, entry.inputsJson, record.messagesDropped])
       from = entry.first
     } else {
       if (record.status !== entry.savedStatus || record.finished !== entry.savedFinished) {
-        sql.updateAll.run(record.status, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
-          record.attempt, record.started ?? null, record.finished ?? null, record.seq, entry.inputsJson, record.messagesDropped, id)
+        writes.push([UPDATE_ALL, record.status, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
+          record.attempt, record.started ?? null, record.finished ?? null, record.seq, entry.inputsJson, record.messagesDropped, id])
       } else {
-        // The indexed columns are left out: SQLite then leaves every index alone.
-        sql.updateLight.run(record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
-          record.attempt, record.started ?? null, record.seq, entry.inputsJson, record.messagesDropped, id)
+        writes.push([UPDATE_LIGHT, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
+          record.attempt, record.started ?? null, record.seq, entry.inputsJson, record.messagesDropped, id])
       }
       if (entry.first > entry.savedFirst) {
-        sql.trimMessages.run(id, entry.first)
+        writes.push([TRIM, id, entry.first])
         rows++
       }
       from = Math.max(entry.savedEnd, entry.first)
     }
     const end = entry.first + record.messages.length
-    for (let n = from; n < end; n++) sql.insertMessage.run(id, n, record.messages[n - entry.first])
+    for (let n = from; n < end; n++) writes.push([MESSAGE, id, n, record.messages[n - entry.first]])
+    entry.saved = true
+    entry.savedFirst = entry.first
+    entry.savedEnd = end
+    entry.savedStatus = record.status
+    entry.savedFinished = record.finished
     return rows + Math.max(0, end - from)
   }
 
-  /** After a commit: the file now holds these entries; their calls resolve. */
-  #committed (written: Entry[]): void {
-    for (const entry of written) {
-      this.#dirty.delete(entry)
-      const { record } = entry
-      if (entry.deleted) {
-        entry.saved = false
-        if (this.#entries.get(record.uuid) === entry) this.#entries.delete(record.uuid)
-      } else {
-        entry.saved = true
-        entry.savedFirst = entry.first
-        entry.savedEnd = entry.first + record.messages.length
-        entry.savedStatus = record.status
-        entry.savedFinished = record.finished
-        // Finished records are read from the file from now on.
-        if (finalStatuses.has(record.status) && this.#entries.get(record.uuid) === entry) this.#entries.delete(record.uuid)
-      }
-      const waiters = entry.waiters
-      entry.waiters = []
-      for (const waiter of waiters) waiter.resolve(waiter.value)
+  #startWriter (): Worker {
+    const writer = new Worker(new URL(import.meta.url), {
+      workerData: { [writerFlag]: true, ...this.#writerData },
+      // Not the loaders the app runs under (tsx, a test runner's): only this file runs there.
+      execArgv: [],
+    })
+    writer.unref()
+    writer.on('message', (message: FromWriter) => this.#answered(message))
+    const lost = (cause: unknown): void => {
+      if (this.#writer !== writer) return
+      this.#writer = undefined
+      this.#fail(cause, 0)
     }
+    writer.on('error', lost)
+    writer.on('exit', code => lost(new Error(`the SQLite writer thread exited with code ${code}`)))
+    this.#writer = writer
+    return writer
+  }
+
+  #answered (message: FromWriter): void {
+    if (message.type === 'busy') {
+      this.#stats.busyRetries++
+      return
+    }
+    if (message.type === 'failed') {
+      this.#stats.failures++
+      const cause = Object.assign(new Error(message.message), { code: message.code })
+      this.#fail(cause, message.retries)
+      // The writer dropped what came after the failure: it may take writes again.
+      this.#writer?.postMessage({ type: 'resume' } satisfies ToWriter)
+      return
+    }
+    const transaction = this.#sent.get(message.id)
+    if (transaction === undefined) return // rejected already, with a failure before it
+    this.#sent.delete(message.id)
+    this.#stats.transactions++
+    for (const entry of transaction.entries) {
+      if (entry.transaction !== transaction.id || this.#dirty.has(entry)) continue
+      // All its writes are in the file: a removed or finished record is read from there now.
+      const uuid = entry.record.uuid
+      if ((entry.deleted || finalStatuses.has(entry.record.status)) && this.#entries.get(uuid) === entry) this.#entries.delete(uuid)
+    }
+    for (const waiter of transaction.waiters) waiter.resolve(waiter.value)
+    transaction.settle()
+    if (this.#sent.size === 0) this.#writer?.unref()
   }
 
   /**
-   * The file refused the writes: every write waiting rejects, and the view goes back to
-   * what the file holds (the transaction rolled back, so the file holds no part of them).
+   * The file refused a transaction: every write not yet committed rejects (the ones sent
+   * after it were built on it), and the view goes back to what the file holds. The
+   * transaction rolled back: the file holds no part of it.
    */
   #fail (cause: unknown, retries: number): void {
     const code = (cause as { code?: unknown }).code
     const what = typeof code === 'string' ? `${code}${retries > 0 ? ` after ${retries} retries` : ''}: ` : ''
     const error = new StoreUnavailableError(`the SQLite store ${this.path} cannot write: ${what}${(cause as Error).message}`, { cause })
-    const failed = [...this.#dirty]
+    const transactions = [...this.#sent.values()]
+    this.#sent.clear()
+    const affected = new Set<Entry>(this.#dirty)
     this.#dirty.clear()
-    for (const entry of failed) {
+    for (const transaction of transactions) {
+      for (const entry of transaction.entries) affected.add(entry)
+    }
+    for (const entry of affected) {
       const uuid = entry.record.uuid
       if (this.#entries.get(uuid) === entry) this.#entries.delete(uuid)
     }
-    for (const entry of failed) {
-      if (!entry.saved) continue
-      // It is in the file: back to the file's version (kept in memory only while live).
+    for (const entry of affected) {
       const row = this.#sql.byId.get(entry.id) as TaskRow | undefined
       if (row !== undefined && !finalStatuses.has(row.status) && !this.#entries.has(row.uuid)) {
         this.#entries.set(row.uuid, this.#entryOf(row, true))
       }
     }
-    for (const entry of failed) {
-      const waiters = entry.waiters
+    for (const entry of affected) {
+      for (const waiter of entry.waiters) waiter.reject(error)
       entry.waiters = []
-      for (const waiter of waiters) waiter.reject(error)
     }
-  }
-
-  #startCheckpointer (driverPath: string): void {
-    const fallBack = (): void => {
-      // No worker: SQLite checkpoints at commit time instead, on this thread.
-      this.#checkpointer = undefined
-      if (this.#db.open) this.#db.pragma('wal_autocheckpoint = 1000')
+    for (const transaction of transactions) {
+      for (const waiter of transaction.waiters) waiter.reject(error)
+      transaction.settle()
     }
-    const worker = new Worker(new URL(import.meta.url), {
-      workerData: { [checkpointerFlag]: true, driver: driverPath, file: this.path },
-      // Not the loaders the app runs under (tsx, a test runner's): only this file runs there.
-      execArgv: [],
-    })
-    worker.unref()
-    worker.on('error', fallBack)
-    worker.on('exit', () => { if (this.#checkpointer === worker) fallBack() })
-    this.#checkpointer = worker
-  }
-
-  async #stopCheckpointer (): Promise<void> {
-    const worker = this.#checkpointer
-    if (worker === undefined) return
-    this.#checkpointer = undefined
-    // A checkpoint cut short is harmless (SQLite resumes it at the next); its connection
-    // closes as the thread ends.
-    await worker.terminate()
+    if (!this.#closed) this.#writer?.unref()
   }
 }
 
@@ -588,25 +634,84 @@ function loadDriver (): { Database: SqliteDriver, path: string } {
 }
 
 /**
- * The checkpoint worker: this same module, started in a worker thread by the store. It
- * copies the WAL into the database file (and fsyncs) every `checkpointInterval` ms, a
- * passive checkpoint that never blocks the store's writes; when the WAL has grown past
- * `truncateFrames` (writes that never pause long enough for it to restart), it truncates
- * it, which makes the store's writes wait (busy, retried) for that moment.
+ * The writer thread: this same module, started in a worker thread by the store. It
+ * applies each transaction it is sent, in order, and answers; a busy file is retried
+ * after a backoff (10 ms, doubling up to 200 ms) up to `busyRetries` times, then the
+ * transaction fails, and every transaction sent after it is dropped (the store rejects
+ * them) until the store says to resume. Between transactions, every
+ * `checkpointInterval` ms, it checkpoints the WAL into the database file; on close, it
+ * checkpoints and truncates the WAL.
  */
-function runCheckpointer (data: { driver: string, file: string }): void {
+function runWriter (data: WriterData, port: MessagePort): void {
   const Database = createRequire(import.meta.url)(data.driver) as SqliteDriver
-  const db = new Database(data.file, { fileMustExist: true, timeout: 1000 })
-  setInterval(() => {
+  const db = new Database(data.file, { fileMustExist: true, timeout: data.busyTimeout })
+  db.pragma('synchronous = NORMAL')
+  db.pragma('wal_autocheckpoint = 0')
+  db.pragma('journal_size_limit = 67108864')
+  const sql = writeStatements(db)
+  const queue: ToWriter[] = []
+  let waiting = false
+  let dropping = false
+  let retries = 0
+  const answer = (message: FromWriter): void => port.postMessage(message)
+  const drain = (): void => {
+    while (!waiting && queue.length > 0) {
+      const message = queue[0] as ToWriter
+      if (message.type === 'close') {
+        clearInterval(checkpoints)
+        try {
+          db.pragma('wal_checkpoint(TRUNCATE)')
+        } catch {
+          // Another connection reads the file: the WAL stays, and the next open uses it.
+        }
+        db.close()
+        port.close()
+        return
+      }
+      queue.shift()
+      if (message.type === 'resume') {
+        dropping = false
+        continue
+      }
+      if (dropping) continue
+      try {
+        applyTransaction(sql, message.writes)
+      } catch (err) {
+        if (isBusy(err) && retries < data.busyRetries) {
+          queue.unshift(message)
+          answer({ type: 'busy', id: message.id })
+          waiting = true
+          setTimeout(() => {
+            waiting = false
+            drain()
+          }, Math.min(200, 10 * 2 ** retries++))
+          return
+        }
+        const code = (err as { code?: unknown }).code
+        answer({ type: 'failed', id: message.id, code: typeof code === 'string' ? code : undefined, message: (err as Error).message, retries })
+        retries = 0
+        dropping = true
+        continue
+      }
+      retries = 0
+      answer({ type: 'committed', id: message.id })
+    }
+  }
+  const checkpoints = setInterval(() => {
+    if (waiting) return
     try {
-      const [result] = db.pragma('wal_checkpoint(PASSIVE)') as Array<{ busy: number, log: number, checkpointed: number }>
-      if (result !== undefined && result.log >= truncateFrames) db.pragma('wal_checkpoint(TRUNCATE)')
+      db.pragma('wal_checkpoint(PASSIVE)')
     } catch {
-      // Busy past the timeout, or the file is gone: the next round tries again.
+      // The next round tries again.
     }
   }, checkpointInterval)
+  checkpoints.unref()
+  port.on('message', (message: ToWriter) => {
+    queue.push(message)
+    drain()
+  })
 }
 
-if (!isMainThread && (workerData as Record<string, unknown> | null)?.[checkpointerFlag] === true) {
-  runCheckpointer(workerData as { driver: string, file: string })
+if (!isMainThread && parentPort !== null && (workerData as Record<string, unknown> | null)?.[writerFlag] === true) {
+  runWriter(workerData as WriterData, parentPort)
 }
