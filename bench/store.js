@@ -76,13 +76,14 @@ async function lives (store, n, lanes) {
   const loop = monitorEventLoopDelay({ resolution: 1 })
   let next = 0
   const started = performance.now()
+  const elu = performance.eventLoopUtilization()
   loop.enable()
   await Promise.all(Array.from({ length: lanes }, async () => {
     while (next < n) await life(store, next++)
   }))
   loop.disable()
   const seconds = (performance.now() - started) / 1000
-  return { rate: n / seconds, maxDelay: loop.max / 1e6, p99Delay: loop.percentile(99) / 1e6 }
+  return { rate: n / seconds, maxDelay: loop.max / 1e6, p99Delay: loop.percentile(99) / 1e6, utilization: performance.eventLoopUtilization(elu).utilization }
 }
 
 const median = values => percentile(Float64Array.from(values).sort(), 50)
@@ -104,7 +105,7 @@ let files = 0
 const newSqlite = () => new SqliteStore({ path: join(dir, `life-${files++}.db`) })
 
 async function benchLife () {
-  const results = { memory: { seq: [], conc: [] }, sqlite: { seq: [], conc: [], delay: [], p99: [] }, noise: [] }
+  const results = { memory: { seq: [], conc: [] }, sqlite: { seq: [], conc: [], delay: [], p99: [], utilization: [] }, noise: [] }
   for (let round = 0; round < config.life.rounds; round++) {
     results.noise.push(await noiseFloor())
     for (const kind of ['memory', 'sqlite']) {
@@ -116,6 +117,7 @@ async function benchLife () {
       results[kind].conc.push(concurrent.rate)
       results[kind].delay?.push(Math.max(sequential.maxDelay, concurrent.maxDelay))
       results[kind].p99?.push(concurrent.p99Delay)
+      results[kind].utilization?.push(concurrent.utilization)
       console.error(`  round ${round + 1} ${kind}: ${fmt(sequential.rate)} / ${fmt(concurrent.rate)} tasks/s, longest loop delay ${fmt(Math.max(sequential.maxDelay, concurrent.maxDelay), 1)} ms`)
     }
   }
@@ -129,6 +131,7 @@ async function benchLife () {
   row(`SQLite / memory, ${config.life.lanes} at once (medians)`, fmt(ratio, 2), 'info', '-')
   const worst = Math.max(...sqlite.delay)
   row('event-loop delay under that load, SQLite: longest (each round); p99 at once', `${fmt(worst, 1)} ms (${sqlite.delay.map(v => fmt(v, 1)).join(', ')}); p99 ${sqlite.p99.map(v => fmt(v, 1)).join(', ')} ms`, '<= 20 ms', pass(worst <= 20))
+  row(`event-loop utilization under that load, SQLite, ${config.life.lanes} at once (each round)`, sqlite.utilization.map(v => fmt(v, 2)).join(', '), 'info', '-')
   row('noise floor: longest event-loop delay of this process idling 3 s (each round); p99', `${fmt(Math.max(...results.noise.map(n => n.max)), 1)} ms (${results.noise.map(n => fmt(n.max, 1)).join(', ')}); p99 ${results.noise.map(n => fmt(n.p99, 1)).join(', ')} ms`, 'info', '-')
   notes.push(`A task's life: create, update to running, one update with 5 messages (about 35 characters each) and progress, update to succeeded with outputs of about 30 bytes: 4 store calls, each awaited before the next. The memory store's calls never yield to the event loop (nothing to measure there: the lanes run as one long turn). "At once": ${config.life.lanes} lives in flight, ${fmt(config.life.concurrent)} per round; "one at a time": ${fmt(config.life.sequential)} per round, so each SQLite call waits for its own commit. ${config.life.rounds} rounds, memory and SQLite alternating, each on a fresh store.`)
 }

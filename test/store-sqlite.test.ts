@@ -12,7 +12,7 @@ import { StoreUnavailableError } from '../dist/index.js'
 import type { TaskRecord } from '../dist/index.js'
 import { SqliteStore, type SqliteStoreOptions } from '../dist/store/sqlite.js'
 import { expireQuery, listQuery } from '../dist/store/sqlite-schema.js'
-import { fixtureSource, until } from './helpers.js'
+import { build, fixtureSource, until } from './helpers.js'
 import { newRecord, storeContract } from './store-contract.js'
 
 // The SQLite store: the contract, and what a file adds to it: it outlives the process
@@ -487,3 +487,20 @@ t.test('every list query and the retention query search an index: no scan, no so
   t.same(plan('SELECT * FROM tasks WHERE uuid = ?', [randomUUID()]), ['SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (uuid=?)'], 'a record by uuid')
   t.same(plan('SELECT n, text FROM messages WHERE task_id = ? ORDER BY n', [1]), ['SEARCH messages USING PRIMARY KEY (task_id=?)'], 'its messages')
 })
+
+t.test('the plugin runs tasks on a SqliteStore, and app.close() closes it', async (t) => {
+  const dir = tempDir(t)
+  const path = join(dir, 'tasks.db')
+  const app = await build(t, { store: new SqliteStore({ path }), list: true })
+  const created = await app.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'disk', count: 3 } } })
+  t.equal(created.statusCode, 201)
+  const { uuid } = created.json() as { uuid: string }
+  const done = await app.tasks.wait(uuid)
+  t.match(done, { status: 'succeeded', outputs: { output: 'Hello disk' }, messages: ['step 0', 'step 1', 'step 2'], progress: 3 })
+  t.same((await app.inject('/tasks')).json().tasks.map((task: { uuid: string }) => task.uuid), [uuid])
+  await app.close()
+  const store = new SqliteStore({ path }) // app.close() released the file
+  t.teardown(() => store.close())
+  t.same(copy(await store.get(uuid)), { ...done, inputs: {}, owner: null, seq: (await store.get(uuid))?.seq }, 'the record as the app last answered it')
+})
+
