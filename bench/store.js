@@ -13,7 +13,7 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import { randomUUID } from 'node:crypto'
 import { MemoryStore } from 'fastify-task-api'
 import { SqliteStore } from 'fastify-task-api/sqlite'
@@ -77,13 +77,17 @@ async function lives (store, n, lanes) {
   let next = 0
   const started = performance.now()
   const elu = performance.eventLoopUtilization()
+  let longestGc = 0
+  const gc = new PerformanceObserver(list => { for (const entry of list.getEntries()) longestGc = Math.max(longestGc, entry.duration) })
+  gc.observe({ entryTypes: ['gc'] })
   loop.enable()
   await Promise.all(Array.from({ length: lanes }, async () => {
     while (next < n) await life(store, next++)
   }))
   loop.disable()
+  gc.disconnect()
   const seconds = (performance.now() - started) / 1000
-  return { rate: n / seconds, maxDelay: loop.max / 1e6, p99Delay: loop.percentile(99) / 1e6, utilization: performance.eventLoopUtilization(elu).utilization }
+  return { rate: n / seconds, maxDelay: loop.max / 1e6, p99Delay: loop.percentile(99) / 1e6, utilization: performance.eventLoopUtilization(elu).utilization, longestGc }
 }
 
 const median = values => percentile(Float64Array.from(values).sort(), 50)
@@ -105,7 +109,7 @@ let files = 0
 const newSqlite = () => new SqliteStore({ path: join(dir, `life-${files++}.db`) })
 
 async function benchLife () {
-  const results = { memory: { seq: [], conc: [] }, sqlite: { seq: [], conc: [], delay: [], p99: [], utilization: [] }, noise: [] }
+  const results = { memory: { seq: [], conc: [] }, sqlite: { seq: [], conc: [], delay: [], p99: [], utilization: [], gc: [] }, noise: [] }
   for (let round = 0; round < config.life.rounds; round++) {
     results.noise.push(await noiseFloor())
     for (const kind of ['memory', 'sqlite']) {
@@ -118,6 +122,7 @@ async function benchLife () {
       results[kind].delay?.push(Math.max(sequential.maxDelay, concurrent.maxDelay))
       results[kind].p99?.push(concurrent.p99Delay)
       results[kind].utilization?.push(concurrent.utilization)
+      results[kind].gc?.push(Math.max(sequential.longestGc, concurrent.longestGc))
       console.error(`  round ${round + 1} ${kind}: ${fmt(sequential.rate)} / ${fmt(concurrent.rate)} tasks/s, longest loop delay ${fmt(Math.max(sequential.maxDelay, concurrent.maxDelay), 1)} ms`)
     }
   }
@@ -131,6 +136,7 @@ async function benchLife () {
   row(`SQLite / memory, ${config.life.lanes} at once (medians)`, fmt(ratio, 2), 'info', '-')
   const worst = Math.max(...sqlite.delay)
   row('event-loop delay under that load, SQLite: longest (each round); p99 at once', `${fmt(worst, 1)} ms (${sqlite.delay.map(v => fmt(v, 1)).join(', ')}); p99 ${sqlite.p99.map(v => fmt(v, 1)).join(', ')} ms`, '<= 20 ms', pass(worst <= 20))
+  row('longest garbage-collection pause under that load, SQLite (each round)', `${sqlite.gc.map(v => fmt(v, 1)).join(', ')} ms`, 'info', '-')
   row(`event-loop utilization under that load, SQLite, ${config.life.lanes} at once (each round)`, sqlite.utilization.map(v => fmt(v, 2)).join(', '), 'info', '-')
   row('noise floor: longest event-loop delay of this process idling 3 s (each round); p99', `${fmt(Math.max(...results.noise.map(n => n.max)), 1)} ms (${results.noise.map(n => fmt(n.max, 1)).join(', ')}); p99 ${results.noise.map(n => fmt(n.p99, 1)).join(', ')} ms`, 'info', '-')
   notes.push(`A task's life: create, update to running, one update with 5 messages (about 35 characters each) and progress, update to succeeded with outputs of about 30 bytes: 4 store calls, each awaited before the next. The memory store's calls never yield to the event loop (nothing to measure there: the lanes run as one long turn). "At once": ${config.life.lanes} lives in flight, ${fmt(config.life.concurrent)} per round; "one at a time": ${fmt(config.life.sequential)} per round, so each SQLite call waits for its own commit. ${config.life.rounds} rounds, memory and SQLite alternating, each on a fresh store.`)
