@@ -3,6 +3,11 @@ import { finalStatuses, InvalidCursorError, type FinalStatus, type ListFilter, t
 
 const BTree = BTreeModule.default
 type Index = InstanceType<typeof BTree<number, TaskRecord>>
+/** Finished records of one status by [finished, creation order]: what retention expires, oldest first. */
+type Expiry = InstanceType<typeof BTree<[string, number], string>>
+
+/** The fields a patch may set, besides messages. Anything else in a patch is ignored. */
+const patchable = ['status', 'progress', 'target', 'outputs', 'error', 'attempt', 'started', 'finished', 'seq', 'messagesDropped'] as const
 
 /** Options of the in-memory store. */
 export interface MemoryStoreOptions {
@@ -55,8 +60,8 @@ export class MemoryStore implements Store {
   readonly #indexes = new Map<number, Map<string, Index>>()
   /** Finished records in the order they finished: the first is forgotten first. */
   readonly #finished = new Set<string>()
-  /** The same, per final status: what retention expires, oldest first. */
-  readonly #finishedBy = new Map<string, Set<string>>()
+  /** The same, per final status, by finished time: what retention expires, oldest first. */
+  readonly #finishedBy = new Map<string, Expiry>()
   readonly #maxFinished: number
   readonly #maxBytes: number
   #bytes = 0
@@ -92,10 +97,15 @@ export class MemoryStore implements Store {
     const entry = this.#entries.get(uuid)
     if (entry === undefined) return undefined
     const { record } = entry
-    const { messages, trimMessages, ...fields } = patch
+    const { messages, trimMessages } = patch
     const before = record.status
+    const finishedBefore = record.finished
     if (record.status !== (patch.status ?? before)) this.#unindexStatus(entry)
-    Object.assign(record, fields)
+    const fields = record as unknown as Record<string, unknown>
+    for (const key of patchable) {
+      // A field left undefined is left as it was.
+      if (patch[key] !== undefined) fields[key] = patch[key]
+    }
     if (messages !== undefined) {
       for (const message of messages) record.messages.push(message)
     }
@@ -106,10 +116,10 @@ export class MemoryStore implements Store {
       }
     }
     if (this.#finished.has(uuid)) {
-      // A finished record changed after all: count it anew (and file it under its new status).
-      if (record.status !== before) {
-        this.#finishedBy.get(before)?.delete(uuid)
-        this.#fileFinished(uuid, record)
+      // A finished record changed after all: count it anew (and file it under its new status or time).
+      if (record.status !== before || record.finished !== finishedBefore) {
+        this.#unfileFinished(before, finishedBefore, entry)
+        this.#fileFinished(entry)
       }
       this.#bytes -= entry.bytes
       entry.bytes = sizeOf(record)
@@ -160,16 +170,14 @@ export class MemoryStore implements Store {
 
   async expire (status: FinalStatus, before: string, limit: number): Promise<string[]> {
     const removed: string[] = []
-    const finished = this.#finishedBy.get(status)
-    if (finished === undefined) return removed
-    // In the order they finished: stop at the first one young enough to stay.
-    for (const uuid of finished) {
-      if (removed.length >= limit) break
-      const entry = this.#entries.get(uuid) as Entry
-      if ((entry.record.finished ?? '') >= before) break
-      this.#forget(uuid, entry)
+    const expiry = this.#finishedBy.get(status)
+    if (expiry === undefined) return removed
+    // Oldest finished first: stop at the first one young enough to stay.
+    for (const [[finished], uuid] of expiry.entries()) {
+      if (removed.length >= limit || finished >= before) break
       removed.push(uuid)
     }
+    for (const uuid of removed) this.#forget(uuid, this.#entries.get(uuid) as Entry)
     return removed
   }
 
@@ -207,18 +215,24 @@ export class MemoryStore implements Store {
     entry.bytes = sizeOf(entry.record)
     this.#bytes += entry.bytes
     this.#finished.add(uuid)
-    this.#fileFinished(uuid, entry.record)
+    this.#fileFinished(entry)
     this.#evict()
   }
 
-  #fileFinished (uuid: string, record: TaskRecord): void {
-    if (!finalStatuses.has(record.status)) return
-    let set = this.#finishedBy.get(record.status)
-    if (set === undefined) {
-      set = new Set()
-      this.#finishedBy.set(record.status, set)
+  /** Files a finished record for retention; one without a finished time is never expired. */
+  #fileFinished (entry: Entry): void {
+    const { record } = entry
+    if (!finalStatuses.has(record.status) || record.finished === null) return
+    let expiry = this.#finishedBy.get(record.status)
+    if (expiry === undefined) {
+      expiry = new BTree<[string, number], string>(undefined, compareExpiry)
+      this.#finishedBy.set(record.status, expiry)
     }
-    set.add(uuid)
+    expiry.set([record.finished, entry.seq], record.uuid)
+  }
+
+  #unfileFinished (status: string, finished: string | null, entry: Entry): void {
+    if (finished !== null) this.#finishedBy.get(status)?.delete([finished, entry.seq])
   }
 
   #evict (): void {
@@ -233,7 +247,7 @@ export class MemoryStore implements Store {
     for (const [fields, indexes] of this.#indexes) remove(indexes, fields, entry)
     this.#entries.delete(uuid)
     if (this.#finished.delete(uuid)) this.#bytes -= entry.bytes
-    this.#finishedBy.get(entry.record.status)?.delete(uuid)
+    this.#unfileFinished(entry.record.status, entry.record.finished, entry)
   }
 }
 
@@ -247,6 +261,10 @@ function valueKey (fields: number, owner: string | null, status: string, task: s
   if ((fields & STATUS) !== 0) key += ' ' + status
   if ((fields & TASK) !== 0) key += ' ' + JSON.stringify(task)
   return key
+}
+
+function compareExpiry (a: [string, number], b: [string, number]): number {
+  return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] - b[1]
 }
 
 function add (indexes: Map<string, Index>, fields: number, entry: Entry): void {

@@ -1,0 +1,202 @@
+import type { SqliteDatabase, SqliteStatement } from './sqlite-file.js'
+import type { ListFilter, TaskRecord, TaskStatus } from './types.js'
+
+/*
+ * The SQLite store's file format: the schema, its migrations, and the queries whose plans
+ * matter. No driver here: lib/store/sqlite.ts is the one module that loads better-sqlite3.
+ */
+
+/** `PRAGMA application_id` of our files: "FTAP" in ASCII. Another application's database has another (usually 0). */
+export const applicationId = 0x46544150
+
+/**
+ * The schema's migrations: `migrations[v]` takes a file from `user_version` v to v + 1.
+ * They run on open, all in one transaction; never edit one that has shipped, add the next.
+ */
+export const migrations: readonly string[] = [
+  // 0 -> 1: tasks, their messages, and the indexes of every list filter and of retention.
+  `
+  CREATE TABLE tasks (
+    id INTEGER PRIMARY KEY, -- creation order: what lists sort by and what a cursor holds
+    uuid TEXT NOT NULL UNIQUE,
+    task TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled')),
+    owner TEXT,
+    progress NUMERIC,
+    target NUMERIC,
+    outputs TEXT NOT NULL, -- JSON
+    error TEXT,
+    attempt INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    started TEXT,
+    finished TEXT,
+    seq INTEGER NOT NULL,
+    inputs TEXT NOT NULL, -- JSON; '{}' once finished
+    messages_dropped INTEGER NOT NULL
+  );
+  -- One row per kept message: appending is an INSERT, trimming a DELETE of the oldest.
+  CREATE TABLE messages (
+    task_id INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (task_id, n)
+  ) WITHOUT ROWID;
+  CREATE INDEX tasks_owner ON tasks (owner);
+  CREATE INDEX tasks_status ON tasks (status);
+  CREATE INDEX tasks_task ON tasks (task);
+  CREATE INDEX tasks_owner_status ON tasks (owner, status);
+  CREATE INDEX tasks_owner_task ON tasks (owner, task);
+  CREATE INDEX tasks_status_task ON tasks (status, task);
+  CREATE INDEX tasks_owner_status_task ON tasks (owner, status, task);
+  CREATE INDEX tasks_expiry ON tasks (status, finished) WHERE finished IS NOT NULL;
+  `,
+]
+
+/** The version a file has once every migration ran. */
+export const schemaVersion = migrations.length
+
+/** A row of `tasks`. */
+export interface TaskRow {
+  id: number
+  uuid: string
+  task: string
+  status: TaskStatus
+  owner: string | null
+  progress: number | null
+  target: number | null
+  outputs: string
+  error: string | null
+  attempt: number
+  created: string
+  started: string | null
+  finished: string | null
+  seq: number
+  inputs: string
+  messages_dropped: number
+}
+
+export const columns = 'id, uuid, task, status, owner, progress, target, outputs, error, attempt, created, started, finished, seq, inputs, messages_dropped'
+
+export function toRecord (row: TaskRow, messages: string[]): TaskRecord {
+  return {
+    uuid: row.uuid,
+    task: row.task,
+    status: row.status,
+    progress: row.progress,
+    target: row.target,
+    outputs: JSON.parse(row.outputs) as Record<string, unknown>,
+    messages,
+    messagesDropped: row.messages_dropped,
+    attempt: row.attempt,
+    created: row.created,
+    started: row.started,
+    finished: row.finished,
+    error: row.error,
+    inputs: JSON.parse(row.inputs) as Record<string, unknown>,
+    owner: row.owner,
+    seq: row.seq,
+  }
+}
+
+/** Which filter fields a list query has: a bit each. */
+export const OWNER = 1
+export const STATUS = 2
+export const TASK = 4
+
+export function filterFields (filter: Omit<ListFilter, 'limit'>): number {
+  return (filter.owner !== undefined ? OWNER : 0) | (filter.status !== undefined ? STATUS : 0) | (filter.task !== undefined ? TASK : 0)
+}
+
+/**
+ * The list query of one combination of filter fields. Each combination has the index
+ * whose columns are exactly its fields (the rowid, `id`, implicitly last), named with
+ * INDEXED BY so that the planner cannot pick one that would need a sort: a page is a
+ * search for the fields' values and `id < cursor`, read newest first, `limit` rows and
+ * no more, whatever the number of records. Parameters: the set fields in the order
+ * owner, status, task, then the cursor's id and the limit.
+ */
+export function listQuery (fields: number): string {
+  const names: string[] = []
+  const terms: string[] = []
+  // `owner IS ?`: a null owner selects the records without one, and still uses the index.
+  if ((fields & OWNER) !== 0) { names.push('owner'); terms.push('owner IS ?') }
+  if ((fields & STATUS) !== 0) { names.push('status'); terms.push('status = ?') }
+  if ((fields & TASK) !== 0) { names.push('task'); terms.push('task = ?') }
+  terms.push('id < ?')
+  const indexed = names.length === 0 ? '' : ` INDEXED BY tasks_${names.join('_')}`
+  return `SELECT ${columns} FROM tasks${indexed} WHERE ${terms.join(' AND ')} ORDER BY id DESC LIMIT ?`
+}
+
+/** The retention query: the oldest finished records of a status, by the partial index on (status, finished). */
+export const expireQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished < ? ORDER BY finished, id LIMIT ?`
+
+/** The reads, made by the store's own thread (the event loop's). */
+export function readStatements (db: SqliteDatabase) {
+  const statement = (source: string): SqliteStatement => db.prepare(source)
+  return {
+    byUuid: statement(`SELECT ${columns} FROM tasks WHERE uuid = ?`),
+    byId: statement(`SELECT ${columns} FROM tasks WHERE id = ?`),
+    messages: statement('SELECT n, text FROM messages WHERE task_id = ? ORDER BY n'),
+    live: statement(`SELECT ${columns} FROM tasks WHERE status IN ('pending', 'running') ORDER BY id`),
+    expire: statement(expireQuery),
+  }
+}
+
+/**
+ * What the store's thread sends its writer thread: one array per write, an opcode then
+ * the statement's parameters (plain values: they cross threads by structured clone).
+ */
+export type Write = readonly unknown[]
+
+export const INSERT = 0
+export const UPDATE_ALL = 1
+/** An update that leaves the indexed columns (status, finished) alone: SQLite then leaves every index alone. */
+export const UPDATE_LIGHT = 2
+export const TRIM = 3
+export const MESSAGE = 4
+export const DELETE = 5
+
+/** The writes, made by the writer thread. */
+export function writeStatements (db: SqliteDatabase) {
+  const statement = (source: string): SqliteStatement => db.prepare(source)
+  return {
+    begin: statement('BEGIN IMMEDIATE'),
+    commit: statement('COMMIT'),
+    rollback: statement('ROLLBACK'),
+    [INSERT]: statement(`INSERT INTO tasks (${columns}) VALUES (${columns.split(',').map(() => '?').join(', ')})`),
+    [UPDATE_ALL]: statement('UPDATE tasks SET status = ?, progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, finished = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
+    [UPDATE_LIGHT]: statement('UPDATE tasks SET progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
+    [TRIM]: statement('DELETE FROM messages WHERE task_id = ? AND n < ?'),
+    [MESSAGE]: statement('INSERT INTO messages (task_id, n, text) VALUES (?, ?, ?)'),
+    [DELETE]: statement('DELETE FROM tasks WHERE id = ?'),
+    deleteMessages: statement('DELETE FROM messages WHERE task_id = ?'),
+    idByUuid: statement('SELECT id FROM tasks WHERE uuid = ?'),
+  }
+}
+
+/** Applies writes in one transaction: all of them, or (it throws) none. */
+export function applyTransaction (sql: ReturnType<typeof writeStatements>, writes: readonly Write[]): void {
+  sql.begin.run()
+  try {
+    for (const [op, ...params] of writes) {
+      if (op === DELETE) sql.deleteMessages.run(params[0])
+      if (op === INSERT) {
+        // A record created with the uuid of one the file holds replaces it.
+        const old = sql.idByUuid.get(params[1]) as { id: number } | undefined
+        if (old !== undefined) {
+          sql.deleteMessages.run(old.id)
+          sql[DELETE].run(old.id)
+        }
+      }
+      sql[op as 0 | 1 | 2 | 3 | 4 | 5].run(...params)
+    }
+    sql.commit.run()
+  } catch (err) {
+    try {
+      sql.rollback.run()
+    } catch {
+      // SQLite rolls back by itself after some errors; the first error is the one to tell.
+    }
+    throw err
+  }
+}

@@ -1,0 +1,717 @@
+import { once } from 'node:events'
+import { createRequire } from 'node:module'
+import { isMainThread, parentPort, Worker, workerData, type MessagePort } from 'node:worker_threads'
+import type BetterSqlite3 from 'better-sqlite3'
+import { filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDatabase, type SqliteDriver, type SqliteStatement } from './sqlite-file.js'
+import { applyTransaction, DELETE, filterFields, INSERT, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE_ALL, UPDATE_LIGHT, writeStatements, type TaskRow, type Write } from './sqlite-schema.js'
+import { finalStatuses, InvalidCursorError, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
+
+/** Options of the SQLite store. */
+export interface SqliteStoreOptions {
+  /**
+   * The database file (a path or a `file:` URL). Its directory is created when missing.
+   * Beside it SQLite keeps `<path>-wal` and `<path>-shm`, and the store `<path>-lock`.
+   * `':memory:'` and `''` are refused: use `MemoryStore` for records that need not last.
+   */
+  path: string | URL
+  /**
+   * How long one attempt at a transaction waits for another connection's write lock,
+   * in ms, before it counts as busy (the wait is in the writer thread, never on the
+   * event loop).
+   * @default 5
+   */
+  busyTimeout?: number
+  /**
+   * How many times a transaction that finds the file busy or locked (SQLITE_BUSY,
+   * SQLITE_LOCKED) is retried, 10 ms after the first refusal, then twice as long each
+   * time up to 200 ms (about 1.3 s over 10 retries). Past it, every write waiting rejects
+   * with `StoreUnavailableError` (the REST API answers 503) and the store's view goes
+   * back to what the file holds.
+   * @default 10
+   */
+  busyRetries?: number
+  /**
+   * The most rows (tasks and messages) one transaction writes; a turn's writes past it
+   * go in further transactions.
+   * @default 1000
+   */
+  maxBatch?: number
+}
+
+/** Counters of a SQLite store's writes, since it opened. */
+export interface SqliteStoreStats {
+  /** Calls (create, update, delete) whose changes wait for their commit. */
+  pending: number
+  /** Transactions committed. */
+  transactions: number
+  /** Attempts at a transaction that found the file busy or locked and were retried. */
+  busyRetries: number
+  /** Transactions that failed (their calls rejected with StoreUnavailableError). */
+  failures: number
+}
+
+export { SqliteStoreError, type SqliteStoreErrorReason } from './sqlite-file.js'
+
+/** A record the store holds in memory: every live one, and any other with writes not yet committed. */
+interface Entry {
+  /** The row id: creation order. */
+  id: number
+  record: TaskRecord
+  /** The `n` of `record.messages[0]` in the messages table. */
+  first: number
+  /** Removed; the row goes with the next write. */
+  deleted: boolean
+  /** What the writes sent so far leave in the file, to send only what changed since. */
+  saved: boolean
+  savedFirst: number
+  savedEnd: number
+  savedStatus: TaskStatus
+  savedFinished: string | null
+  outputsJson: string
+  inputsJson: string
+  /** The calls that changed it since its last write was sent. */
+  waiters: Waiter[]
+  /** The last transaction that writes it (0: none sent). */
+  transaction: number
+}
+
+interface Waiter {
+  promise: Promise<unknown>
+  resolve: (value: unknown) => void
+  reject: (err: Error) => void
+  value: unknown
+}
+
+/** A transaction sent to the writer thread, until it answers. */
+interface Transaction {
+  id: number
+  entries: Entry[]
+  waiters: Waiter[]
+  /** Resolves when the writer answers, committed or not. */
+  done: Promise<void>
+  settle: () => void
+}
+
+/** What the store's thread tells the writer thread. */
+type ToWriter = { type: 'write', id: number, writes: Write[] } | { type: 'resume' } | { type: 'close' }
+/** What the writer thread answers. */
+type FromWriter =
+  | { type: 'committed', id: number }
+  | { type: 'busy', id: number }
+  | { type: 'failed', id: number, code: string | undefined, message: string, retries: number }
+
+interface WriterData {
+  driver: string
+  file: string
+  busyTimeout: number
+  busyRetries: number
+}
+
+/** The fields a patch may set, besides messages. Anything else in a patch is ignored. */
+const patchable = ['status', 'progress', 'target', 'outputs', 'error', 'attempt', 'started', 'finished', 'seq', 'messagesDropped'] as const
+
+/** How long (ms) one turn may spend preparing writes for the writer thread; the rest goes next turn. */
+const turnBudget = 5
+/** How often (ms) the writer thread checkpoints the WAL into the database file. */
+const checkpointInterval = 250
+const writerFlag = 'fastify-task-api:sqlite-writer'
+const cursorPattern = /^[1-9][0-9]{0,15}$/
+
+/**
+ * A store in a SQLite file (better-sqlite3, WAL mode): records outlive the process, so a
+ * restarted server finds its tasks.
+ *
+ * Writes are grouped: the calls made in one event-loop turn change the store's in-memory
+ * view at once (a `get` right after sees them) and, at the end of the turn, go to a writer
+ * thread as one transaction (at most `maxBatch` rows each); their promises resolve once
+ * it has committed, so whatever the server publishes is on disk first. Writing, commits
+ * and checkpoints (copying the WAL into the database, with the fsyncs) all happen in
+ * that thread: the event loop only reads (a finished record, a list page). Live records
+ * stay in memory (they change often); finished ones are read from the file.
+ *
+ * Durability: WAL with `synchronous = NORMAL`. A commit survives the process dying in any
+ * way (SIGKILL, a crash, OOM): it is in the WAL, which the operating system writes out.
+ * A power loss or an operating-system crash may lose the last commits before it (those
+ * since the last checkpoint, which runs every quarter of a second while there are
+ * writes), never the file's consistency.
+ *
+ * One process per file: the store holds an exclusive lock on `<path>-lock` while it is
+ * open (the operating system releases it when the process ends, even by SIGKILL), and a
+ * second store on the same file, in this process or another, fails with reason `locked`:
+ * two servers would run the same pending tasks twice. Other connections may read the
+ * file meanwhile (the sqlite3 shell, a backup); one that writes makes the store's writes
+ * wait and retry (see `busyRetries`). The lock is an fcntl lock: keep the file on a local
+ * disk, not a network file system.
+ */
+export class SqliteStore implements Store {
+  /** The database file, absolute. */
+  readonly path: string
+  readonly #db: SqliteDatabase
+  readonly #lock: SqliteDatabase
+  readonly #maxBatch: number
+  readonly #writerData: WriterData
+  /** Live records, and any other whose changes are not yet committed, by uuid. */
+  readonly #entries = new Map<string, Entry>()
+  /** Entries changed since their last write was sent, in the order they were first changed. */
+  readonly #dirty = new Set<Entry>()
+  /** Transactions sent to the writer, in order, until it answers. */
+  readonly #sent = new Map<number, Transaction>()
+  readonly #sql: ReturnType<typeof readStatements>
+  readonly #lists = new Map<number, SqliteStatement>()
+  readonly #stats = { transactions: 0, busyRetries: 0, failures: 0 }
+  #lastId: number
+  #lastTransaction = 0
+  #scheduled: ReturnType<typeof setImmediate> | undefined
+  #writer: Worker | undefined
+  #closing: Promise<void> | undefined
+  #closed = false
+
+  constructor (options: SqliteStoreOptions) {
+    if (typeof options !== 'object' || options === null) throw new TypeError(`options must be an object with a path, got ${String(options)}`)
+    const busyTimeout = options.busyTimeout ?? 5
+    if (!Number.isInteger(busyTimeout) || busyTimeout < 0) throw new TypeError(`options.busyTimeout must be an integer >= 0, got ${String(busyTimeout)}`)
+    const busyRetries = options.busyRetries ?? 10
+    if (!Number.isInteger(busyRetries) || busyRetries < 0) throw new TypeError(`options.busyRetries must be an integer >= 0, got ${String(busyRetries)}`)
+    const maxBatch = options.maxBatch ?? 1000
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new TypeError(`options.maxBatch must be a positive integer, got ${String(maxBatch)}`)
+    this.path = filePath(options.path)
+    this.#maxBatch = maxBatch
+
+    const driver = loadDriver()
+    const { db, lock } = openStoreFile(driver.Database, this.path, busyTimeout)
+    this.#db = db
+    this.#lock = lock
+    this.#sql = readStatements(db)
+    this.#writerData = { driver: driver.path, file: this.path, busyTimeout, busyRetries }
+    this.#lastId = (db.prepare('SELECT max(id) AS id FROM tasks').get() as { id: number | null }).id ?? 0
+    for (const row of this.#sql.live.all() as TaskRow[]) {
+      const entry = this.#entryOf(row, true)
+      this.#entries.set(entry.record.uuid, entry)
+    }
+    this.#startWriter()
+  }
+
+  async create (record: TaskRecord): Promise<void> {
+    this.#checkOpen()
+    const inputsJson = finalStatuses.has(record.status) ? '{}' : JSON.stringify(record.inputs ?? {})
+    const outputsJson = JSON.stringify(record.outputs ?? {})
+    // A record with this uuid is replaced: in memory here, in the file by the writer thread.
+    const previous = this.#entries.get(record.uuid)
+    if (previous !== undefined && !previous.deleted) this.#remove(previous).catch(() => {})
+    const copy: TaskRecord = { ...record, messages: record.messages.slice() }
+    if (inputsJson === '{}') copy.inputs = {}
+    const entry: Entry = {
+      id: ++this.#lastId,
+      record: copy,
+      first: 0,
+      deleted: false,
+      saved: false,
+      savedFirst: 0,
+      savedEnd: 0,
+      savedStatus: copy.status,
+      savedFinished: null,
+      outputsJson,
+      inputsJson,
+      waiters: [],
+      transaction: 0,
+    }
+    this.#entries.set(copy.uuid, entry)
+    await this.#enqueue(entry, undefined)
+  }
+
+  async get (uuid: string): Promise<TaskRecord | undefined> {
+    this.#checkOpen()
+    const entry = this.#entries.get(uuid)
+    if (entry !== undefined) return entry.deleted ? undefined : entry.record
+    const row = this.#sql.byUuid.get(uuid) as TaskRow | undefined
+    return row === undefined ? undefined : toRecord(row, this.#messagesOf(row.id).texts)
+  }
+
+  async update (uuid: string, patch: RecordPatch): Promise<TaskRecord | undefined> {
+    this.#checkOpen()
+    let entry = this.#entries.get(uuid)
+    if (entry === undefined) {
+      // A finished record changes after all: it comes back into memory until committed.
+      const row = this.#sql.byUuid.get(uuid) as TaskRow | undefined
+      if (row === undefined) return undefined
+      entry = this.#entryOf(row, true)
+      this.#entries.set(uuid, entry)
+    }
+    if (entry.deleted) return undefined
+    // Serialized before anything changes: a patch that cannot be stored fails alone.
+    const outputsJson = patch.outputs !== undefined ? JSON.stringify(patch.outputs) : undefined
+    const { record } = entry
+    const fields = record as unknown as Record<string, unknown>
+    for (const key of patchable) {
+      if (patch[key] !== undefined) fields[key] = patch[key]
+    }
+    if (outputsJson !== undefined) entry.outputsJson = outputsJson
+    if (patch.messages !== undefined) {
+      for (const message of patch.messages) record.messages.push(message)
+    }
+    if (patch.trimMessages !== undefined && patch.trimMessages > 0) {
+      const trimmed = Math.min(patch.trimMessages, record.messages.length)
+      record.messages.splice(0, trimmed)
+      entry.first += trimmed
+    }
+    if (finalStatuses.has(record.status) && entry.inputsJson !== '{}') {
+      // The inputs were for the run: a finished record drops them.
+      record.inputs = {}
+      entry.inputsJson = '{}'
+    }
+    return this.#enqueue(entry, record) as Promise<TaskRecord>
+  }
+
+  async list (filter: ListFilter): Promise<ListPage> {
+    this.#checkOpen()
+    let before = Number.MAX_SAFE_INTEGER
+    if (filter.cursor !== undefined) {
+      if (!cursorPattern.test(filter.cursor)) throw new InvalidCursorError(`not a cursor of this store: ${JSON.stringify(filter.cursor.slice(0, 64))}`)
+      before = Number(filter.cursor)
+    }
+    // The file is the index: what was changed so far must be in it first.
+    await this.#settled()
+    this.#checkOpen()
+    if (filter.limit <= 0) return { records: [], next: null }
+    const fields = filterFields(filter)
+    let statement = this.#lists.get(fields)
+    if (statement === undefined) {
+      statement = this.#db.prepare(listQuery(fields))
+      this.#lists.set(fields, statement)
+    }
+    const args: unknown[] = []
+    if (filter.owner !== undefined) args.push(filter.owner)
+    if (filter.status !== undefined) args.push(filter.status)
+    if (filter.task !== undefined) args.push(filter.task)
+    const rows = statement.all(...args, before, filter.limit + 1) as TaskRow[]
+    const more = rows.length > filter.limit
+    if (more) rows.pop()
+    return {
+      records: rows.map(row => toRecord(row, this.#messagesOf(row.id).texts)),
+      next: more ? String((rows.at(-1) as TaskRow).id) : null,
+    }
+  }
+
+  async delete (uuid: string): Promise<boolean> {
+    this.#checkOpen()
+    const entry = this.#find(uuid)
+    if (entry === undefined) return false
+    await this.#remove(entry)
+    return true
+  }
+
+  async live (): Promise<TaskRecord[]> {
+    this.#checkOpen()
+    const live: Entry[] = []
+    for (const entry of this.#entries.values()) {
+      if (!entry.deleted && !finalStatuses.has(entry.record.status)) live.push(entry)
+    }
+    return live.sort((a, b) => a.id - b.id).map(entry => entry.record)
+  }
+
+  async expire (status: FinalStatus, before: string, limit: number): Promise<string[]> {
+    this.#checkOpen()
+    await this.#settled()
+    this.#checkOpen()
+    if (limit <= 0) return []
+    const removed: string[] = []
+    const writes: Array<Promise<unknown>> = []
+    for (const row of this.#sql.expire.all(status, before, limit) as TaskRow[]) {
+      let entry = this.#entries.get(row.uuid)
+      if (entry !== undefined) {
+        // Changed since the commit this query read: expire it only if it still qualifies.
+        const { record } = entry
+        if (entry.deleted || record.status !== status || record.finished === null || record.finished >= before) continue
+      } else {
+        entry = this.#entryOf(row, false)
+        this.#entries.set(row.uuid, entry)
+      }
+      writes.push(this.#remove(entry))
+      removed.push(row.uuid)
+    }
+    await Promise.all(writes)
+    return removed
+  }
+
+  /** Counters of the writes since the store opened. */
+  stats (): SqliteStoreStats {
+    let pending = 0
+    for (const entry of this.#dirty) pending += entry.waiters.length
+    for (const transaction of this.#sent.values()) pending += transaction.waiters.length
+    return { pending, ...this.#stats }
+  }
+
+  /**
+   * Writes what is pending, checkpoints the WAL into the database file (and truncates
+   * it), and closes the file and the lock. Every call after it rejects (reason `closed`).
+   */
+  async close (): Promise<void> {
+    this.#closing ??= this.#close()
+    return this.#closing
+  }
+
+  async #close (): Promise<void> {
+    this.#closed = true
+    if (this.#scheduled !== undefined) {
+      clearImmediate(this.#scheduled)
+      this.#scheduled = undefined
+    }
+    while (this.#dirty.size > 0 || this.#sent.size > 0) {
+      this.#flush(Infinity)
+      await Promise.all([...this.#sent.values()].map(transaction => transaction.done))
+    }
+    const writer = this.#writer
+    this.#writer = undefined
+    if (writer !== undefined) {
+      // It checkpoints (truncating the WAL) and closes its connection.
+      const exited = once(writer, 'exit')
+      writer.ref()
+      writer.postMessage({ type: 'close' } satisfies ToWriter)
+      await exited
+    }
+    this.#db.close()
+    this.#lock.close()
+  }
+
+  #checkOpen (): void {
+    if (this.#closed) throw new SqliteStoreError('closed', `the SQLite store ${this.path} is closed`)
+  }
+
+  /** The entry of a record that exists (in memory, or else in the file), or undefined. */
+  #find (uuid: string): Entry | undefined {
+    const entry = this.#entries.get(uuid)
+    if (entry !== undefined) return entry.deleted ? undefined : entry
+    const row = this.#sql.byUuid.get(uuid) as TaskRow | undefined
+    if (row === undefined) return undefined
+    const loaded = this.#entryOf(row, false)
+    this.#entries.set(uuid, loaded)
+    return loaded
+  }
+
+  /** Marks an entry removed; resolves once the removal is committed. */
+  #remove (entry: Entry): Promise<unknown> {
+    entry.deleted = true
+    return this.#enqueue(entry, true)
+  }
+
+  #entryOf (row: TaskRow, withMessages: boolean): Entry {
+    const { first, texts } = withMessages ? this.#messagesOf(row.id) : { first: 0, texts: [] }
+    return {
+      id: row.id,
+      record: toRecord(row, texts),
+      first,
+      deleted: false,
+      saved: true,
+      savedFirst: first,
+      savedEnd: first + texts.length,
+      savedStatus: row.status,
+      savedFinished: row.finished,
+      outputsJson: row.outputs,
+      inputsJson: row.inputs,
+      waiters: [],
+      transaction: 0,
+    }
+  }
+
+  #messagesOf (id: number): { first: number, texts: string[] } {
+    const rows = this.#sql.messages.all(id) as Array<{ n: number, text: string }>
+    return { first: rows[0]?.n ?? 0, texts: rows.map(row => row.text) }
+  }
+
+  /** Queues an entry's write; the promise resolves with `value` once it is committed. */
+  #enqueue (entry: Entry, value: unknown): Promise<unknown> {
+    const waiter = { value } as Waiter
+    waiter.promise = new Promise<unknown>((resolve, reject) => {
+      waiter.resolve = resolve
+      waiter.reject = reject
+    })
+    entry.waiters.push(waiter)
+    this.#dirty.add(entry)
+    this.#scheduled ??= setImmediate(() => {
+      this.#scheduled = undefined
+      this.#flush(turnBudget)
+    })
+    return waiter.promise
+  }
+
+  /** Resolves once every write made so far has committed or failed. */
+  async #settled (): Promise<void> {
+    const pending: Array<Promise<unknown>> = []
+    for (const entry of this.#dirty) {
+      for (const waiter of entry.waiters) pending.push(waiter.promise)
+    }
+    for (const transaction of this.#sent.values()) pending.push(transaction.done)
+    if (pending.length > 0) await Promise.allSettled(pending)
+  }
+
+  /**
+   * Sends the dirty entries' writes to the writer thread, in transactions of at most
+   * `maxBatch` rows, for at most `budget` ms; what is left goes next turn.
+   */
+  #flush (budget: number): void {
+    const started = performance.now()
+    let transaction: Transaction | undefined
+    let writes: Write[] = []
+    let rows = 0
+    for (const entry of this.#dirty) {
+      transaction ??= this.#newTransaction()
+      rows += this.#writesOf(entry, writes)
+      transaction.entries.push(entry)
+      entry.transaction = transaction.id
+      for (const waiter of entry.waiters) transaction.waiters.push(waiter)
+      entry.waiters = []
+      this.#dirty.delete(entry)
+      if (rows >= this.#maxBatch) {
+        this.#send(transaction, writes)
+        transaction = undefined
+        writes = []
+        rows = 0
+        if (performance.now() - started > budget) break
+      }
+    }
+    if (transaction !== undefined) this.#send(transaction, writes)
+    if (this.#dirty.size > 0) {
+      this.#scheduled ??= setImmediate(() => {
+        this.#scheduled = undefined
+        this.#flush(turnBudget)
+      })
+    }
+  }
+
+  #newTransaction (): Transaction {
+    const transaction = { id: ++this.#lastTransaction, entries: [], waiters: [] } as unknown as Transaction
+    transaction.done = new Promise<void>((resolve) => { transaction.settle = resolve })
+    return transaction
+  }
+
+  #send (transaction: Transaction, writes: Write[]): void {
+    this.#sent.set(transaction.id, transaction)
+    const writer = this.#writer ?? this.#startWriter()
+    writer.ref() // the process waits for its writes
+    writer.postMessage({ type: 'write', id: transaction.id, writes } satisfies ToWriter)
+  }
+
+  /**
+   * Appends the writes that take the file from what the writes sent so far leave there
+   * to the entry's present state; returns how many rows they write.
+   */
+  #writesOf (entry: Entry, writes: Write[]): number {
+    const { id, record } = entry
+    if (entry.deleted) {
+      if (!entry.saved) return 0
+      entry.saved = false
+      writes.push([DELETE, id])
+      return 2
+    }
+    let rows = 1
+    let from: number
+    if (!entry.saved) {
+      writes.push([INSERT, id, record.uuid, record.task, record.status, record.owner ?? null, record.progress ?? null, record.target ?? null,
+        entry.outputsJson, record.error ?? null, record.attempt, record.created, record.started ?? null, record.finished ?? null,
+        record.seq, entry.inputsJson, record.messagesDropped])
+      from = entry.first
+    } else {
+      if (record.status !== entry.savedStatus || record.finished !== entry.savedFinished) {
+        writes.push([UPDATE_ALL, record.status, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
+          record.attempt, record.started ?? null, record.finished ?? null, record.seq, entry.inputsJson, record.messagesDropped, id])
+      } else {
+        writes.push([UPDATE_LIGHT, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
+          record.attempt, record.started ?? null, record.seq, entry.inputsJson, record.messagesDropped, id])
+      }
+      if (entry.first > entry.savedFirst) {
+        writes.push([TRIM, id, entry.first])
+        rows++
+      }
+      from = Math.max(entry.savedEnd, entry.first)
+    }
+    const end = entry.first + record.messages.length
+    for (let n = from; n < end; n++) writes.push([MESSAGE, id, n, record.messages[n - entry.first]])
+    entry.saved = true
+    entry.savedFirst = entry.first
+    entry.savedEnd = end
+    entry.savedStatus = record.status
+    entry.savedFinished = record.finished
+    return rows + Math.max(0, end - from)
+  }
+
+  #startWriter (): Worker {
+    const writer = new Worker(new URL(import.meta.url), {
+      workerData: { [writerFlag]: true, ...this.#writerData },
+      // Not the loaders the app runs under (tsx, a test runner's): only this file runs there.
+      execArgv: [],
+    })
+    writer.unref()
+    writer.on('message', (message: FromWriter) => this.#answered(message))
+    const lost = (cause: unknown): void => {
+      if (this.#writer !== writer) return
+      this.#writer = undefined
+      this.#fail(cause, 0)
+    }
+    writer.on('error', lost)
+    writer.on('exit', code => lost(new Error(`the SQLite writer thread exited with code ${code}`)))
+    this.#writer = writer
+    return writer
+  }
+
+  #answered (message: FromWriter): void {
+    if (message.type === 'busy') {
+      this.#stats.busyRetries++
+      return
+    }
+    if (message.type === 'failed') {
+      this.#stats.failures++
+      const cause = Object.assign(new Error(message.message), { code: message.code })
+      this.#fail(cause, message.retries)
+      // The writer dropped what came after the failure: it may take writes again.
+      this.#writer?.postMessage({ type: 'resume' } satisfies ToWriter)
+      return
+    }
+    const transaction = this.#sent.get(message.id)
+    if (transaction === undefined) return // rejected already, with a failure before it
+    this.#sent.delete(message.id)
+    this.#stats.transactions++
+    for (const entry of transaction.entries) {
+      if (entry.transaction !== transaction.id || this.#dirty.has(entry)) continue
+      // All its writes are in the file: a removed or finished record is read from there now.
+      const uuid = entry.record.uuid
+      if ((entry.deleted || finalStatuses.has(entry.record.status)) && this.#entries.get(uuid) === entry) this.#entries.delete(uuid)
+    }
+    for (const waiter of transaction.waiters) waiter.resolve(waiter.value)
+    transaction.settle()
+    if (this.#sent.size === 0) this.#writer?.unref()
+  }
+
+  /**
+   * The file refused a transaction: every write not yet committed rejects (the ones sent
+   * after it were built on it), and the view goes back to what the file holds. The
+   * transaction rolled back: the file holds no part of it.
+   */
+  #fail (cause: unknown, retries: number): void {
+    const code = (cause as { code?: unknown }).code
+    const what = typeof code === 'string' ? `${code}${retries > 0 ? ` after ${retries} retries` : ''}: ` : ''
+    const error = new StoreUnavailableError(`the SQLite store ${this.path} cannot write: ${what}${(cause as Error).message}`, { cause })
+    const transactions = [...this.#sent.values()]
+    this.#sent.clear()
+    const affected = new Set<Entry>(this.#dirty)
+    this.#dirty.clear()
+    for (const transaction of transactions) {
+      for (const entry of transaction.entries) affected.add(entry)
+    }
+    for (const entry of affected) {
+      const uuid = entry.record.uuid
+      if (this.#entries.get(uuid) === entry) this.#entries.delete(uuid)
+    }
+    for (const entry of affected) {
+      const row = this.#sql.byId.get(entry.id) as TaskRow | undefined
+      if (row !== undefined && !finalStatuses.has(row.status) && !this.#entries.has(row.uuid)) {
+        this.#entries.set(row.uuid, this.#entryOf(row, true))
+      }
+    }
+    for (const entry of affected) {
+      for (const waiter of entry.waiters) waiter.reject(error)
+      entry.waiters = []
+    }
+    for (const transaction of transactions) {
+      for (const waiter of transaction.waiters) waiter.reject(error)
+      transaction.settle()
+    }
+    if (!this.#closed) this.#writer?.unref()
+  }
+}
+
+/** better-sqlite3, loaded only by apps that use this store. */
+function loadDriver (): { Database: SqliteDriver, path: string } {
+  const require = createRequire(import.meta.url)
+  let path: string
+  try {
+    path = require.resolve('better-sqlite3')
+  } catch (err) {
+    throw new SqliteStoreError('driver', 'SqliteStore needs better-sqlite3, which is not installed: npm install better-sqlite3@12', { cause: err })
+  }
+  // Checked here: better-sqlite3's own types fit what the store uses of it.
+  const Database: SqliteDriver = require(path) as typeof BetterSqlite3
+  return { Database, path }
+}
+
+/**
+ * The writer thread: this same module, started in a worker thread by the store. It
+ * applies each transaction it is sent, in order, and answers; a busy file is retried
+ * after a backoff (10 ms, doubling up to 200 ms) up to `busyRetries` times, then the
+ * transaction fails, and every transaction sent after it is dropped (the store rejects
+ * them) until the store says to resume. Between transactions, every
+ * `checkpointInterval` ms, it checkpoints the WAL into the database file; on close, it
+ * checkpoints and truncates the WAL.
+ */
+function runWriter (data: WriterData, port: MessagePort): void {
+  const Database = createRequire(import.meta.url)(data.driver) as SqliteDriver
+  const db = new Database(data.file, { fileMustExist: true, timeout: data.busyTimeout })
+  db.pragma('synchronous = NORMAL')
+  db.pragma('wal_autocheckpoint = 0')
+  db.pragma('journal_size_limit = 67108864')
+  const sql = writeStatements(db)
+  const queue: ToWriter[] = []
+  let waiting = false
+  let dropping = false
+  let retries = 0
+  const answer = (message: FromWriter): void => port.postMessage(message)
+  const drain = (): void => {
+    while (!waiting && queue.length > 0) {
+      const message = queue[0] as ToWriter
+      if (message.type === 'close') {
+        clearInterval(checkpoints)
+        try {
+          db.pragma('wal_checkpoint(TRUNCATE)')
+        } catch {
+          // Another connection reads the file: the WAL stays, and the next open uses it.
+        }
+        db.close()
+        port.close()
+        return
+      }
+      queue.shift()
+      if (message.type === 'resume') {
+        dropping = false
+        continue
+      }
+      if (dropping) continue
+      try {
+        applyTransaction(sql, message.writes)
+      } catch (err) {
+        if (isBusy(err) && retries < data.busyRetries) {
+          queue.unshift(message)
+          answer({ type: 'busy', id: message.id })
+          waiting = true
+          setTimeout(() => {
+            waiting = false
+            drain()
+          }, Math.min(200, 10 * 2 ** retries++))
+          return
+        }
+        const code = (err as { code?: unknown }).code
+        answer({ type: 'failed', id: message.id, code: typeof code === 'string' ? code : undefined, message: (err as Error).message, retries })
+        retries = 0
+        dropping = true
+        continue
+      }
+      retries = 0
+      answer({ type: 'committed', id: message.id })
+    }
+  }
+  const checkpoints = setInterval(() => {
+    if (waiting) return
+    try {
+      db.pragma('wal_checkpoint(PASSIVE)')
+    } catch {
+      // The next round tries again.
+    }
+  }, checkpointInterval)
+  checkpoints.unref()
+  port.on('message', (message: ToWriter) => {
+    queue.push(message)
+    drain()
+  })
+}
+
+if (!isMainThread && parentPort !== null && (workerData as Record<string, unknown> | null)?.[writerFlag] === true) {
+  runWriter(workerData as WriterData, parentPort)
+}

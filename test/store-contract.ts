@@ -1,0 +1,451 @@
+import { randomUUID } from 'node:crypto'
+import type { Test } from 'tap'
+import { InvalidCursorError } from '../dist/index.js'
+import type { FinalStatus, ListFilter, Store, TaskRecord, TaskStatus } from '../dist/index.js'
+
+/*
+ * The store contract: what every Store does, whatever keeps its records. Each store's
+ * test file runs it with a factory (store-memory.test.ts, store-sqlite.test.ts, and the
+ * Redis store's later). It uses the port alone, so that a store cannot pass it by
+ * anything but behaving as the port says.
+ */
+
+/** Makes a fresh, empty store for one test, and registers its own cleanup with `t`. */
+export type StoreFactory = (t: Test) => Store | Promise<Store>
+
+export function newRecord (fields: Partial<TaskRecord> = {}): TaskRecord {
+  return {
+    uuid: randomUUID(),
+    task: 'hello',
+    status: 'pending',
+    progress: null,
+    target: null,
+    outputs: {},
+    messages: [],
+    messagesDropped: 0,
+    attempt: 0,
+    created: new Date().toISOString(),
+    started: null,
+    finished: null,
+    error: null,
+    inputs: { name: 'x' },
+    owner: null,
+    seq: 0,
+    ...fields,
+  }
+}
+
+/** A fresh copy: what a record holds, whoever else keeps the object. */
+const copy = (record: TaskRecord | undefined): TaskRecord | undefined => record === undefined ? undefined : structuredClone(record)
+
+const uuidsOf = (records: ReadonlyArray<Readonly<TaskRecord>>): string[] => records.map(record => record.uuid)
+
+async function listAll (store: Store, filter: Omit<ListFilter, 'limit'>, limit = 1000): Promise<string[]> {
+  const uuids: string[] = []
+  let cursor: string | undefined
+  do {
+    const page = await store.list({ ...filter, limit, ...(cursor === undefined ? {} : { cursor }) })
+    uuids.push(...uuidsOf(page.records))
+    cursor = page.next ?? undefined
+  } while (cursor !== undefined)
+  return uuids
+}
+
+const minutes = (base: number, n: number): string => new Date(base + n * 60_000).toISOString()
+
+export function storeContract (t: Test, name: string, factory: StoreFactory): void {
+  t.test(`${name}: create then get answers the record as created; an unknown uuid answers undefined`, async (t) => {
+    const store = await factory(t)
+    const plain = newRecord()
+    const full = newRecord({
+      task: 'sleep',
+      owner: 'ann',
+      status: 'running',
+      progress: 0.5,
+      target: 1e9,
+      outputs: { greeting: 'héllo ✓ 🎉', nested: { list: [1, 'two', null, { three: 3 }] } },
+      messages: ['first', 'second\nline', ''],
+      messagesDropped: 4,
+      attempt: 2,
+      started: new Date().toISOString(),
+      error: 'the first attempt failed: ✗',
+      inputs: { name: 'Zoë', count: 3, flags: [true, false], deep: { a: { b: null } } },
+      seq: 7,
+    })
+    const expected = [copy(plain), copy(full)]
+    await store.create(plain)
+    await store.create(full)
+    t.same(copy(await store.get(plain.uuid)), expected[0])
+    t.same(copy(await store.get(full.uuid)), expected[1], 'every field, numbers, nulls, unicode, nested outputs and inputs')
+    t.equal(await store.get(randomUUID()), undefined)
+    t.equal(await store.get('not a uuid'), undefined)
+  })
+
+  t.test(`${name}: update sets every patch field, appends messages then drops the oldest, and answers the record`, async (t) => {
+    const store = await factory(t)
+    const record = newRecord({ owner: 'ann' })
+    await store.create(record)
+    const started = new Date().toISOString()
+    const running = await store.update(record.uuid, {
+      status: 'running',
+      progress: 3,
+      target: 10,
+      outputs: { partial: [1, 2] },
+      error: 'a warning',
+      attempt: 2,
+      started,
+      seq: 4,
+      messagesDropped: 1,
+      messages: ['a', 'b', 'c'],
+      trimMessages: 1,
+    })
+    const expected: TaskRecord = {
+      ...copy(record) as TaskRecord,
+      status: 'running',
+      progress: 3,
+      target: 10,
+      outputs: { partial: [1, 2] },
+      error: 'a warning',
+      attempt: 2,
+      started,
+      seq: 4,
+      messagesDropped: 1,
+      messages: ['b', 'c'],
+    }
+    t.same(copy(running), expected, 'the update answers the updated record')
+    t.same(copy(await store.get(record.uuid)), expected, 'get answers the same')
+
+    const finished = new Date().toISOString()
+    const done = await store.update(record.uuid, { status: 'succeeded', finished, outputs: { result: 'done' }, error: null, progress: 10, seq: 5 })
+    t.match(copy(done), { status: 'succeeded', finished, outputs: { result: 'done' }, error: null, progress: 10, target: 10, seq: 5, messages: ['b', 'c'], messagesDropped: 1, attempt: 2, started, owner: 'ann' })
+    t.same(copy(await store.get(record.uuid)), copy(done))
+
+    t.same(copy(await store.update(record.uuid, { messages: ['d', 'e', 'f'], trimMessages: 4 })), { ...copy(done), messages: ['f'] },
+      'more to drop than there are old messages: the new ones go too, oldest first')
+    t.same((await store.update(record.uuid, { trimMessages: 5 }))?.messages, [], 'dropping more than there are leaves none')
+    t.same((await store.update(record.uuid, { messages: ['g'] }))?.messages, ['g'], 'and appending goes on')
+    t.same((await store.get(record.uuid))?.messages, ['g'])
+    t.equal(await store.update(randomUUID(), { status: 'running' }), undefined, 'an unknown uuid answers undefined')
+  })
+
+  t.test(`${name}: fields a patch leaves undefined are left as they were`, async (t) => {
+    const store = await factory(t)
+    const record = newRecord({ status: 'running', error: 'kept', progress: 2 })
+    await store.create(record)
+    const updated = await store.update(record.uuid, { error: undefined, progress: undefined, seq: 1 })
+    t.match(copy(updated), { error: 'kept', progress: 2, seq: 1 })
+    t.match(copy(await store.get(record.uuid)), { error: 'kept', progress: 2, seq: 1 })
+  })
+
+  t.test(`${name}: a record is right after many updates (300, in turns of one and of many)`, async (t) => {
+    const store = await factory(t)
+    const record = newRecord()
+    await store.create(record)
+    const max = 10
+    let kept = 0
+    let dropped = 0
+    let pending: Array<Promise<unknown>> = []
+    for (let i = 1; i <= 300; i++) {
+      const trim = kept === max ? 1 : 0
+      kept += 1 - trim
+      dropped += trim
+      pending.push(store.update(record.uuid, { status: 'running', progress: i, seq: i, messages: [`message ${i}`], trimMessages: trim, messagesDropped: dropped }))
+      // Some turns carry one update, others up to seven of them.
+      if (i % 7 === 0 || i < 20) {
+        await Promise.all(pending)
+        pending = []
+      }
+    }
+    await Promise.all(pending)
+    const expected = { status: 'running', progress: 300, seq: 300, messagesDropped: 290, messages: Array.from({ length: 10 }, (_, i) => `message ${291 + i}`) }
+    t.match(copy(await store.get(record.uuid)), expected)
+    await store.update(record.uuid, { status: 'succeeded', finished: new Date().toISOString(), seq: 301 })
+    t.match(copy(await store.get(record.uuid)), { ...expected, status: 'succeeded', seq: 301 }, 'and once finished')
+    t.match(copy((await store.list({ limit: 1 })).records[0]), { ...expected, status: 'succeeded', seq: 301 }, 'as listed')
+  })
+
+  t.test(`${name}: updates of one record made in one turn are applied in the order they were made`, async (t) => {
+    const store = await factory(t)
+    const record = newRecord()
+    await store.create(record)
+    const results = await Promise.all([
+      store.update(record.uuid, { status: 'running', messages: ['a'], seq: 1 }),
+      store.update(record.uuid, { messages: ['b', 'c'], trimMessages: 1, seq: 2 }),
+      store.update(record.uuid, { progress: 1, target: 2, seq: 3 }),
+      store.update(record.uuid, { progress: 2, messages: ['d'], seq: 4 }),
+      store.update(record.uuid, { status: 'succeeded', finished: new Date().toISOString(), seq: 5 }),
+    ])
+    const expected = { status: 'succeeded', messages: ['b', 'c', 'd'], progress: 2, target: 2, seq: 5 }
+    t.match(copy(results.at(-1)), expected)
+    t.match(copy(await store.get(record.uuid)), expected)
+    for (const result of results) t.equal(result?.uuid, record.uuid, 'each update answers the record')
+  })
+
+  t.test(`${name}: the inputs are kept while the task is live`, async (t) => {
+    const store = await factory(t)
+    const inputs = { secret: 'hunter2', list: [1, 2, 3], big: 'x'.repeat(5000) }
+    const record = newRecord({ inputs })
+    await store.create(record)
+    await store.update(record.uuid, { status: 'running', seq: 1 })
+    for (let i = 0; i < 5; i++) await store.update(record.uuid, { progress: i, messages: [`${i}`], seq: i + 2 })
+    await store.update(record.uuid, { status: 'pending', error: 'retrying', seq: 10 }) // a retry
+    t.same(copy(await store.get(record.uuid))?.inputs, inputs, 'get')
+    t.same(copy((await store.live())[0])?.inputs, inputs, 'live')
+    t.same(copy((await store.list({ limit: 1 })).records[0])?.inputs, inputs, 'list')
+    await store.update(record.uuid, { status: 'failed', finished: new Date().toISOString(), seq: 11 })
+    const after = copy(await store.get(record.uuid))?.inputs
+    t.ok(JSON.stringify(after) === JSON.stringify(inputs) || JSON.stringify(after) === '{}', 'once finished, the inputs are kept or dropped ({})')
+  })
+
+  t.test(`${name}: list answers the newest first, for each combination of owner, status and task`, async (t) => {
+    const store = await factory(t)
+    const owners = [null, 'ann', 'ben', 'null']
+    const names = ['hello', 'sleep']
+    const statuses: TaskStatus[] = ['pending', 'running', 'succeeded', 'failed', 'cancelled']
+    const all: TaskRecord[] = []
+    for (let i = 0; i < 80; i++) {
+      const record = newRecord({ owner: owners[i % 4] as string | null, task: names[i % 3 === 0 ? 1 : 0] as string })
+      await store.create(record)
+      all.push(record)
+    }
+    // Statuses change after creation, in another order than creation: a list still sorts by creation.
+    for (let i = all.length - 1; i >= 0; i--) {
+      const status = statuses[(i * 7) % 5] as TaskStatus
+      const record = all[i] as TaskRecord
+      if (status !== 'pending') await store.update(record.uuid, { status: 'running' })
+      if (status !== 'pending' && status !== 'running') await store.update(record.uuid, { status, finished: new Date().toISOString() })
+      record.status = status
+    }
+    const filters: Array<Omit<ListFilter, 'limit'>> = [{}]
+    for (const owner of [undefined, ...owners, 'nobody']) {
+      for (const status of [undefined, ...statuses]) {
+        for (const task of [undefined, ...names, 'no-such-task']) {
+          if (owner === undefined && status === undefined && task === undefined) continue
+          filters.push({ ...(owner === undefined ? {} : { owner }), ...(status === undefined ? {} : { status }), ...(task === undefined ? {} : { task }) })
+        }
+      }
+    }
+    for (const filter of filters) {
+      const expected = all
+        .filter(record => (filter.owner === undefined || record.owner === filter.owner) &&
+          (filter.status === undefined || record.status === filter.status) &&
+          (filter.task === undefined || record.task === filter.task))
+        .map(record => record.uuid)
+        .reverse()
+      const page = await store.list({ ...filter, limit: 1000 })
+      t.same(uuidsOf(page.records), expected, `${JSON.stringify(filter)}: ${expected.length} records, newest first`)
+      t.equal(page.next, null)
+      if (expected.length > 2) {
+        const first = await store.list({ ...filter, limit: 2 })
+        t.same(uuidsOf(first.records), expected.slice(0, 2), `${JSON.stringify(filter)}, limit 2`)
+      }
+    }
+    const listed = (await store.list({ owner: 'ann', status: 'running', limit: 1 })).records[0]
+    t.same(copy(listed), copy(await store.get(listed?.uuid ?? '')), 'a listed record is the whole record')
+  })
+
+  t.test(`${name}: list pages: at most limit, next until the last page, which answers next null`, async (t) => {
+    const store = await factory(t)
+    const all: string[] = []
+    for (let i = 0; i < 25; i++) {
+      const record = newRecord({ owner: i % 2 === 0 ? 'ann' : 'ben' })
+      await store.create(record)
+      all.unshift(record.uuid)
+    }
+    const pages: string[][] = []
+    let cursor: string | undefined
+    do {
+      const page = await store.list({ limit: 10, ...(cursor === undefined ? {} : { cursor }) })
+      pages.push(uuidsOf(page.records))
+      cursor = page.next ?? undefined
+      if (cursor !== undefined) t.type(cursor, 'string')
+    } while (cursor !== undefined && pages.length < 10)
+    t.same(pages.map(page => page.length), [10, 10, 5])
+    t.same(pages.flat(), all, 'every record once, newest first')
+    const ann = all.filter((_, i) => i % 2 === 0) // 13 of them, newest first
+    t.same(await listAll(store, { owner: 'ann' }, 4), ann, 'the same with a filter')
+    const exact = await store.list({ owner: 'ben', limit: 12 })
+    t.equal(exact.records.length, 12)
+    t.equal(exact.next, null, 'a page holding exactly the last records answers next null')
+  })
+
+  t.test(`${name}: a cursor stays valid while records are created and deleted`, async (t) => {
+    const store = await factory(t)
+    const all: Array<{ uuid: string, owner: string | null }> = [] // newest first
+    for (let i = 0; i < 30; i++) {
+      const record = newRecord({ owner: i % 3 === 0 ? 'ann' : null })
+      await store.create(record)
+      all.unshift({ uuid: record.uuid, owner: record.owner })
+    }
+    for (const filter of [{}, { owner: null }] as Array<Omit<ListFilter, 'limit'>>) {
+      const existing = all.filter(record => filter.owner === undefined || record.owner === filter.owner).map(record => record.uuid)
+      const seen: string[] = []
+      const deleted = new Set<string>()
+      const created: string[] = []
+      let page = await store.list({ ...filter, limit: 4 })
+      seen.push(...uuidsOf(page.records))
+      while (page.next !== null) {
+        // Between pages: a new record, and deletions of one listed already and one not yet.
+        const fresh = newRecord({ owner: null })
+        await store.create(fresh)
+        created.push(fresh.uuid)
+        const ahead = existing.find(uuid => !seen.includes(uuid) && !deleted.has(uuid))
+        const behind = seen.find(uuid => !deleted.has(uuid))
+        for (const uuid of [ahead, behind]) {
+          if (uuid === undefined) continue
+          t.equal(await store.delete(uuid), true)
+          deleted.add(uuid)
+        }
+        page = await store.list({ ...filter, limit: 4, cursor: page.next })
+        seen.push(...uuidsOf(page.records))
+      }
+      t.ok(deleted.size > 4 && created.length > 2, `${JSON.stringify(filter)}: records came and went between pages`)
+      t.equal(new Set(seen).size, seen.length, 'no record twice')
+      t.same(seen.filter(uuid => created.includes(uuid)), [], 'records created since the first page never appear on later pages')
+      t.same(seen.filter(uuid => !deleted.has(uuid)), existing.filter(uuid => !deleted.has(uuid)), 'none skipped, newest first')
+      const remaining = all.filter(record => !deleted.has(record.uuid))
+      all.length = 0
+      all.push(...created.reverse().map(uuid => ({ uuid, owner: null })), ...remaining)
+    }
+    t.same(await listAll(store, {}), all.map(record => record.uuid), 'what is left, newest first')
+  })
+
+  t.test(`${name}: a cursor the store did not make throws InvalidCursorError`, async (t) => {
+    const store = await factory(t)
+    await store.create(newRecord())
+    for (const cursor of ['abc', '', '0', '-1', '1.5', '1e3', ' 1', '0x10', 'x'.repeat(200), '1'.repeat(40)]) {
+      await t.rejects(store.list({ limit: 10, cursor }), InvalidCursorError, JSON.stringify(cursor.slice(0, 20)))
+    }
+    const error = await store.list({ limit: 1, cursor: 'abc' }).catch((err: unknown) => err)
+    t.equal((error as Error).name, 'InvalidCursorError')
+  })
+
+  t.test(`${name}: delete removes a record from get, list and live; deleting it again answers false`, async (t) => {
+    const store = await factory(t)
+    const [a, b, c] = [newRecord(), newRecord({ status: 'running' }), newRecord()]
+    for (const record of [a, b, c]) await store.create(record)
+    await store.update(c.uuid, { status: 'succeeded', finished: new Date().toISOString() })
+    t.equal(await store.delete(b.uuid), true)
+    t.equal(await store.delete(c.uuid), true, 'a finished one too')
+    t.equal(await store.delete(b.uuid), false)
+    t.equal(await store.delete(randomUUID()), false)
+    t.equal(await store.get(b.uuid), undefined)
+    t.equal(await store.get(c.uuid), undefined)
+    t.equal(await store.update(b.uuid, { progress: 1 }), undefined, 'nor can it be updated')
+    t.same(uuidsOf((await store.list({ limit: 10 })).records), [a.uuid])
+    t.same(uuidsOf(await store.live()), [a.uuid])
+    const d = newRecord()
+    const created = store.create(d)
+    const removed = store.delete(d.uuid)
+    await created
+    t.equal(await removed, true, 'deleted in the turn it was created')
+    t.equal(await store.get(d.uuid), undefined)
+    t.same(uuidsOf((await store.list({ limit: 10 })).records), [a.uuid])
+  })
+
+  t.test(`${name}: live answers the pending and running records, oldest first`, async (t) => {
+    const store = await factory(t)
+    const [a, b, c, d] = [newRecord(), newRecord(), newRecord(), newRecord({ status: 'failed', finished: new Date().toISOString() })]
+    for (const record of [a, b, c, d]) await store.create(record)
+    t.same(uuidsOf(await store.live()), [a.uuid, b.uuid, c.uuid])
+    await store.update(b.uuid, { status: 'running' })
+    await store.update(a.uuid, { status: 'running' })
+    await store.update(c.uuid, { status: 'running' })
+    await store.update(c.uuid, { status: 'cancelled', finished: new Date().toISOString() })
+    const e = newRecord()
+    await store.create(e)
+    t.same(uuidsOf(await store.live()), [a.uuid, b.uuid, e.uuid], 'in creation order, not in the order of the changes')
+    await store.update(b.uuid, { status: 'pending', error: 'retrying' })
+    t.same(uuidsOf(await store.live()), [a.uuid, b.uuid, e.uuid], 'a retry is still live')
+    t.match(copy((await store.live())[1]), { status: 'pending', error: 'retrying' }, 'as it is now')
+  })
+
+  t.test(`${name}: expire removes the oldest finished of one status before a time, at most limit at once, and keeps the rest`, async (t) => {
+    const store = await factory(t)
+    const base = Date.parse('2026-01-01T00:00:00.000Z')
+    const byStatus: Record<FinalStatus, TaskRecord[]> = { succeeded: [], failed: [], cancelled: [] }
+    const finals: FinalStatus[] = ['succeeded', 'failed', 'cancelled']
+    for (let i = 0; i < 30; i++) {
+      const status = finals[i % 3] as FinalStatus
+      // Some are created finished, most finish through updates.
+      const record = i % 4 === 0 ? newRecord({ status, finished: minutes(base, i) }) : newRecord()
+      await store.create(record)
+      if (i % 4 !== 0) {
+        await store.update(record.uuid, { status: 'running' })
+        await store.update(record.uuid, { status, finished: minutes(base, i) })
+      }
+      byStatus[status].push(record)
+    }
+    const live = [newRecord(), newRecord({ status: 'running' })]
+    for (const record of live) await store.create(record)
+    const cutoff = minutes(base, 20) // finished at minutes 0 to 19 are old
+    const old = byStatus.succeeded.slice(0, 7).map(record => record.uuid) // minutes 0, 3, ..., 18
+
+    t.same(await store.expire('succeeded', cutoff, 3), old.slice(0, 3), 'the three oldest')
+    t.same(await store.expire('succeeded', cutoff, 3), old.slice(3, 6), 'the next three')
+    t.same(await store.expire('succeeded', cutoff, 3), old.slice(6), 'the last old one')
+    t.same(await store.expire('succeeded', cutoff, 3), [], 'then none')
+    for (const uuid of old) t.equal(await store.get(uuid), undefined, 'expired: gone')
+    const young = byStatus.succeeded.slice(7).map(record => record.uuid)
+    for (const uuid of young) t.ok(await store.get(uuid), 'young: kept')
+    for (const record of [...byStatus.failed, ...byStatus.cancelled, ...live]) t.ok(await store.get(record.uuid), 'other statuses and live tasks: kept')
+    t.same(await listAll(store, { status: 'succeeded' }), [...young].reverse(), 'the list forgets the expired')
+
+    t.same(await store.expire('failed', minutes(base, 100), 0), [], 'limit 0 removes nothing')
+    t.same((await store.expire('failed', minutes(base, 100), 100)).length, 10, 'every failed one')
+    t.same(await store.expire('cancelled', minutes(base, 0), 100), [], 'nothing finished before the oldest')
+  })
+
+  t.test(`${name}: expire goes by finished time, not by the order records finished in`, async (t) => {
+    const store = await factory(t)
+    const base = Date.parse('2026-01-01T00:00:00.000Z')
+    // A clock set back: the record that finished last carries the oldest time.
+    const young = newRecord()
+    const old = newRecord()
+    for (const record of [young, old]) await store.create(record)
+    await store.update(young.uuid, { status: 'succeeded', finished: minutes(base, 60) })
+    await store.update(old.uuid, { status: 'succeeded', finished: minutes(base, 0) })
+    t.same(await store.expire('succeeded', minutes(base, 30), 10), [old.uuid])
+    t.ok(await store.get(young.uuid))
+  })
+
+  t.test(`${name}: a finished record may still change`, async (t) => {
+    const store = await factory(t)
+    const record = newRecord({ owner: 'ann' })
+    await store.create(record)
+    await store.update(record.uuid, { status: 'failed', finished: minutes(0, 1), error: 'no' })
+    await store.update(record.uuid, { messages: ['late'], messagesDropped: 3 })
+    t.match(copy(await store.get(record.uuid)), { status: 'failed', messages: ['late'], messagesDropped: 3, error: 'no' })
+    await store.update(record.uuid, { status: 'cancelled' })
+    t.same(uuidsOf((await store.list({ owner: 'ann', status: 'cancelled', limit: 5 })).records), [record.uuid], 'the list follows its status')
+    t.same(uuidsOf((await store.list({ owner: 'ann', status: 'failed', limit: 5 })).records), [])
+    t.same(await store.expire('failed', minutes(0, 2), 5), [])
+    t.same(await store.expire('cancelled', minutes(0, 2), 5), [record.uuid], 'and so does expire')
+  })
+
+  t.test(`${name}: a record created with the uuid of one that exists replaces it`, async (t) => {
+    const store = await factory(t)
+    const live = newRecord({ status: 'running', messages: ['old'] })
+    const finished = newRecord({ status: 'succeeded', finished: minutes(0, 1), messages: ['old'] })
+    const other = newRecord()
+    for (const record of [live, other, finished]) await store.create(record)
+    const newer = [newRecord({ uuid: live.uuid, task: 'sleep', messages: ['new'] }), newRecord({ uuid: finished.uuid, owner: 'ann' })]
+    for (const record of newer) await store.create(record)
+    t.same(copy(await store.get(live.uuid)), copy(newer[0]))
+    t.same(copy(await store.get(finished.uuid)), copy(newer[1]))
+    t.same(uuidsOf((await store.list({ limit: 10 })).records), [finished.uuid, live.uuid, other.uuid], 'listed once each, as the newest')
+    t.same(uuidsOf(await store.live()), [other.uuid, live.uuid, finished.uuid])
+    t.same(await store.expire('succeeded', minutes(0, 2), 10), [], 'the replaced finished one is gone')
+  })
+
+  t.test(`${name}: close resolves, and so does a second close`, async (t) => {
+    const store = await factory(t)
+    await store.create(newRecord())
+    if (store.close === undefined) {
+      t.equal(store.close, undefined, 'this store holds nothing to release')
+      return
+    }
+    await t.resolves(store.close())
+    await t.resolves(store.close())
+  })
+}
