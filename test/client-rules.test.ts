@@ -5,7 +5,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import type { TaskApiOptions } from '../dist/index.js'
 import TaskAPI, { createClient, TaskApiError, type TaskState } from '../dist/client/index.js'
-import { build, fixture } from './helpers.js'
+import { build, fixture, untilRunning } from './helpers.js'
 
 // README, Client: the seed's CSRF cookie → header, and when polling stops. A real server
 // on a real port; network failures are real refused connections.
@@ -125,6 +125,8 @@ function flakyFetch (dead: number, plan: (n: number) => 'ok' | 'fail', before?: 
 t.test('polling survives two network failures in a row, again and again: a success resets the count', async (t) => {
   const server = await serve(t)
   const { uuid } = await server.app.tasks.submit('cooperative')
+  // Running before the first poll, so the statuses seen are exactly running, cancelled.
+  await untilRunning(server.app, uuid)
   // Before the seventh poll the task is cancelled on the server (and has ended).
   const flaky = flakyFetch(await deadPort(), n => n % 3 === 0 ? 'ok' : 'fail', async (n) => {
     if (n !== 7) return
