@@ -15,7 +15,7 @@ import { measureInputs } from './params.js'
 import { cut, encodeResult, maxDetailLength, maxErrorLength, type MessageLimits, type ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { Job, JobResult, Runner, RunnerEvents } from './runner/types.js'
-import { finalStatuses, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
+import { finalStatuses, newRecord, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskState } from './store/types.js'
 import { backoffDelay, describe } from './task.js'
 import { clip } from './text.js'
 
@@ -347,24 +347,7 @@ export class TaskService {
     }
     const { maxQueued } = this.#execution
     if (maxQueued > 0 && this.#runner.queued >= maxQueued) throw new FST_TASK_API_QUEUE_FULL(maxQueued)
-    const record: TaskRecord = {
-      uuid: randomUUID(),
-      task: registered.name,
-      status: 'pending',
-      progress: null,
-      target: null,
-      outputs: {},
-      messages: [],
-      messagesDropped: 0,
-      attempt: 0,
-      created: this.#iso(),
-      started: null,
-      finished: null,
-      error: null,
-      inputs,
-      owner: options.owner ?? null,
-      seq: 0,
-    }
+    const record = newRecord({ uuid: randomUUID(), task: registered.name, inputs, created: this.#iso(), owner: options.owner ?? null })
     await this.#store.create(record)
     const created = toState(record)
     const job: Job = { uuid: record.uuid, task: record.task, inputs, attempt: 1 }

@@ -1,34 +1,12 @@
-import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { MemoryStore } from '../dist/index.js'
 import type { ListFilter, TaskRecord, TaskStatus } from '../dist/index.js'
 import { build, fixture } from './helpers.js'
+import { newRecord } from './store-contract.js'
 
 // The memory store: a page of a list costs the same however many records there are, and
 // memory stays bounded: finished records drop their inputs and are evicted past
 // maxFinished or maxBytes, oldest finished first; live tasks never are.
-
-function newRecord (fields: Partial<TaskRecord> = {}): TaskRecord {
-  return {
-    uuid: randomUUID(),
-    task: 'hello',
-    status: 'pending',
-    progress: null,
-    target: null,
-    outputs: {},
-    messages: [],
-    messagesDropped: 0,
-    attempt: 0,
-    created: new Date().toISOString(),
-    started: null,
-    finished: null,
-    error: null,
-    inputs: { name: 'x' },
-    owner: null,
-    seq: 0,
-    ...fields,
-  }
-}
 
 /** Records that count every read of their fields while `counting` is on: what a store looks at. */
 function instrumented () {

@@ -1,10 +1,10 @@
-import { randomUUID } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { MemoryStore, type TaskRecord } from '../dist/index.js'
 import { build, fixture } from './helpers.js'
+import { newRecord } from './store-contract.js'
 
 /*
  * README, Durability: restart recovery. A store holds what a server that stopped left
@@ -15,26 +15,9 @@ import { build, fixture } from './helpers.js'
 
 const interrupted = 'interrupted: the server stopped while the task was running'
 
+/** A record a stopped server left behind: task `once`, created a minute ago, then `fields`. */
 function leftBehind (fields: Partial<TaskRecord>): TaskRecord {
-  return {
-    uuid: randomUUID(),
-    task: 'once',
-    status: 'pending',
-    progress: null,
-    target: null,
-    outputs: {},
-    messages: [],
-    messagesDropped: 0,
-    attempt: 0,
-    created: new Date(Date.now() - 60_000).toISOString(),
-    started: null,
-    finished: null,
-    error: null,
-    inputs: { n: 7 },
-    owner: null,
-    seq: 0,
-    ...fields,
-  }
+  return newRecord({ task: 'once', inputs: { n: 7 }, created: new Date(Date.now() - 60_000).toISOString(), ...fields })
 }
 
 t.test('a restart runs pending tasks, retries interrupted ones with retries left, fails the others; seq goes on', async (t) => {

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Test } from 'tap'
 import { InvalidCursorError } from '../dist/index.js'
+import { newRecord as initialRecord } from '../dist/store/types.js'
 import type { FinalStatus, ListFilter, Store, TaskRecord, TaskStatus } from '../dist/index.js'
 
 /*
@@ -13,26 +14,9 @@ import type { FinalStatus, ListFilter, Store, TaskRecord, TaskStatus } from '../
 /** Makes a fresh, empty store for one test, and registers its own cleanup with `t`. */
 export type StoreFactory = (t: Test) => Store | Promise<Store>
 
+/** A new pending record of task `hello`: the service's own initial values, then `fields`. */
 export function newRecord (fields: Partial<TaskRecord> = {}): TaskRecord {
-  return {
-    uuid: randomUUID(),
-    task: 'hello',
-    status: 'pending',
-    progress: null,
-    target: null,
-    outputs: {},
-    messages: [],
-    messagesDropped: 0,
-    attempt: 0,
-    created: new Date().toISOString(),
-    started: null,
-    finished: null,
-    error: null,
-    inputs: { name: 'x' },
-    owner: null,
-    seq: 0,
-    ...fields,
-  }
+  return initialRecord({ uuid: randomUUID(), task: 'hello', inputs: { name: 'x' }, created: new Date().toISOString(), ...fields })
 }
 
 /** A fresh copy: what a record holds, whoever else keeps the object. */

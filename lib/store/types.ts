@@ -35,6 +35,28 @@ export interface TaskState {
  */
 export type TaskSummary = Pick<TaskState, 'uuid' | 'task' | 'status' | 'progress' | 'target' | 'attempt' | 'created' | 'started' | 'finished' | 'error'>
 
+/**
+ * A new `pending` record as the service creates it at submit: every field at its
+ * initial value, then `fields` over them. Stores, tests and benches build records here.
+ */
+export function newRecord (fields: Pick<TaskRecord, 'uuid' | 'task' | 'inputs' | 'created'> & Partial<TaskRecord>): TaskRecord {
+  return {
+    status: 'pending',
+    progress: null,
+    target: null,
+    outputs: {},
+    messages: [],
+    messagesDropped: 0,
+    attempt: 0,
+    started: null,
+    finished: null,
+    error: null,
+    owner: null,
+    seq: 0,
+    ...fields,
+  }
+}
+
 /** A task as the store keeps it: the public state plus what is never shown to clients. */
 export interface TaskRecord extends TaskState {
   /** The converted inputs. Never part of a response. A store may drop them (`{}`) once the task has finished. */
