@@ -13,7 +13,7 @@ import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import taskApi from '../dist/index.js'
 import { build, childExecArgv, fixture, until } from './helpers.js'
-import { pluginTimeout } from './stream-helpers.js'
+import { follow, pluginTimeout, serve as serveStream, type Frame } from './stream-helpers.js'
 
 // Real sockets on 127.0.0.1: the `ws` client and a raw HTTP client for SSE.
 
@@ -21,27 +21,11 @@ import { pluginTimeout } from './stream-helpers.js'
 // longer than tap's default 60 s.
 t.setTimeout(240_000)
 
-interface Frame { type: string, seq?: number, uuid?: string, [key: string]: unknown }
 
 const missing = '3f2a1b6e-8c4d-4e5f-9a0b-1c2d3e4f5a6b'
 
-async function serve (t: Test, options: Partial<TaskApiOptions> = {}): Promise<{ app: FastifyInstance, base: string }> {
-  const app = await build(t, { tasks: [fixture('stream.ts')], concurrency: 2, progressInterval: 20, ...options }, { pluginTimeout })
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  return { app, base: `127.0.0.1:${(app.server.address() as AddressInfo).port}` }
-}
-
-/** Opens a socket and collects every frame until it closes. */
-function follow (url: string, options?: WebSocket.ClientOptions) {
-  const socket = new WebSocket(url, options)
-  const frames: Frame[] = []
-  socket.on('message', data => frames.push(JSON.parse(data.toString()) as Frame))
-  const closed = new Promise<{ code: number, reason: string }>((resolve) => {
-    socket.on('close', (code, reason) => resolve({ code, reason: reason.toString() }))
-  })
-  socket.on('error', () => {})
-  return { socket, frames, closed }
-}
+/** The shared server, with two children: most tests here follow two tasks at once. */
+const serve = (t: Test, options: Partial<TaskApiOptions> = {}): ReturnType<typeof serveStream> => serveStream(t, { concurrency: 2, ...options })
 
 function waitFor (predicate: () => boolean, ms = 10_000): Promise<void> {
   const deadline = Date.now() + ms
