@@ -6,7 +6,7 @@ import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import { MemoryStore, type TaskApiOptions } from '../dist/index.js'
 import TaskAPI, { createClient, TaskApiError, TaskRunError, type ClientOptions, type Frame, type TaskState } from '../dist/client/index.js'
-import { build, fixture } from './helpers.js'
+import { build, fixture, until } from './helpers.js'
 
 /*
  * The client against a real server on a real port: real WebSockets (`ws`), real SSE
@@ -176,6 +176,62 @@ t.test('submit, get, cancel and subscribe', async (t) => {
   t.ok(missing instanceof TaskApiError)
   t.equal((missing as TaskApiError).statusCode, 404)
   t.equal((missing as TaskApiError).code, 'FST_TASK_API_TASK_NOT_FOUND')
+})
+
+t.test('list pages through the caller\'s tasks with filters; delete removes a finished one and refuses a live one', async (t) => {
+  const { app, base, seen } = await serve(t, { list: true })
+  const client = createClient({ baseURL: base, WebSocket })
+  const done: string[] = []
+  for (let i = 0; i < 5; i++) {
+    const { uuid } = await client.submit('hello', { name: `n${i}` })
+    await app.tasks.wait(uuid)
+    done.unshift(uuid)
+  }
+  const live = await client.submit('cooperative')
+  const first = await client.list({ task: 'hello', limit: 2 })
+  t.same(first.tasks.map(task => task.uuid), done.slice(0, 2), 'newest first, two per page')
+  t.type(first.next, 'string')
+  t.notOk('outputs' in (first.tasks[0] as object), 'summaries: no outputs')
+  const rest = await client.list({ task: 'hello', limit: 2, cursor: first.next as string })
+  t.same(rest.tasks.map(task => task.uuid), done.slice(2, 4), 'the next page from the cursor')
+  t.same((await client.list({ status: 'pending' })).tasks.map(task => task.uuid).concat((await client.list({ status: 'running' })).tasks.map(task => task.uuid)), [live.uuid], 'filtered by status')
+  t.same((await client.list()).tasks.length, 6, 'no query: every task')
+  t.ok(seen.includes('GET /tasks?task=hello&limit=2'), 'the query goes in the URL\'s search')
+  const bad = await client.list({ cursor: 'nonsense' }).catch((err: unknown) => err)
+  t.equal((bad as TaskApiError).statusCode, 400)
+  t.equal((bad as TaskApiError).code, 'FST_TASK_API_CURSOR_INVALID')
+
+  t.equal(await client.delete(done[0] as string), undefined, 'resolves with nothing')
+  t.equal(await app.tasks.get(done[0] as string), undefined, 'the record is gone')
+  const again = await client.delete(done[0] as string).catch((err: unknown) => err)
+  t.equal((again as TaskApiError).statusCode, 404)
+  const refused = await client.delete(live.uuid).catch((err: unknown) => err)
+  t.ok(refused instanceof TaskApiError)
+  t.equal((refused as TaskApiError).statusCode, 409)
+  t.equal((refused as TaskApiError).code, 'FST_TASK_API_TASK_LIVE')
+  t.ok(await app.tasks.get(live.uuid), 'a live task stays')
+  await client.cancel(live.uuid)
+})
+
+t.test('unsubscribing from one of a snapshot\'s callbacks stops the rest of that snapshot\'s calls', async (t) => {
+  const { app, base } = await serve(t)
+  const client = createClient({ baseURL: base, WebSocket })
+  const { uuid } = await client.submit('steps', { steps: 4, delay: 1 })
+  await app.tasks.wait(uuid)
+  // The snapshot of the finished task holds four messages, then its final status.
+  const calls: string[] = []
+  const unsubscribe = client.subscribe(uuid, {
+    onMessage: (message) => {
+      calls.push(message)
+      unsubscribe()
+    },
+    onUpdate: () => calls.push('update'),
+    onEnd: () => calls.push('end'),
+  })
+  // A frame is applied in one synchronous go: once its first call is made, all of them are.
+  await until('the snapshot', () => calls.length > 0)
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.same(calls, ['step 1'], 'the first message, then nothing: no other message, no update, no end')
 })
 
 t.test('subscribe stops at unsubscribe: no callback after it, and the socket closes', async (t) => {

@@ -1,6 +1,6 @@
 import type {
   Client, ClientOptions, ClientTasks, EventSourceConstructor, Frame, ProgressCallback, RunOptions,
-  SubscribeHandlers, TaskState, Transport, WebSocketConstructor,
+  ListQuery, SubscribeHandlers, TaskState, Transport, WebSocketConstructor,
 } from './types.js'
 
 /*
@@ -83,7 +83,9 @@ function connection (options: ClientOptions): Connection {
     options,
     url (path, scheme) {
       const url = base()
-      url.pathname += path
+      const query = path.indexOf('?')
+      url.pathname += query === -1 ? path : path.slice(0, query)
+      if (query !== -1) url.search = path.slice(query)
       if (scheme === 'ws') url.protocol = url.protocol.replace('http', 'ws')
       return url.href
     },
@@ -105,7 +107,7 @@ function connection (options: ClientOptions): Connection {
  * at most once, whatever the reconnects and fallbacks; messages are told by their
  * absolute index, so a snapshot after a gap yields exactly the missed ones.
  */
-function follow (connection: Connection, uuid: string, handlers: SubscribeHandlers): () => void {
+function follow (connection: Connection, uuid: string, given: SubscribeHandlers): () => void {
   const { options } = connection
   const WS = options.WebSocket ?? globalThis.WebSocket as WebSocketConstructor | undefined
   const ES = options.EventSource ?? globalThis.EventSource as EventSourceConstructor | undefined
@@ -117,6 +119,21 @@ function follow (connection: Connection, uuid: string, handlers: SubscribeHandle
   let closeCurrent = (): void => {}
   let wake = (): void => {}
   let timer: ReturnType<typeof setTimeout> | undefined
+
+  // One frame can make several calls (a snapshot: status, progress, each message, update):
+  // once stopped, by unsubscribing from one of them say, the rest are not made.
+  const guard = <A extends unknown[]>(fn: ((...args: A) => void) | undefined): ((...args: A) => void) | undefined =>
+    fn === undefined ? undefined : (...args: A) => { if (!stopped) fn.apply(given, args) }
+  const handlers: SubscribeHandlers = {
+    onUpdate: guard(given.onUpdate),
+    onProgress: guard(given.onProgress),
+    onMessage: guard(given.onMessage),
+    onStatus: guard(given.onStatus),
+    onEvent: guard(given.onEvent),
+    // Called once stopped, by design.
+    onEnd: given.onEnd,
+    onError: given.onError,
+  }
 
   const stop = (): void => {
     stopped = true
@@ -285,11 +302,21 @@ export function createClient<T = unknown> (options: ClientOptions = {}): Client<
     submit: (task: string, inputs?: Record<string, unknown>) => api.request('POST', '', { task, inputs: inputs ?? {} }),
     get: uuid => api.request('GET', `/${uuid}`),
     cancel,
+    list: (query = {}) => api.request('GET', listPath(query)),
+    delete: async (uuid) => { await api.request('DELETE', `/${uuid}`) },
     subscribe,
     run: async (task: string, inputs?: Record<string, unknown>, optionsOrProgress?: RunOptions | ProgressCallback | null, callback?: ((task: TaskState) => void) | null, errback?: ((error: Error) => void) | null) =>
       await settle(runToEnd(client, task, inputs, optionsOrProgress), callback, errback).then(final => final.outputs),
   }
   return client as never
+}
+
+/** `GET /tasks`'s path and query for `query`; undefined fields are left out. */
+function listPath (query: ListQuery): string {
+  const params = new URLSearchParams()
+  for (const [key, value] of Object.entries(query)) if (value !== undefined) params.set(key, String(value))
+  const search = params.toString()
+  return search === '' ? '' : `?${search}`
 }
 
 async function runToEnd (client: Client, task: string, inputs: Record<string, unknown> | undefined, optionsOrProgress: RunOptions | ProgressCallback | null | undefined): Promise<TaskState> {

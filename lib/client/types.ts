@@ -3,9 +3,9 @@
 import type { TProperties } from '@sinclair/typebox'
 import type { TaskInputs, TaskOutputs } from '../task.js'
 import type { TaskEvent } from '../events.js'
-import type { TaskState, TaskStatus } from '../store/types.js'
+import type { TaskState, TaskStatus, TaskSummary } from '../store/types.js'
 
-export type { TaskEvent, TaskState, TaskStatus }
+export type { TaskEvent, TaskState, TaskStatus, TaskSummary }
 export type { ProgressEvent, MessageEvent, StatusEvent } from '../events.js'
 
 /** The first frame of a stream: the task's state and the seq of the last event it reflects. */
@@ -145,6 +145,22 @@ export interface ClientOptions {
   retryDelay?: number
 }
 
+/** What `client.list` asks for: the query of `GET /tasks`. */
+export interface ListQuery<N extends string = string> {
+  status?: TaskStatus
+  task?: N
+  /** 1 to 100. @default 20 */
+  limit?: number
+  /** The `next` of the previous page. */
+  cursor?: string
+}
+
+/** A page of `GET /tasks`: summaries, newest first, and the cursor of the next page (null on the last). */
+export interface TaskPage {
+  tasks: TaskSummary[]
+  next: string | null
+}
+
 /** The client, typed by its task map `M`. */
 export interface Client<M = TaskTypeMap> {
   /** Submits a task (POST /tasks); resolves with its first record. */
@@ -155,6 +171,16 @@ export interface Client<M = TaskTypeMap> {
   get (uuid: string): Promise<TaskState>
   /** Cancels the task (POST /tasks/:uuid/cancel); resolves with the record as it stands after the request. */
   cancel (uuid: string): Promise<TaskState>
+  /**
+   * A page of the caller's tasks, newest first (GET /tasks). The server answers 404 when
+   * listing is off (neither `owner` nor `auth`, and no `list: true`).
+   */
+  list (query?: ListQuery<keyof M & string>): Promise<TaskPage>
+  /**
+   * Removes a finished task's record (DELETE /tasks/:uuid). Rejects with a `TaskApiError`
+   * 409 (`FST_TASK_API_TASK_LIVE`) while the task is pending or running: cancel it first.
+   */
+  delete (uuid: string): Promise<void>
   /**
    * Follows a task: over a WebSocket, reconnecting with resume; else SSE; else polling.
    * Returns the function that stops following.

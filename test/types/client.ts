@@ -62,6 +62,18 @@ async function typed (): Promise<void> {
   // @ts-expect-error TS2345 `'"nope"' is not assignable`: an unknown task name
   await client.submit('nope', {})
 
+  // list takes the task names of the map; its page holds summaries.
+  const page = await client.list({ task: 'steps', status: 'succeeded', limit: 10 })
+  const created: string = page.tasks[0]?.created ?? ''
+  const next: string | null = page.next
+  void [created, next]
+  // @ts-expect-error TS2820 `'"stepz"' is not assignable`: list filters by a task the client knows
+  await client.list({ task: 'stepz' })
+  // @ts-expect-error TS2322 `'"done"' is not assignable`: status is a task status
+  await client.list({ status: 'done' })
+  const deleted: void = await client.delete(state.uuid)
+  void deleted
+
   // The seed's call shape.
   await client.run('steps', { steps: 1, delay: 1 }, (json: TaskState) => { void json.progress }, (json) => { void json.outputs }, (err: Error) => { void err.message })
   await client.run('steps', { steps: 1, delay: 1 }, null, null, (err) => { void err })
