@@ -1,30 +1,13 @@
 import { accessSync, constants, mkdirSync, statSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { applicationId, migrations, schemaVersion } from './sqlite-schema.js'
+import { applicationId, migrations, schemaVersion, type SqliteDatabase } from './sqlite-schema.js'
 
 /*
  * Opening a SQLite store's file: the path, its directory, whether the file is ours, the
  * one-process lock, WAL, migrations. The driver comes from lib/store/sqlite.ts (the one
  * module that loads better-sqlite3); what is used of it is described structurally here.
  */
-
-/** What the store uses of a better-sqlite3 statement. */
-export interface SqliteStatement {
-  run (...params: unknown[]): unknown
-  get (...params: unknown[]): unknown
-  all (...params: unknown[]): unknown[]
-}
-
-/** What the store uses of a better-sqlite3 database. */
-export interface SqliteDatabase {
-  readonly open: boolean
-  readonly inTransaction: boolean
-  prepare (source: string): SqliteStatement
-  exec (source: string): unknown
-  pragma (source: string, options?: { simple?: boolean }): unknown
-  close (): unknown
-}
 
 /** better-sqlite3's constructor. */
 export interface SqliteDriver {

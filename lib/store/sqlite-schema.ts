@@ -1,10 +1,27 @@
-import type { SqliteDatabase, SqliteStatement } from './sqlite-file.js'
 import type { ListFilter, TaskRecord, TaskStatus } from './types.js'
 
 /*
  * The SQLite store's file format: the schema, its migrations, and the queries whose plans
- * matter. No driver here: lib/store/sqlite.ts is the one module that loads better-sqlite3.
+ * matter. No driver here: lib/store/sqlite.ts is the one module that loads better-sqlite3;
+ * what is used of it is described structurally below.
  */
+
+/** What the store uses of a better-sqlite3 statement. */
+export interface SqliteStatement {
+  run (...params: unknown[]): unknown
+  get (...params: unknown[]): unknown
+  all (...params: unknown[]): unknown[]
+}
+
+/** What the store uses of a better-sqlite3 database. */
+export interface SqliteDatabase {
+  readonly open: boolean
+  readonly inTransaction: boolean
+  prepare (source: string): SqliteStatement
+  exec (source: string): unknown
+  pragma (source: string, options?: { simple?: boolean }): unknown
+  close (): unknown
+}
 
 /** `PRAGMA application_id` of our files: "FTAP" in ASCII. Another application's database has another (usually 0). */
 export const applicationId = 0x46544150

@@ -2,8 +2,8 @@ import { once } from 'node:events'
 import { createRequire } from 'node:module'
 import { isMainThread, parentPort, Worker, workerData, type MessagePort } from 'node:worker_threads'
 import type BetterSqlite3 from 'better-sqlite3'
-import { filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDatabase, type SqliteDriver, type SqliteStatement } from './sqlite-file.js'
-import { applyTransaction, DELETE, filterFields, INSERT, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE_ALL, UPDATE_LIGHT, writeStatements, type TaskRow, type Write } from './sqlite-schema.js'
+import { filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDriver } from './sqlite-file.js'
+import { applyTransaction, DELETE, filterFields, INSERT, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE_ALL, UPDATE_LIGHT, writeStatements, type SqliteDatabase, type SqliteStatement, type TaskRow, type Write } from './sqlite-schema.js'
 import { finalStatuses, InvalidCursorError, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
 
 /** Options of the SQLite store. */
