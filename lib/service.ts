@@ -63,7 +63,8 @@ interface ActiveTask {
   steps: Array<(active: ActiveTask) => Promise<void>>
   draining: Promise<void> | undefined
   /** Why the task is being stopped, once it is: its final status follows from it. */
-  stopping?: { reason: 'cancel' } | { reason: 'timeout', ms: number }
+  /** `shutdown`: stopped by a graceful close over a durable store; it ends as a crash would have it. */
+  stopping?: { reason: 'cancel' } | { reason: 'timeout', ms: number } | { reason: 'shutdown' }
   timer?: NodeJS.Timeout
 }
 
@@ -456,6 +457,22 @@ export class TaskService {
     this.#apply(uuid, () => this.#finished(uuid, { ok: false, error: 'cancelled before it ran' }, false))
   }
 
+  /**
+   * A task taken back from the queue at close: cancelled, or over a durable store left as
+   * it is recorded (`pending`) for the next server, which runs it.
+   */
+  #unrun (uuid: string, active: ActiveTask, stop: NonNullable<ActiveTask['stopping']>): void {
+    active.stopping ??= stop
+    if (active.stopping.reason !== 'shutdown') {
+      this.#endUnrun(uuid)
+      return
+    }
+    this.#apply(uuid, async (active) => {
+      clearTimeout(active.timer)
+      active.ended = true
+    })
+  }
+
   /** Resolves with the task's final state once it has succeeded, failed or been cancelled. */
   async wait (uuid: string): Promise<TaskState> {
     let unsubscribe: (() => void) | undefined
@@ -485,9 +502,11 @@ export class TaskService {
   }
 
   /**
-   * Graceful shutdown: refuses new submissions, cancels the tasks still queued, waits up
-   * to `shutdownTimeout` ms for the running ones, then cancels the rest and stops the
-   * runner. Every task ends in a final status; no process is left.
+   * Graceful shutdown: refuses new submissions, waits up to `shutdownTimeout` ms for the
+   * running tasks, then stops the rest and the runner; no process is left. Over a durable
+   * store, tasks that have not run stay `pending` for the next server, and stopped ones end
+   * as restart recovery ends interrupted ones: `pending` again when they have retries left,
+   * otherwise `failed`. Over any other store every task ends cancelled.
    */
   async close (): Promise<void> {
     if (this.#closing !== undefined) return await this.#closing
@@ -498,24 +517,28 @@ export class TaskService {
   }
 
   async #shutdown (): Promise<void> {
+    const durable = this.#store.durable === true
+    const stop: NonNullable<ActiveTask['stopping']> = durable ? { reason: 'shutdown' } : { reason: 'cancel' }
     const pending = [...this.#active.entries()].filter(([uuid, active]) =>
       active.stopping === undefined && this.#withdraw(uuid, active))
-    for (const [uuid, active] of pending) {
-      active.stopping = { reason: 'cancel' }
-      this.#endUnrun(uuid)
+    for (const [uuid, active] of pending) this.#unrun(uuid, active, stop)
+    if (pending.length > 0) {
+      this.#log.warn({ count: pending.length }, durable
+        ? 'fastify-task-api: closing: queued tasks stay pending for the next server'
+        : 'fastify-task-api: closing: queued tasks are cancelled')
     }
-    if (pending.length > 0) this.#log.warn({ count: pending.length }, 'fastify-task-api: closing: queued tasks are cancelled')
     const deadline = Date.now() + this.#execution.shutdownTimeout
     while (this.#runner.running > 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
     if (this.#runner.running > 0) {
-      this.#log.warn({ count: this.#runner.running }, 'fastify-task-api: closing: tasks still running after shutdownTimeout are cancelled')
-      for (const active of this.#active.values()) active.stopping ??= { reason: 'cancel' }
+      this.#log.warn({ count: this.#runner.running }, durable
+        ? 'fastify-task-api: closing: tasks still running after shutdownTimeout are stopped: retried by the next server when they have retries left, otherwise failed'
+        : 'fastify-task-api: closing: tasks still running after shutdownTimeout are cancelled')
+      for (const active of this.#active.values()) active.stopping ??= stop
     }
     const dropped = await this.#runner.close()
     for (const job of dropped) {
       const active = this.#active.get(job.uuid)
-      if (active !== undefined) active.stopping ??= { reason: 'cancel' }
-      this.#endUnrun(job.uuid)
+      if (active !== undefined) this.#unrun(job.uuid, active, stop)
     }
     await Promise.all([...this.#active.values()].map(active => active.draining))
     for (const active of this.#active.values()) clearTimeout(active.timer)
@@ -597,6 +620,10 @@ export class TaskService {
     let patch: RecordPatch
     if (stopping?.reason === 'cancel') {
       patch = { status: 'cancelled' }
+    } else if (stopping?.reason === 'shutdown' && !result.ok) {
+      // Stopped by a graceful close over a durable store: as restart recovery would end it.
+      // (One that ended well as it was being stopped keeps its outputs.)
+      patch = { status: 'failed', error: interruptedError }
     } else if (stopping?.reason === 'timeout') {
       patch = { status: 'failed', error: `timed out after ${stopping.ms} ms` }
     } else if (result.ok) {
@@ -607,11 +634,20 @@ export class TaskService {
     } else {
       patch = { status: 'failed', error: cut(result.error, maxErrorLength) }
     }
-    const retryable = stopping?.reason !== 'cancel' && (result.ok ? stopping !== undefined : result.retry !== false)
-    // Once the server has begun closing (preClose), nothing is retried: it would only be cancelled.
-    if (patch.status === 'failed' && retryable && active.job.attempt <= registered.task.retries && !this.#closed) {
-      await this.#retry(uuid, active, patch.error as string)
-      return
+    const retryable = stopping?.reason === 'shutdown'
+      ? !result.ok
+      : stopping?.reason !== 'cancel' && (result.ok ? stopping !== undefined : result.retry !== false)
+    if (patch.status === 'failed' && retryable && active.job.attempt <= registered.task.retries) {
+      // Once the server has begun closing (preClose), nothing is retried here: it would
+      // only be cancelled. Over a durable store the next server retries it.
+      if (!this.#closed) {
+        await this.#retry(uuid, active, patch.error as string)
+        return
+      }
+      if (this.#store.durable === true) {
+        await this.#leavePending(uuid, active, patch.error as string)
+        return
+      }
     }
     if (patch.status === 'failed' && log) {
       const detail = result.ok ? undefined : result.detail
@@ -632,6 +668,15 @@ export class TaskService {
     if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq: patch.seq, status: record.status, task: toState(record) })
   }
 
+  /** A failed attempt with retries left while closing over a durable store: pending, for the next server. */
+  async #leavePending (uuid: string, active: ActiveTask, error: string): Promise<void> {
+    this.#log.warn({ uuid, task: active.registered.name, attempt: active.job.attempt, error }, 'fastify-task-api: task failed while closing: the next server retries it')
+    const seq = ++active.seq
+    active.ended = true
+    const record = await this.#write(uuid, { status: 'pending', error, progress: null, target: null, seq })
+    if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(record) })
+  }
+
   /** A failed attempt with retries left: back to pending, and queued again after the backoff. */
   async #retry (uuid: string, active: ActiveTask, error: string): Promise<void> {
     const { registered: { task }, job } = active
@@ -643,8 +688,7 @@ export class TaskService {
     if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(record) })
     if (active.stopping !== undefined || this.#closed) {
       // Cancelled, or the server began closing, while the retry was being recorded.
-      active.stopping ??= { reason: 'cancel' }
-      this.#endUnrun(uuid)
+      this.#unrun(uuid, active, this.#store.durable === true ? { reason: 'shutdown' } : { reason: 'cancel' })
       return
     }
     active.retryTimer = setTimeout(() => {

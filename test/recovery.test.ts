@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { MemoryStore, type TaskRecord } from '../dist/index.js'
-import { build, fixture } from './helpers.js'
+import { SqliteStore } from '../dist/store/sqlite.js'
+import { build, fixture, untilRunning } from './helpers.js'
 import { newRecord } from './store-contract.js'
 
 /*
@@ -114,4 +115,51 @@ t.test('a subscriber that reconnects after a restart with its last seq gets a fr
   t.equal(new Set(ids).size, ids.length, 'no seq twice')
   t.ok(frames.some(({ frame }) => frame.type === 'progress' && frame.progress === 3), 'the live events follow: its progress')
   t.match(frames.at(-1)?.frame, { type: 'status', status: 'succeeded', task: { attempt: 2 } }, 'and its end')
+})
+
+t.test('a graceful close over a durable store leaves unrun tasks pending and ends stopped ones as a restart would; the next server runs them', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'task-api-recovery-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const path = join(dir, 'tasks.db')
+  const runLog = join(dir, 'runs.log')
+  const gate = join(dir, 'gate')
+  const options = { tasks: [fixture('durable.ts')], concurrency: 2, env: { ...process.env, RUN_LOG: runLog } }
+
+  const first = await build(t, { ...options, store: new SqliteStore({ path }) })
+  const once = await first.tasks.submit('once', { n: 1, ms: 60_000 }) // running, no retries
+  const gated = await first.tasks.submit('gated', { gate }) // running, one retry; the gate is shut
+  const queuedOnce = await first.tasks.submit('once', { n: 3 })
+  const queuedAgain = await first.tasks.submit('again', { n: 4 })
+  await untilRunning(first, once.uuid)
+  await untilRunning(first, gated.uuid)
+  await first.close() // shutdownTimeout: 200 ms
+
+  const left = new SqliteStore({ path })
+  t.match(await left.get(once.uuid), { status: 'failed', error: interrupted, attempt: 1 }, 'a stopped task without retries failed, interrupted')
+  t.match(await left.get(gated.uuid), { status: 'pending', error: interrupted, attempt: 1, finished: null }, 'one with retries left is pending again, for the next server')
+  t.match(await left.get(queuedOnce.uuid), { status: 'pending', attempt: 0, error: null }, 'queued tasks stay pending')
+  t.match(await left.get(queuedAgain.uuid), { status: 'pending', attempt: 0, error: null })
+  await left.close()
+
+  writeFileSync(gate, '')
+  const second = await build(t, { ...options, store: new SqliteStore({ path }) })
+  t.match(await second.tasks.wait(gated.uuid), { status: 'succeeded', outputs: { attempt: 2 }, attempt: 2, error: null }, 'the next server retries it as its second attempt')
+  t.match(await second.tasks.wait(queuedOnce.uuid), { status: 'succeeded', outputs: { n: 3 }, attempt: 1 }, 'and runs the queued ones')
+  t.match(await second.tasks.wait(queuedAgain.uuid), { status: 'succeeded', outputs: { n: 4 }, attempt: 1 })
+  t.equal((await second.tasks.get(once.uuid))?.status, 'failed')
+  const runs = readFileSync(runLog, 'utf8').trim().split('\n').sort()
+  // (gated keeps no run log: its attempts are in its outputs.)
+  t.same(runs, [`${once.uuid} 1`, `${queuedOnce.uuid} 1`, `${queuedAgain.uuid} 1`].sort(), 'each entered once: the stopped one not again')
+})
+
+t.test('a graceful close over a store that is not durable cancels what has not run', async (t) => {
+  const app = await build(t, { tasks: [fixture('durable.ts')], concurrency: 1 })
+  const running = await app.tasks.submit('once', { n: 1, ms: 60_000 })
+  const queued = await app.tasks.submit('again', { n: 2 })
+  await untilRunning(app, running.uuid)
+  const waits = [app.tasks.wait(running.uuid), app.tasks.wait(queued.uuid)]
+  await app.close()
+  const [stopped, unrun] = await Promise.all(waits)
+  t.match(stopped, { status: 'cancelled' })
+  t.match(unrun, { status: 'cancelled', attempt: 0 })
 })

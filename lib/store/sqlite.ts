@@ -144,6 +144,8 @@ const cursorPattern = /^[1-9][0-9]{0,15}$/
  * disk, not a network file system.
  */
 export class SqliteStore implements Store {
+  /** Records outlive the process: a graceful close leaves unrun tasks pending for the next server. */
+  readonly durable = true
   /** The database file, absolute. */
   readonly path: string
   readonly #db: SqliteDatabase

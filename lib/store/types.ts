@@ -84,6 +84,13 @@ export type RecordPatch = Partial<Omit<TaskRecord, 'uuid' | 'task' | 'inputs' | 
  * does, they all do.
  */
 export interface Store {
+  /**
+   * True when records outlive the process (a file, a server): a graceful close then
+   * leaves tasks that have not run `pending` for the next server, and ends those it had
+   * to stop as a restart after a crash would (retried when they have retries left,
+   * otherwise `failed`, interrupted). False or absent: they are cancelled.
+   */
+  readonly durable?: boolean
   /** Saves a new record. */
   create (record: TaskRecord): Promise<void>
   /** The record, or undefined when there is none. */
