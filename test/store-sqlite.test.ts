@@ -1,9 +1,9 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import Database from 'better-sqlite3'
@@ -332,6 +332,54 @@ t.test('one process per file: a second store on the file fails, in this process 
   t.equal(count(reader), 1, 'other connections may still read it')
   await store.close()
   t.same(JSON.parse(runNode(openCode(path)).stdout), { opened: true }, 'once closed, another process opens it')
+})
+
+t.test('one process per file whatever the path: a symbolic link to the file, or to its directory, finds it locked', async (t) => {
+  const { store, path } = openStore(t)
+  const dir = tempDir(t)
+  const fileLink = join(dir, 'link.db')
+  symlinkSync(path, fileLink)
+  const dirLink = join(dir, 'dir')
+  symlinkSync(dirname(path), dirLink)
+  t.equal(store.path, path, 'the store names the real file')
+  for (const other of [fileLink, join(dirLink, 'tasks.db')]) {
+    t.throws(() => new SqliteStore({ path: other }), { name: 'SqliteStoreError', reason: 'locked' }, `through ${other}`)
+    t.match(JSON.parse(runNode(openCode(other)).stdout), { name: 'SqliteStoreError', reason: 'locked' }, `through ${other}, from another process`)
+  }
+  t.notOk(existsSync(`${fileLink}-lock`), 'no lock beside the link: the lock is the real file\'s')
+  await store.close()
+  const linked = new SqliteStore({ path: fileLink })
+  t.equal(linked.path, path, 'a store opened through a link names the real file')
+  await linked.close()
+})
+
+t.test('a file or lock removed or replaced under an open store: its writes reject with StoreUnavailableError, none is lost unseen', async (t) => {
+  for (const [what, change] of [
+    ['the file removed', (path: string) => { for (const suffix of ['', '-wal', '-shm']) rmSync(`${path}${suffix}`, { force: true }) }],
+    ['the file replaced', (path: string) => { renameSync(path, `${path}.old`); copyFileSync(`${path}.old`, path) }],
+    ['the lock removed', (path: string) => { rmSync(`${path}-lock`) }],
+  ] as const) {
+    const { store, path } = openStore(t)
+    const kept = newRecord()
+    await store.create(kept)
+    change(path)
+    const lost = newRecord()
+    const err = await store.create(lost).then(() => undefined, (err: unknown) => err)
+    t.ok(err instanceof StoreUnavailableError, `${what}: the write rejects`)
+    t.match((err as Error).message, what.endsWith('lock removed') ? /lock file .*-lock was removed or replaced/ : /the database file was (removed|replaced by another file) since the store opened it/, `${what}: saying so`)
+    t.equal(await store.get(lost.uuid), undefined, `${what}: the rejected record is not in the view`)
+    const again = await store.update(kept.uuid, { progress: 1 }).then(() => undefined, (err: unknown) => err)
+    t.ok(again instanceof StoreUnavailableError, `${what}: and so does every later write`)
+  }
+})
+
+t.test('a cursor past the safe integers is refused, not rounded', async (t) => {
+  const { store } = openStore(t)
+  await store.create(newRecord())
+  for (const cursor of ['9007199254740993', '9999999999999999']) {
+    await t.rejects(store.list({ limit: 10, cursor }), { name: 'InvalidCursorError' }, cursor)
+  }
+  t.equal((await store.list({ limit: 10, cursor: '9007199254740991' })).records.length, 1, 'the largest safe one is a cursor')
 })
 
 t.test('refuses a file that is not a store of ours, naming it, and leaves it as it was', async (t) => {

@@ -1,5 +1,5 @@
-import { accessSync, constants, mkdirSync, statSync } from 'node:fs'
-import { dirname, resolve } from 'node:path'
+import { accessSync, constants, mkdirSync, realpathSync, statSync } from 'node:fs'
+import { basename, dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { applicationId, migrations, schemaVersion, type SqliteDatabase } from './sqlite-schema.js'
 
@@ -49,12 +49,24 @@ export function filePath (path: unknown): string {
   return resolve(path)
 }
 
-function prepareDirectory (file: string): void {
-  const dir = dirname(file)
+/**
+ * Creates the file's directory when missing, checks what can be checked before opening,
+ * and answers the file's real path (symbolic links resolved): the lock is taken beside
+ * the real file, so two paths to one file cannot both open it.
+ */
+function prepareDirectory (given: string): string {
+  let dir = dirname(given)
   try {
     mkdirSync(dir, { recursive: true })
+    dir = realpathSync(dir)
   } catch (err) {
-    throw new SqliteStoreError('unwritable', `cannot create the directory of the SQLite store ${file}: ${(err as Error).message}`, { cause: err })
+    throw new SqliteStoreError('unwritable', `cannot create the directory of the SQLite store ${given}: ${(err as Error).message}`, { cause: err })
+  }
+  let file = join(dir, basename(given))
+  try {
+    file = realpathSync(file)
+  } catch {
+    // Not there yet (or a dangling link, which SQLite refuses on open).
   }
   try {
     // SQLite creates <file>-wal, <file>-shm and the store <file>-lock beside the file.
@@ -62,11 +74,19 @@ function prepareDirectory (file: string): void {
   } catch (err) {
     throw new SqliteStoreError('unwritable', `the SQLite store ${file} is not writable: cannot write in its directory ${dir} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err })
   }
+  if (dirname(file) !== dir) {
+    // A link to a file in another directory: SQLite keeps its -wal and -shm beside the real file.
+    try {
+      accessSync(dirname(file), constants.W_OK | constants.X_OK)
+    } catch (err) {
+      throw new SqliteStoreError('unwritable', `the SQLite store ${given} is not writable: cannot write in the directory of ${file} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err })
+    }
+  }
   let isFile: boolean | undefined
   try {
     isFile = statSync(file).isFile()
   } catch {
-    return // created on open
+    return file // created on open
   }
   if (!isFile) throw new SqliteStoreError('unwritable', `the SQLite store ${file} is not a file`)
   try {
@@ -74,6 +94,7 @@ function prepareDirectory (file: string): void {
   } catch (err) {
     throw new SqliteStoreError('unwritable', `the SQLite store ${file} is not writable (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err })
   }
+  return file
 }
 
 /**
@@ -81,8 +102,8 @@ function prepareDirectory (file: string): void {
  * the one-process lock, turns WAL on and migrates the schema. Every failure is a
  * SqliteStoreError naming the path, and leaves nothing open.
  */
-export function openStoreFile (Database: SqliteDriver, file: string, busyTimeout: number): { db: SqliteDatabase, lock: SqliteDatabase } {
-  prepareDirectory(file)
+export function openStoreFile (Database: SqliteDriver, given: string, busyTimeout: number): OpenedFile {
+  const file = prepareDirectory(given)
   const db = openDatabase(Database, file, busyTimeout)
   try {
     checkOwnership(db, file)
@@ -100,7 +121,31 @@ export function openStoreFile (Database: SqliteDriver, file: string, busyTimeout
     db.close()
     throw err
   }
-  return { db, lock }
+  return { db, lock, file, identity: { file: fileIdentity(file), lock: fileIdentity(`${file}-lock`) } }
+}
+
+/** An open store file. */
+export interface OpenedFile {
+  db: SqliteDatabase
+  lock: SqliteDatabase
+  /** The real path of the database file. */
+  file: string
+  /** What `fileIdentity` answered for the file and its lock once they were open. */
+  identity: { file: string, lock: string }
+}
+
+/**
+ * Which file a path names now (`<device>:<inode>`), or `missing`. A store checks that its
+ * file and its lock are still the ones it opened before it writes: one removed or
+ * replaced under a running server would take every later write with it, unseen.
+ */
+export function fileIdentity (path: string): string {
+  try {
+    const { dev, ino } = statSync(path, { bigint: true })
+    return `${dev}:${ino}`
+  } catch {
+    return 'missing'
+  }
 }
 
 function isSqliteError (err: unknown, Database: SqliteDriver): boolean {

@@ -2,7 +2,7 @@ import { once } from 'node:events'
 import { createRequire } from 'node:module'
 import { isMainThread, parentPort, Worker, workerData, type MessagePort } from 'node:worker_threads'
 import type BetterSqlite3 from 'better-sqlite3'
-import { filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDriver } from './sqlite-file.js'
+import { fileIdentity, filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDriver } from './sqlite-file.js'
 import { applyTransaction, DELETE, filterFields, INSERT, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE_ALL, UPDATE_LIGHT, writeStatements, type SqliteDatabase, type SqliteStatement, type TaskRow, type Write } from './sqlite-schema.js'
 import { finalStatuses, InvalidCursorError, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
 
@@ -105,6 +105,8 @@ interface WriterData {
   file: string
   busyTimeout: number
   busyRetries: number
+  /** `fileIdentity` of the file and of its lock when the store opened them. */
+  identity: { file: string, lock: string }
 }
 
 /** The fields a patch may set, besides messages. Anything else in a patch is ignored. */
@@ -146,7 +148,7 @@ const cursorPattern = /^[1-9][0-9]{0,15}$/
 export class SqliteStore implements Store {
   /** Records outlive the process: a graceful close leaves unrun tasks pending for the next server. */
   readonly durable = true
-  /** The database file, absolute. */
+  /** The database file: its real path (absolute, symbolic links resolved). */
   readonly path: string
   readonly #db: SqliteDatabase
   readonly #lock: SqliteDatabase
@@ -176,15 +178,16 @@ export class SqliteStore implements Store {
     if (!Number.isInteger(busyRetries) || busyRetries < 0) throw new TypeError(`options.busyRetries must be an integer >= 0, got ${String(busyRetries)}`)
     const maxBatch = options.maxBatch ?? 1000
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new TypeError(`options.maxBatch must be a positive integer, got ${String(maxBatch)}`)
-    this.path = filePath(options.path)
+    const given = filePath(options.path)
     this.#maxBatch = maxBatch
 
     const driver = loadDriver()
-    const { db, lock } = openStoreFile(driver.Database, this.path, busyTimeout)
+    const { db, lock, file, identity } = openStoreFile(driver.Database, given, busyTimeout)
+    this.path = file
     this.#db = db
     this.#lock = lock
     this.#sql = readStatements(db)
-    this.#writerData = { driver: driver.path, file: this.path, busyTimeout, busyRetries }
+    this.#writerData = { driver: driver.path, file, busyTimeout, busyRetries, identity }
     this.#lastId = (db.prepare('SELECT max(id) AS id FROM tasks').get() as { id: number | null }).id ?? 0
     for (const row of this.#sql.live.all() as TaskRow[]) {
       const entry = this.#entryOf(row, true)
@@ -268,8 +271,8 @@ export class SqliteStore implements Store {
     this.#checkOpen()
     let before = Number.MAX_SAFE_INTEGER
     if (filter.cursor !== undefined) {
-      if (!cursorPattern.test(filter.cursor)) throw new InvalidCursorError(`not a cursor of this store: ${JSON.stringify(filter.cursor.slice(0, 64))}`)
       before = Number(filter.cursor)
+      if (!cursorPattern.test(filter.cursor) || !Number.isSafeInteger(before)) throw new InvalidCursorError(`not a cursor of this store: ${JSON.stringify(filter.cursor.slice(0, 64))}`)
     }
     // The file is the index: what was changed so far must be in it first.
     await this.#settled()
@@ -636,6 +639,23 @@ function loadDriver (): { Database: SqliteDriver, path: string } {
 }
 
 /**
+ * Why the store's file or lock is no longer the one it opened (removed, or replaced by
+ * another file), or undefined. Checked before each transaction: what the writer would
+ * commit to a removed file is lost at the next restart, and a removed lock lets another
+ * server open the file too. Two stat calls: a few microseconds a transaction.
+ */
+function movedFile ({ file, identity }: WriterData): string | undefined {
+  const now = fileIdentity(file)
+  if (now !== identity.file) {
+    return `the database file was ${now === 'missing' ? 'removed' : 'replaced by another file'} since the store opened it; restart the server on a store file it can keep`
+  }
+  if (fileIdentity(`${file}-lock`) !== identity.lock) {
+    return `its lock file ${file}-lock was removed or replaced, so another server may open the file too; restart the server`
+  }
+  return undefined
+}
+
+/**
  * The writer thread: this same module, started in a worker thread by the store. It
  * applies each transaction it is sent, in order, and answers; a busy file is retried
  * after a backoff (10 ms, doubling up to 200 ms) up to `busyRetries` times, then the
@@ -676,6 +696,12 @@ function runWriter (data: WriterData, port: MessagePort): void {
         continue
       }
       if (dropping) continue
+      const moved = movedFile(data)
+      if (moved !== undefined) {
+        answer({ type: 'failed', id: message.id, code: 'SQLITE_STORE_MOVED', message: moved, retries: 0 })
+        dropping = true
+        continue
+      }
       try {
         applyTransaction(sql, message.writes)
       } catch (err) {
