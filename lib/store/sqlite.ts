@@ -16,8 +16,8 @@ export interface SqliteStoreOptions {
   path: string | URL
   /**
    * How long one attempt at a transaction waits for another connection's write lock,
-   * in ms, before it counts as busy (the wait is in the writer thread, never on the
-   * event loop).
+   * in ms, before it counts as busy. The wait holds the event loop: keep it short; the
+   * retries below wait on timers.
    * @default 5
    */
   busyTimeout?: number
@@ -82,41 +82,31 @@ interface Waiter {
   value: unknown
 }
 
-/** A transaction sent to the writer thread, until it answers. */
+/** A transaction waiting for its commit. */
 interface Transaction {
   id: number
   entries: Entry[]
   waiters: Waiter[]
-  /** Resolves when the writer answers, committed or not. */
+  writes: Write[]
+  /** Resolves once it is committed or failed. */
   done: Promise<void>
   settle: () => void
 }
 
-/** What the store's thread tells the writer thread. */
-type ToWriter = { type: 'write', id: number, writes: Write[] } | { type: 'resume' } | { type: 'close' }
-/** What the writer thread answers. */
-type FromWriter =
-  | { type: 'committed', id: number }
-  | { type: 'busy', id: number }
-  | { type: 'failed', id: number, code: string | undefined, message: string, retries: number }
-
-interface WriterData {
+/** What the checkpoint thread is started with. */
+interface CheckpointerData {
   driver: string
   file: string
-  busyTimeout: number
-  busyRetries: number
-  /** `fileIdentity` of the file and of its lock when the store opened them. */
-  identity: { file: string, lock: string }
 }
 
 /** The fields a patch may set, besides messages. Anything else in a patch is ignored. */
 const patchable = ['status', 'progress', 'target', 'outputs', 'error', 'attempt', 'started', 'finished', 'seq', 'messagesDropped'] as const
 
-/** How long (ms) one turn may spend preparing writes for the writer thread; the rest goes next turn. */
+/** How long (ms) one turn may spend committing writes; the rest goes next turn. */
 const turnBudget = 5
-/** How often (ms) the writer thread checkpoints the WAL into the database file. */
+/** How often (ms) the checkpoint thread copies the WAL into the database file. */
 const checkpointInterval = 250
-const writerFlag = 'fastify-task-api:sqlite-writer'
+const checkpointerFlag = 'fastify-task-api:sqlite-checkpointer'
 const cursorPattern = /^[1-9][0-9]{0,15}$/
 
 /**
@@ -124,12 +114,13 @@ const cursorPattern = /^[1-9][0-9]{0,15}$/
  * restarted server finds its tasks.
  *
  * Writes are grouped: the calls made in one event-loop turn change the store's in-memory
- * view at once (a `get` right after sees them) and, at the end of the turn, go to a writer
- * thread as one transaction (at most `maxBatch` rows each); their promises resolve once
- * it has committed, so whatever the server publishes is on disk first. Writing, commits
- * and checkpoints (copying the WAL into the database, with the fsyncs) all happen in
- * that thread: the event loop only reads (a finished record, a list page). Live records
- * stay in memory (they change often); finished ones are read from the file.
+ * view at once (a `get` right after sees them) and, at the end of the turn, are committed
+ * as one transaction (at most `maxBatch` rows each, at most `turnBudget` ms of them a
+ * turn); their promises resolve once it has committed, so whatever the server publishes
+ * is on disk first. A commit appends to the WAL without an fsync (about 30 µs for a
+ * small one); checkpoints, which copy the WAL into the database file and fsync it, run in
+ * a thread of their own, never on the event loop. Live records stay in memory (they
+ * change often); finished ones are read from the file.
  *
  * Durability: WAL with `synchronous = NORMAL`. A commit survives the process dying in any
  * way (SIGKILL, a crash, OOM): it is in the WAL, which the operating system writes out.
@@ -153,20 +144,27 @@ export class SqliteStore implements Store {
   readonly #db: SqliteDatabase
   readonly #lock: SqliteDatabase
   readonly #maxBatch: number
-  readonly #writerData: WriterData
+  readonly #busyRetries: number
+  /** `fileIdentity` of the file and of its lock when the store opened them. */
+  readonly #identity: { file: string, lock: string }
+  readonly #checkpointerData: CheckpointerData
   /** Live records, and any other whose changes are not yet committed, by uuid. */
   readonly #entries = new Map<string, Entry>()
   /** Entries changed since their last write was sent, in the order they were first changed. */
   readonly #dirty = new Set<Entry>()
-  /** Transactions sent to the writer, in order, until it answers. */
+  /** Transactions waiting for their commit, in order (more than one only while the file is busy). */
   readonly #sent = new Map<number, Transaction>()
   readonly #sql: ReturnType<typeof readStatements>
+  readonly #write: ReturnType<typeof writeStatements>
   readonly #lists = new Map<number, SqliteStatement>()
   readonly #stats = { transactions: 0, busyRetries: 0, failures: 0 }
   #lastId: number
   #lastTransaction = 0
   #scheduled: ReturnType<typeof setImmediate> | undefined
-  #writer: Worker | undefined
+  /** Set while a busy file's transaction waits for its next attempt. */
+  #retryTimer: ReturnType<typeof setTimeout> | undefined
+  #retries = 0
+  #checkpointer: Worker | undefined
   #closing: Promise<void> | undefined
   #closed = false
 
@@ -186,21 +184,24 @@ export class SqliteStore implements Store {
     this.path = file
     this.#db = db
     this.#lock = lock
+    this.#busyRetries = busyRetries
+    this.#identity = identity
     this.#sql = readStatements(db)
-    this.#writerData = { driver: driver.path, file, busyTimeout, busyRetries, identity }
+    this.#write = writeStatements(db)
+    this.#checkpointerData = { driver: driver.path, file }
     this.#lastId = (db.prepare('SELECT max(id) AS id FROM tasks').get() as { id: number | null }).id ?? 0
     for (const row of this.#sql.live.all() as TaskRow[]) {
       const entry = this.#entryOf(row, true)
       this.#entries.set(entry.record.uuid, entry)
     }
-    this.#startWriter()
+    this.#startCheckpointer()
   }
 
   async create (record: TaskRecord): Promise<void> {
     this.#checkOpen()
     const inputsJson = finalStatuses.has(record.status) ? '{}' : JSON.stringify(record.inputs ?? {})
     const outputsJson = JSON.stringify(record.outputs ?? {})
-    // A record with this uuid is replaced: in memory here, in the file by the writer thread.
+    // A record with this uuid is replaced: in memory here, in the file by the next commit.
     const previous = this.#entries.get(record.uuid)
     if (previous !== undefined && !previous.deleted) this.#remove(previous).catch(() => {})
     const copy: TaskRecord = { ...record, messages: record.messages.slice() }
@@ -365,14 +366,18 @@ export class SqliteStore implements Store {
       this.#flush(Infinity)
       await Promise.all([...this.#sent.values()].map(transaction => transaction.done))
     }
-    const writer = this.#writer
-    this.#writer = undefined
-    if (writer !== undefined) {
-      // It checkpoints (truncating the WAL) and closes its connection.
-      const exited = once(writer, 'exit')
-      writer.ref()
-      writer.postMessage({ type: 'close' } satisfies ToWriter)
+    const checkpointer = this.#checkpointer
+    this.#checkpointer = undefined
+    if (checkpointer !== undefined) {
+      const exited = once(checkpointer, 'exit')
+      checkpointer.ref() // the process waits for it to let go of the file
+      checkpointer.postMessage('close')
       await exited
+    }
+    try {
+      this.#db.pragma('wal_checkpoint(TRUNCATE)')
+    } catch {
+      // Another connection reads the file: the WAL stays, and the next open uses it.
     }
     this.#db.close()
     this.#lock.close()
@@ -450,8 +455,8 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Sends the dirty entries' writes to the writer thread, in transactions of at most
-   * `maxBatch` rows, for at most `budget` ms; what is left goes next turn.
+   * Commits the dirty entries' writes, in transactions of at most `maxBatch` rows, for at
+   * most `budget` ms; what is left goes next turn.
    */
   #flush (budget: number): void {
     const started = performance.now()
@@ -484,16 +489,47 @@ export class SqliteStore implements Store {
   }
 
   #newTransaction (): Transaction {
-    const transaction = { id: ++this.#lastTransaction, entries: [], waiters: [] } as unknown as Transaction
+    const transaction = { id: ++this.#lastTransaction, entries: [], waiters: [], writes: [] } as unknown as Transaction
     transaction.done = new Promise<void>((resolve) => { transaction.settle = resolve })
     return transaction
   }
 
   #send (transaction: Transaction, writes: Write[]): void {
+    transaction.writes = writes
     this.#sent.set(transaction.id, transaction)
-    const writer = this.#writer ?? this.#startWriter()
-    writer.ref() // the process waits for its writes
-    writer.postMessage({ type: 'write', id: transaction.id, writes } satisfies ToWriter)
+    // While a busy file's transaction waits for its retry, the next ones wait behind it.
+    if (this.#retryTimer === undefined) this.#commitSent()
+  }
+
+  /**
+   * Commits the waiting transactions in order. A busy file is retried after a backoff
+   * (10 ms, doubling up to 200 ms) up to `busyRetries` times; then, or on any other
+   * error, the transaction fails, and with it every one after it (they were built on it).
+   */
+  #commitSent (): void {
+    for (const transaction of this.#sent.values()) {
+      const moved = movedFile(this.path, this.#identity)
+      try {
+        if (moved !== undefined) throw Object.assign(new Error(moved), { code: 'SQLITE_STORE_MOVED' })
+        applyTransaction(this.#write, transaction.writes)
+      } catch (err) {
+        if (isBusy(err) && this.#retries < this.#busyRetries) {
+          this.#stats.busyRetries++
+          this.#retryTimer = setTimeout(() => {
+            this.#retryTimer = undefined
+            this.#commitSent()
+          }, Math.min(200, 10 * 2 ** this.#retries++))
+          return
+        }
+        const retries = this.#retries
+        this.#retries = 0
+        this.#stats.failures++
+        this.#fail(err, retries)
+        return
+      }
+      this.#retries = 0
+      this.#committed(transaction)
+    }
   }
 
   /**
@@ -539,41 +575,25 @@ export class SqliteStore implements Store {
     return rows + Math.max(0, end - from)
   }
 
-  #startWriter (): Worker {
-    const writer = new Worker(new URL(import.meta.url), {
-      workerData: { [writerFlag]: true, ...this.#writerData },
+  #startCheckpointer (): void {
+    const checkpointer = new Worker(new URL(import.meta.url), {
+      workerData: { [checkpointerFlag]: true, ...this.#checkpointerData },
       // Not the loaders the app runs under (tsx, a test runner's): only this file runs there.
       execArgv: [],
     })
-    writer.unref()
-    writer.on('message', (message: FromWriter) => this.#answered(message))
-    const lost = (cause: unknown): void => {
-      if (this.#writer !== writer) return
-      this.#writer = undefined
-      this.#fail(cause, 0)
-    }
-    writer.on('error', lost)
-    writer.on('exit', code => lost(new Error(`the SQLite writer thread exited with code ${code}`)))
-    this.#writer = writer
-    return writer
+    checkpointer.unref()
+    // Without checkpoints the WAL only grows (nothing is lost): start another one.
+    checkpointer.on('error', () => {})
+    checkpointer.on('exit', () => {
+      if (this.#checkpointer !== checkpointer) return
+      this.#checkpointer = undefined
+      if (!this.#closed) setTimeout(() => { if (!this.#closed && this.#checkpointer === undefined) this.#startCheckpointer() }, 1000).unref()
+    })
+    this.#checkpointer = checkpointer
   }
 
-  #answered (message: FromWriter): void {
-    if (message.type === 'busy') {
-      this.#stats.busyRetries++
-      return
-    }
-    if (message.type === 'failed') {
-      this.#stats.failures++
-      const cause = Object.assign(new Error(message.message), { code: message.code })
-      this.#fail(cause, message.retries)
-      // The writer dropped what came after the failure: it may take writes again.
-      this.#writer?.postMessage({ type: 'resume' } satisfies ToWriter)
-      return
-    }
-    const transaction = this.#sent.get(message.id)
-    if (transaction === undefined) return // rejected already, with a failure before it
-    this.#sent.delete(message.id)
+  #committed (transaction: Transaction): void {
+    this.#sent.delete(transaction.id)
     this.#stats.transactions++
     for (const entry of transaction.entries) {
       if (entry.transaction !== transaction.id || this.#dirty.has(entry)) continue
@@ -583,7 +603,6 @@ export class SqliteStore implements Store {
     }
     for (const waiter of transaction.waiters) waiter.resolve(waiter.value)
     transaction.settle()
-    if (this.#sent.size === 0) this.#writer?.unref()
   }
 
   /**
@@ -620,7 +639,6 @@ export class SqliteStore implements Store {
       for (const waiter of transaction.waiters) waiter.reject(error)
       transaction.settle()
     }
-    if (!this.#closed) this.#writer?.unref()
   }
 }
 
@@ -640,11 +658,11 @@ function loadDriver (): { Database: SqliteDriver, path: string } {
 
 /**
  * Why the store's file or lock is no longer the one it opened (removed, or replaced by
- * another file), or undefined. Checked before each transaction: what the writer would
- * commit to a removed file is lost at the next restart, and a removed lock lets another
+ * another file), or undefined. Checked before each transaction: what would be committed
+ * to a removed file is lost at the next restart, and a removed lock lets another
  * server open the file too. Two stat calls: a few microseconds a transaction.
  */
-function movedFile ({ file, identity }: WriterData): string | undefined {
+function movedFile (file: string, identity: { file: string, lock: string }): string | undefined {
   const now = fileIdentity(file)
   if (now !== identity.file) {
     return `the database file was ${now === 'missing' ? 'removed' : 'replaced by another file'} since the store opened it; restart the server on a store file it can keep`
@@ -656,90 +674,29 @@ function movedFile ({ file, identity }: WriterData): string | undefined {
 }
 
 /**
- * The writer thread: this same module, started in a worker thread by the store. It
- * applies each transaction it is sent, in order, and answers; a busy file is retried
- * after a backoff (10 ms, doubling up to 200 ms) up to `busyRetries` times, then the
- * transaction fails, and every transaction sent after it is dropped (the store rejects
- * them) until the store says to resume. Between transactions, every
- * `checkpointInterval` ms, it checkpoints the WAL into the database file; on close, it
- * checkpoints and truncates the WAL.
+ * The checkpoint thread: this same module, started in a worker thread by the store, with
+ * a connection of its own. Every `checkpointInterval` ms it copies the WAL into the
+ * database file (a passive checkpoint: it never waits for, nor holds up, a commit); the
+ * fsyncs are its own. On 'close' it stops; the store truncates the WAL itself.
  */
-function runWriter (data: WriterData, port: MessagePort): void {
+function runCheckpointer (data: CheckpointerData, port: MessagePort): void {
   const Database = createRequire(import.meta.url)(data.driver) as SqliteDriver
-  const db = new Database(data.file, { fileMustExist: true, timeout: data.busyTimeout })
-  db.pragma('synchronous = NORMAL')
+  const db = new Database(data.file, { fileMustExist: true, timeout: 0 })
   db.pragma('wal_autocheckpoint = 0')
-  db.pragma('journal_size_limit = 67108864')
-  const sql = writeStatements(db)
-  const queue: ToWriter[] = []
-  let waiting = false
-  let dropping = false
-  let retries = 0
-  const answer = (message: FromWriter): void => port.postMessage(message)
-  const drain = (): void => {
-    while (!waiting && queue.length > 0) {
-      const message = queue[0] as ToWriter
-      if (message.type === 'close') {
-        clearInterval(checkpoints)
-        try {
-          db.pragma('wal_checkpoint(TRUNCATE)')
-        } catch {
-          // Another connection reads the file: the WAL stays, and the next open uses it.
-        }
-        db.close()
-        port.close()
-        return
-      }
-      queue.shift()
-      if (message.type === 'resume') {
-        dropping = false
-        continue
-      }
-      if (dropping) continue
-      const moved = movedFile(data)
-      if (moved !== undefined) {
-        answer({ type: 'failed', id: message.id, code: 'SQLITE_STORE_MOVED', message: moved, retries: 0 })
-        dropping = true
-        continue
-      }
-      try {
-        applyTransaction(sql, message.writes)
-      } catch (err) {
-        if (isBusy(err) && retries < data.busyRetries) {
-          queue.unshift(message)
-          answer({ type: 'busy', id: message.id })
-          waiting = true
-          setTimeout(() => {
-            waiting = false
-            drain()
-          }, Math.min(200, 10 * 2 ** retries++))
-          return
-        }
-        const code = (err as { code?: unknown }).code
-        answer({ type: 'failed', id: message.id, code: typeof code === 'string' ? code : undefined, message: (err as Error).message, retries })
-        retries = 0
-        dropping = true
-        continue
-      }
-      retries = 0
-      answer({ type: 'committed', id: message.id })
-    }
-  }
   const checkpoints = setInterval(() => {
-    if (waiting) return
     try {
       db.pragma('wal_checkpoint(PASSIVE)')
     } catch {
       // The next round tries again.
     }
   }, checkpointInterval)
-  checkpoints.unref()
-  port.on('message', (message: ToWriter) => {
-    queue.push(message)
-    drain()
+  port.on('message', () => {
+    clearInterval(checkpoints)
+    db.close()
+    port.close()
   })
 }
 
-if (!isMainThread && parentPort !== null && (workerData as Record<string, unknown> | null)?.[writerFlag] === true) {
-  runWriter(workerData as WriterData, parentPort)
+if (!isMainThread && parentPort !== null && (workerData as Record<string, unknown> | null)?.[checkpointerFlag] === true) {
+  runCheckpointer(workerData as CheckpointerData, parentPort)
 }
