@@ -11,7 +11,7 @@ import t, { type Test } from 'tap'
 import { StoreUnavailableError } from '../dist/index.js'
 import type { TaskRecord } from '../dist/index.js'
 import { SqliteStore, type SqliteStoreOptions } from '../dist/store/sqlite.js'
-import { expireQuery, listQuery } from '../dist/store/sqlite-schema.js'
+import { applyTransaction, expireQuery, INSERT, listQuery, liveQuery, migrations, writeStatements } from '../dist/store/sqlite-schema.js'
 import { build, fixtureSource, until } from './helpers.js'
 import { newRecord, storeContract } from './store-contract.js'
 
@@ -363,6 +363,8 @@ t.test('a file or lock removed or replaced under an open store: its writes rejec
     const kept = newRecord()
     await store.create(kept)
     change(path)
+    // The store looks at most every 20 ms.
+    await new Promise(resolve => setTimeout(resolve, 30))
     const lost = newRecord()
     const err = await store.create(lost).then(() => undefined, (err: unknown) => err)
     t.ok(err instanceof StoreUnavailableError, `${what}: the write rejects`)
@@ -415,7 +417,7 @@ t.test('refuses a file written by a newer version (schema version), naming both'
   const db = new Database(path)
   db.pragma('user_version = 99')
   db.close()
-  t.throws(() => new SqliteStore({ path }), { name: 'SqliteStoreError', reason: 'version', message: `the SQLite store ${path} has schema version 99, written by a newer fastify-task-api; this one knows versions up to 1` })
+  t.throws(() => new SqliteStore({ path }), { name: 'SqliteStoreError', reason: 'version', message: `the SQLite store ${path} has schema version 99, written by a newer fastify-task-api; this one knows versions up to 2` })
 })
 
 t.test('migrates a file from an older user_version on open, in one transaction', async (t) => {
@@ -429,7 +431,7 @@ t.test('migrates a file from an older user_version on open, in one transaction',
   await store.create(record)
   await store.close()
   const check = new Database(older)
-  t.equal(check.pragma('user_version', { simple: true }), 1, 'brought to version 1')
+  t.equal(check.pragma('user_version', { simple: true }), 2, 'brought to version 2')
   t.equal(count(check), 1)
   check.close()
 
@@ -439,13 +441,47 @@ t.test('migrates a file from an older user_version on open, in one transaction',
   half.pragma(`application_id = ${0x46544150}`)
   half.exec("CREATE TABLE messages (kept TEXT); INSERT INTO messages VALUES ('mine')")
   half.close()
-  t.throws(() => new SqliteStore({ path: clash }), { name: 'SqliteStoreError', reason: 'migration', message: `cannot migrate the SQLite store ${clash} to schema version 1: table messages already exists` })
+  t.throws(() => new SqliteStore({ path: clash }), { name: 'SqliteStoreError', reason: 'migration', message: `cannot migrate the SQLite store ${clash} to schema version 2: table messages already exists` })
   const after = new Database(clash)
   t.equal(after.pragma('user_version', { simple: true }), 0, 'still at version 0')
   t.same(after.prepare("SELECT name FROM sqlite_schema WHERE type = 'table'").all(), [{ name: 'messages' }], 'the tasks table created before the failure is rolled back')
   t.same(after.prepare('SELECT kept FROM messages').all(), [{ kept: 'mine' }])
   after.close()
   t.throws(() => new SqliteStore({ path: clash }), { name: 'SqliteStoreError', reason: 'migration' }, 'trying again fails the same way, not as locked: the failed open let go of its lock')
+})
+
+t.test('a file of schema version 1 (every record in the list indexes) migrates to 2 and lists as before', async (t) => {
+  const dir = tempDir(t)
+  const path = join(dir, 'v1.db')
+  const db = new Database(path)
+  db.pragma('journal_mode = WAL')
+  db.exec(migrations[0] as string)
+  db.pragma(`application_id = ${0x46544150}`)
+  db.pragma('user_version = 1')
+  const sql = writeStatements(db)
+  const at = (i: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString()
+  const rows = ['succeeded', 'pending', 'failed', 'running', 'succeeded'].map((status, i) => {
+    const final = status !== 'pending' && status !== 'running'
+    return [INSERT, i + 1, randomUUID(), i % 2 === 0 ? 'hello' : 'sleep', status, i < 3 ? 'ann' : null, null, null, '{}', null, 1, at(i), at(i), final ? at(i + 10) : null, 2, final ? '{}' : '{"name":"x"}', 0]
+  })
+  applyTransaction(sql, rows)
+  db.close()
+  const store = new SqliteStore({ path })
+  t.teardown(() => store.close())
+  const uuids = (records: Array<Readonly<TaskRecord>>): string[] => records.map(record => record.uuid)
+  const all = rows.map(row => row[2] as string).reverse()
+  t.same(uuids((await store.list({ limit: 10 })).records), all, 'every record, newest first')
+  t.same(uuids((await store.list({ limit: 10, owner: 'ann' })).records), all.slice(2), 'by owner: live and finished')
+  t.same(uuids((await store.list({ limit: 10, status: 'pending' })).records), [all[3]], 'a live status')
+  t.same(uuids((await store.list({ limit: 10, status: 'succeeded' })).records), [all[0], all[4]], 'a final status')
+  const first = await store.list({ limit: 2 })
+  const second = await store.list({ limit: 2, cursor: first.next as string })
+  const third = await store.list({ limit: 2, cursor: second.next as string })
+  t.same([...uuids(first.records), ...uuids(second.records), ...uuids(third.records)], all, 'paged, across live and finished')
+  t.equal(third.next, null)
+  t.same(uuids(await store.live()), [all[3], all[1]], 'live, oldest first')
+  const check = connect(t, path, { readonly: true })
+  t.equal(check.pragma('user_version', { simple: true }), 2)
 })
 
 t.test('refuses a path it cannot create or write, naming it', async (t) => {
@@ -527,11 +563,13 @@ t.test('every list query and the retention query search an index: no scan, no so
     const params = [...(fields & 1 ? ['ann'] : []), ...(fields & 2 ? ['running'] : []), ...(fields & 4 ? ['hello'] : []), 1000, 21]
     const steps = plan(listQuery(fields), params)
     const names = ['owner', 'status', 'task'].filter((_, bit) => (fields & (1 << bit)) !== 0)
+    // Without a field: the table newest first, skipping live records (they are listed from memory).
     const how = names.length === 0 ? 'INTEGER PRIMARY KEY (rowid<?)' : `INDEX tasks_${names.join('_')} (${names.map(name => `${name}=?`).join(' AND ')} AND rowid<?)`
     t.same(steps, [`SEARCH tasks USING ${how}`], `filter on ${names.join(', ') || 'nothing'}: ${steps.join('; ')}`)
   }
   t.same(plan(listQuery(1), [null, 1000, 21]), ['SEARCH tasks USING INDEX tasks_owner (owner=? AND rowid<?)'], 'a null owner too')
   t.same(plan(expireQuery, ['succeeded', new Date().toISOString(), 100]), ['SEARCH tasks USING INDEX tasks_expiry (status=? AND finished<?)'], 'retention')
+  t.same(plan(liveQuery, []), ['SCAN tasks USING INDEX tasks_live'], 'the live records, on opening')
   t.same(plan('SELECT * FROM tasks WHERE uuid = ?', [randomUUID()]), ['SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (uuid=?)'], 'a record by uuid')
   t.same(plan('SELECT n, text FROM messages WHERE task_id = ? ORDER BY n', [1]), ['SEARCH messages USING PRIMARY KEY (task_id=?)'], 'its messages')
 })

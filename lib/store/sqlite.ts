@@ -107,6 +107,8 @@ const turnBudget = 5
 /** How often (ms) the checkpoint thread copies the WAL into the database file. */
 const checkpointInterval = 250
 const checkpointerFlag = 'fastify-task-api:sqlite-checkpointer'
+/** How often (ms) at most a transaction checks that the file and its lock are still the ones opened. */
+const identityCheckInterval = 20
 const cursorPattern = /^[1-9][0-9]{0,15}$/
 
 /**
@@ -164,6 +166,8 @@ export class SqliteStore implements Store {
   /** Set while a busy file's transaction waits for its next attempt. */
   #retryTimer: ReturnType<typeof setTimeout> | undefined
   #retries = 0
+  #identityCheckedAt = -Infinity
+  #moved: string | undefined
   #checkpointer: Worker | undefined
   #closing: Promise<void> | undefined
   #closed = false
@@ -275,26 +279,61 @@ export class SqliteStore implements Store {
       before = Number(filter.cursor)
       if (!cursorPattern.test(filter.cursor) || !Number.isSafeInteger(before)) throw new InvalidCursorError(`not a cursor of this store: ${JSON.stringify(filter.cursor.slice(0, 64))}`)
     }
-    // The file is the index: what was changed so far must be in it first.
+    // The file is the index of finished records: what was changed so far must be in it first.
     await this.#settled()
     this.#checkOpen()
     if (filter.limit <= 0) return { records: [], next: null }
-    const fields = filterFields(filter)
-    let statement = this.#lists.get(fields)
-    if (statement === undefined) {
-      statement = this.#db.prepare(listQuery(fields))
-      this.#lists.set(fields, statement)
+    // The records in memory (every live one, and any changed since): as they are now.
+    // The file's rows of those are left out below; the file has the rest.
+    const mine: Entry[] = []
+    let inFile = 0
+    for (const entry of this.#entries.values()) {
+      // Its row may be in the file's page too, and is skipped there: ask the file for one more.
+      if (entry.saved && finalStatuses.has(entry.savedStatus)) inFile++
+      if (entry.deleted || entry.id >= before) continue
+      const { record } = entry
+      if (filter.owner !== undefined && record.owner !== filter.owner) continue
+      if (filter.status !== undefined && record.status !== filter.status) continue
+      if (filter.task !== undefined && record.task !== filter.task) continue
+      mine.push(entry)
     }
-    const args: unknown[] = []
-    if (filter.owner !== undefined) args.push(filter.owner)
-    if (filter.status !== undefined) args.push(filter.status)
-    if (filter.task !== undefined) args.push(filter.task)
-    const rows = statement.all(...args, before, filter.limit + 1) as TaskRow[]
-    const more = rows.length > filter.limit
-    if (more) rows.pop()
+    mine.sort((a, b) => b.id - a.id)
+    if (mine.length > filter.limit + 1) mine.length = filter.limit + 1
+    let rows: TaskRow[] = []
+    if (filter.status === undefined || finalStatuses.has(filter.status)) {
+      const fields = filterFields(filter)
+      let statement = this.#lists.get(fields)
+      if (statement === undefined) {
+        statement = this.#db.prepare(listQuery(fields))
+        this.#lists.set(fields, statement)
+      }
+      const args: unknown[] = []
+      if (filter.owner !== undefined) args.push(filter.owner)
+      if (filter.status !== undefined) args.push(filter.status)
+      if (filter.task !== undefined) args.push(filter.task)
+      rows = (statement.all(...args, before, filter.limit + 1 + inFile) as TaskRow[]).filter(row => !this.#entries.has(row.uuid))
+    }
+    // Both newest first: merged, the first limit + 1 tell the page and whether one follows.
+    const page: Array<{ id: number, record: () => TaskRecord }> = []
+    let m = 0
+    let f = 0
+    while (page.length <= filter.limit && (m < mine.length || f < rows.length)) {
+      const entry = mine[m]
+      const row = rows[f]
+      if (row === undefined || (entry !== undefined && entry.id > row.id)) {
+        const { record } = entry as Entry
+        page.push({ id: (entry as Entry).id, record: () => record })
+        m++
+      } else {
+        page.push({ id: row.id, record: () => toRecord(row, this.#messagesOf(row.id).texts) })
+        f++
+      }
+    }
+    const more = page.length > filter.limit
+    if (more) page.pop()
     return {
-      records: rows.map(row => toRecord(row, this.#messagesOf(row.id).texts)),
-      next: more ? String((rows.at(-1) as TaskRow).id) : null,
+      records: page.map(item => item.record()),
+      next: more ? String((page.at(-1) as { id: number }).id) : null,
     }
   }
 
@@ -508,7 +547,7 @@ export class SqliteStore implements Store {
    */
   #commitSent (): void {
     for (const transaction of this.#sent.values()) {
-      const moved = movedFile(this.path, this.#identity)
+      const moved = this.#movedFile()
       try {
         if (moved !== undefined) throw Object.assign(new Error(moved), { code: 'SQLITE_STORE_MOVED' })
         applyTransaction(this.#write, transaction.writes)
@@ -573,6 +612,19 @@ export class SqliteStore implements Store {
     entry.savedStatus = record.status
     entry.savedFinished = record.finished
     return rows + Math.max(0, end - from)
+  }
+
+  /**
+   * Why the file can no longer be written (see movedFile), checked at most every
+   * `identityCheckInterval` ms; once found, for good.
+   */
+  #movedFile (): string | undefined {
+    if (this.#moved !== undefined) return this.#moved
+    const now = performance.now()
+    if (now - this.#identityCheckedAt < identityCheckInterval) return undefined
+    this.#identityCheckedAt = now
+    this.#moved = movedFile(this.path, this.#identity)
+    return this.#moved
   }
 
   #startCheckpointer (): void {
@@ -658,9 +710,10 @@ function loadDriver (): { Database: SqliteDriver, path: string } {
 
 /**
  * Why the store's file or lock is no longer the one it opened (removed, or replaced by
- * another file), or undefined. Checked before each transaction: what would be committed
- * to a removed file is lost at the next restart, and a removed lock lets another
- * server open the file too. Two stat calls: a few microseconds a transaction.
+ * another file), or undefined. Checked before a transaction, at most every
+ * `identityCheckInterval` ms (two stat calls, a few microseconds): what would be committed
+ * to a removed file is lost at the next restart, and a removed lock lets another server
+ * open the file too.
  */
 function movedFile (file: string, identity: { file: string, lock: string }): string | undefined {
   const now = fileIdentity(file)
