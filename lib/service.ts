@@ -516,9 +516,19 @@ export class TaskService {
     await this.#closing
   }
 
+  /** Whether records outlive the process: a close then leaves tasks to the next server. */
+  get #durable (): boolean {
+    return this.#store.durable === true
+  }
+
+  /** How a close stops a task: as a crash would over a durable store, else by cancelling it. */
+  get #closeStop (): NonNullable<ActiveTask['stopping']> {
+    return this.#durable ? { reason: 'shutdown' } : { reason: 'cancel' }
+  }
+
   async #shutdown (): Promise<void> {
-    const durable = this.#store.durable === true
-    const stop: NonNullable<ActiveTask['stopping']> = durable ? { reason: 'shutdown' } : { reason: 'cancel' }
+    const durable = this.#durable
+    const stop = this.#closeStop
     const pending = [...this.#active.entries()].filter(([uuid, active]) =>
       active.stopping === undefined && this.#withdraw(uuid, active))
     for (const [uuid, active] of pending) this.#unrun(uuid, active, stop)
@@ -637,17 +647,11 @@ export class TaskService {
     const retryable = stopping?.reason === 'shutdown'
       ? !result.ok
       : stopping?.reason !== 'cancel' && (result.ok ? stopping !== undefined : result.retry !== false)
-    if (patch.status === 'failed' && retryable && active.job.attempt <= registered.task.retries) {
-      // Once the server has begun closing (preClose), nothing is retried here: it would
-      // only be cancelled. Over a durable store the next server retries it.
-      if (!this.#closed) {
-        await this.#retry(uuid, active, patch.error as string)
-        return
-      }
-      if (this.#store.durable === true) {
-        await this.#leavePending(uuid, active, patch.error as string)
-        return
-      }
+    // Once the server has begun closing (preClose), a retry here would only be cancelled;
+    // over a durable store it is left pending, and the next server makes it.
+    if (patch.status === 'failed' && retryable && active.job.attempt <= registered.task.retries && (!this.#closed || this.#durable)) {
+      await this.#retry(uuid, active, patch.error as string)
+      return
     }
     if (patch.status === 'failed' && log) {
       const detail = result.ok ? undefined : result.detail
@@ -668,27 +672,23 @@ export class TaskService {
     if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq: patch.seq, status: record.status, task: toState(record) })
   }
 
-  /** A failed attempt with retries left while closing over a durable store: pending, for the next server. */
-  async #leavePending (uuid: string, active: ActiveTask, error: string): Promise<void> {
-    this.#log.warn({ uuid, task: active.registered.name, attempt: active.job.attempt, error }, 'fastify-task-api: task failed while closing: the next server retries it')
-    const seq = ++active.seq
-    active.ended = true
-    const record = await this.#write(uuid, { status: 'pending', error, progress: null, target: null, seq })
-    if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(record) })
-  }
-
-  /** A failed attempt with retries left: back to pending, and queued again after the backoff. */
+  /**
+   * A failed attempt with retries left: back to pending, and queued again after the
+   * backoff; while closing (over a durable store) left pending for the next server.
+   */
   async #retry (uuid: string, active: ActiveTask, error: string): Promise<void> {
     const { registered: { task }, job } = active
     const delay = backoffDelay(task.backoff, job.attempt)
     active.stopping = undefined // the timeout that ended this attempt, if one did
-    this.#log.warn({ uuid, task: task.name, attempt: job.attempt, error, delay }, 'fastify-task-api: task failed, retrying')
+    this.#log.warn({ uuid, task: task.name, attempt: job.attempt, error, delay }, this.#closed
+      ? 'fastify-task-api: task failed while closing: the next server retries it'
+      : 'fastify-task-api: task failed, retrying')
     const seq = ++active.seq
     const record = await this.#write(uuid, { status: 'pending', error, progress: null, target: null, seq })
     if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(record) })
     if (active.stopping !== undefined || this.#closed) {
-      // Cancelled, or the server began closing, while the retry was being recorded.
-      this.#unrun(uuid, active, this.#store.durable === true ? { reason: 'shutdown' } : { reason: 'cancel' })
+      // Cancelled, or the server is closing.
+      this.#unrun(uuid, active, this.#closeStop)
       return
     }
     active.retryTimer = setTimeout(() => {

@@ -500,25 +500,23 @@ export class SqliteStore implements Store {
   #flush (budget: number): void {
     const started = performance.now()
     let transaction: Transaction | undefined
-    let writes: Write[] = []
     let rows = 0
     for (const entry of this.#dirty) {
       transaction ??= this.#newTransaction()
-      rows += this.#writesOf(entry, writes)
+      rows += this.#writesOf(entry, transaction.writes)
       transaction.entries.push(entry)
       entry.transaction = transaction.id
       for (const waiter of entry.waiters) transaction.waiters.push(waiter)
       entry.waiters = []
       this.#dirty.delete(entry)
       if (rows >= this.#maxBatch) {
-        this.#send(transaction, writes)
+        this.#send(transaction)
         transaction = undefined
-        writes = []
         rows = 0
         if (performance.now() - started > budget) break
       }
     }
-    if (transaction !== undefined) this.#send(transaction, writes)
+    if (transaction !== undefined) this.#send(transaction)
     if (this.#dirty.size > 0) {
       this.#scheduled ??= setImmediate(() => {
         this.#scheduled = undefined
@@ -533,8 +531,8 @@ export class SqliteStore implements Store {
     return transaction
   }
 
-  #send (transaction: Transaction, writes: Write[]): void {
-    transaction.writes = writes
+  /** Commits a transaction now, or after the ones waiting for a busy file. */
+  #send (transaction: Transaction): void {
     this.#sent.set(transaction.id, transaction)
     // While a busy file's transaction waits for its retry, the next ones wait behind it.
     if (this.#retryTimer === undefined) this.#commitSent()
