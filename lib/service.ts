@@ -680,9 +680,8 @@ export class TaskService {
     const { registered: { task }, job } = active
     const delay = backoffDelay(task.backoff, job.attempt)
     active.stopping = undefined // the timeout that ended this attempt, if one did
-    this.#log.warn({ uuid, task: task.name, attempt: job.attempt, error, delay }, this.#closed
-      ? 'fastify-task-api: task failed while closing: the next server retries it'
-      : 'fastify-task-api: task failed, retrying')
+    if (this.#closed) this.#log.warn({ uuid, task: task.name, attempt: job.attempt, error }, 'fastify-task-api: task failed while closing: the next server retries it')
+    else this.#log.warn({ uuid, task: task.name, attempt: job.attempt, error, delay }, 'fastify-task-api: task failed, retrying')
     const seq = ++active.seq
     const record = await this.#write(uuid, { status: 'pending', error, progress: null, target: null, seq })
     if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(record) })
