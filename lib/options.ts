@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os'
 import { FST_TASK_API_OPT_INVALID } from './errors.js'
 import { moduleUrl, type TaskModuleLocation } from './registry.js'
 import { MemoryStore } from './store/memory.js'
-import type { FinalStatus, Store } from './store/types.js'
+import { finalStatuses, type FinalStatus, type Store } from './store/types.js'
 import type { Retention } from './service.js'
 import { describe } from './task.js'
 import type { AccessOptions } from './access.js'
@@ -331,7 +331,6 @@ export function parseDuration (name: string, value: unknown): number {
   return ms
 }
 
-const finalNames = ['succeeded', 'failed', 'cancelled'] as const
 const defaultRetention = { succeeded: '7d', cancelled: '7d', failed: '30d' } as const
 
 function normalizeRetention (retention: unknown): Retention {
@@ -340,12 +339,12 @@ function normalizeRetention (retention: unknown): Retention {
   const normalized: Retention = {}
   if (typeof given !== 'object' || given === null) {
     const ms = parseDuration('retention', given)
-    for (const status of finalNames) normalized[status] = ms
+    for (const status of finalStatuses) normalized[status as FinalStatus] = ms
     return normalized
   }
   if (Array.isArray(given)) throw new FST_TASK_API_OPT_INVALID('retention', 'a duration, false, or an object per final status', describe(given))
   for (const [key, value] of Object.entries(given)) {
-    if (!(finalNames as readonly string[]).includes(key)) {
+    if (!finalStatuses.has(key as FinalStatus)) {
       throw new FST_TASK_API_OPT_INVALID(`retention.${key}`, 'a final status (succeeded, failed, cancelled)', 'an unknown key')
     }
     if (value === false || value === undefined) continue
