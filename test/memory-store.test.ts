@@ -203,3 +203,12 @@ t.test('authorize sees {} as the inputs of a finished task, the real ones while 
   t.equal((await app.inject(`/tasks/${uuid}`)).statusCode, 200)
   t.same(seen, [{ action: 'submit', inputs: { name: 'secret' } }, { action: 'read', inputs: {} }])
 })
+
+t.test('a cursor past the safe integers is refused, not rounded', async (t) => {
+  const store = new MemoryStore()
+  await store.create(newRecord())
+  for (const cursor of ['9007199254740993', '9999999999999999']) {
+    await t.rejects(store.list({ limit: 10, cursor }), { name: 'InvalidCursorError' }, cursor)
+  }
+  t.equal((await store.list({ limit: 10, cursor: '9007199254740991' })).records.length, 1, 'the largest safe one is a cursor')
+})

@@ -1,13 +1,11 @@
 import BTreeModule from 'sorted-btree'
-import { finalStatuses, InvalidCursorError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from './types.js'
+import { applyFields, finalStatuses, readCursor, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from './types.js'
 
 const BTree = BTreeModule.default
 type Index = InstanceType<typeof BTree<number, TaskRecord>>
 /** Finished records of one status by [finished, creation order]: what retention expires, oldest first. */
 type Expiry = InstanceType<typeof BTree<[string, number], string>>
 
-/** The fields a patch may set, besides messages. Anything else in a patch is ignored. */
-const patchable = ['status', 'progress', 'target', 'outputs', 'error', 'attempt', 'started', 'finished', 'seq', 'messagesDropped'] as const
 
 /** Options of the in-memory store. */
 export interface MemoryStoreOptions {
@@ -101,11 +99,7 @@ export class MemoryStore implements Store {
     const before = record.status
     const finishedBefore = record.finished
     if (record.status !== (patch.status ?? before)) this.#unindexStatus(entry)
-    const fields = record as unknown as Record<string, unknown>
-    for (const key of patchable) {
-      // A field left undefined is left as it was.
-      if (patch[key] !== undefined) fields[key] = patch[key]
-    }
+    applyFields(record, patch)
     if (messages !== undefined) {
       for (const message of messages) record.messages.push(message)
     }
@@ -132,11 +126,7 @@ export class MemoryStore implements Store {
   }
 
   async list (filter: ListFilter): Promise<ListPage> {
-    let after: number | undefined
-    if (filter.cursor !== undefined) {
-      if (!/^[1-9][0-9]{0,15}$/.test(filter.cursor)) throw new InvalidCursorError(`not a cursor of this store: ${JSON.stringify(filter.cursor.slice(0, 64))}`)
-      after = Number(filter.cursor)
-    }
+    const after = filter.cursor === undefined ? undefined : readCursor(filter.cursor)
     const fields = (filter.owner !== undefined ? OWNER : 0) | (filter.status !== undefined ? STATUS : 0) | (filter.task !== undefined ? TASK : 0)
     const index = this.#indexesFor(fields).get(valueKey(fields, filter.owner ?? null, filter.status ?? '', filter.task ?? ''))
     const records: TaskRecord[] = []

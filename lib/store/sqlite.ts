@@ -4,7 +4,7 @@ import { isMainThread, parentPort, Worker, workerData, type MessagePort } from '
 import type BetterSqlite3 from 'better-sqlite3'
 import { fileIdentity, filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDriver } from './sqlite-file.js'
 import { applyTransaction, DELETE, filterFields, INSERT, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE_ALL, UPDATE_LIGHT, writeStatements, type SqliteDatabase, type SqliteStatement, type TaskRow, type Write } from './sqlite-schema.js'
-import { finalStatuses, InvalidCursorError, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
+import { applyFields, finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
 
 /** Options of the SQLite store. */
 export interface SqliteStoreOptions {
@@ -99,8 +99,6 @@ interface CheckpointerData {
   file: string
 }
 
-/** The fields a patch may set, besides messages. Anything else in a patch is ignored. */
-const patchable = ['status', 'progress', 'target', 'outputs', 'error', 'attempt', 'started', 'finished', 'seq', 'messagesDropped'] as const
 
 /** How long (ms) one turn may spend committing writes; the rest goes next turn. */
 const turnBudget = 5
@@ -109,7 +107,6 @@ const checkpointInterval = 250
 const checkpointerFlag = 'fastify-task-api:sqlite-checkpointer'
 /** How often (ms) at most a transaction checks that the file and its lock are still the ones opened. */
 const identityCheckInterval = 20
-const cursorPattern = /^[1-9][0-9]{0,15}$/
 
 /**
  * A store in a SQLite file (better-sqlite3, WAL mode): records outlive the process, so a
@@ -251,10 +248,7 @@ export class SqliteStore implements Store {
     // Serialized before anything changes: a patch that cannot be stored fails alone.
     const outputsJson = patch.outputs !== undefined ? JSON.stringify(patch.outputs) : undefined
     const { record } = entry
-    const fields = record as unknown as Record<string, unknown>
-    for (const key of patchable) {
-      if (patch[key] !== undefined) fields[key] = patch[key]
-    }
+    applyFields(record, patch)
     if (outputsJson !== undefined) entry.outputsJson = outputsJson
     if (patch.messages !== undefined) {
       for (const message of patch.messages) record.messages.push(message)
@@ -274,11 +268,7 @@ export class SqliteStore implements Store {
 
   async list (filter: ListFilter): Promise<ListPage> {
     this.#checkOpen()
-    let before = Number.MAX_SAFE_INTEGER
-    if (filter.cursor !== undefined) {
-      before = Number(filter.cursor)
-      if (!cursorPattern.test(filter.cursor) || !Number.isSafeInteger(before)) throw new InvalidCursorError(`not a cursor of this store: ${JSON.stringify(filter.cursor.slice(0, 64))}`)
-    }
+    const before = filter.cursor === undefined ? Number.MAX_SAFE_INTEGER : readCursor(filter.cursor)
     // The file is the index of finished records: what was changed so far must be in it first.
     await this.#settled()
     this.#checkOpen()

@@ -126,6 +126,32 @@ export interface Store {
   close? (): Promise<void>
 }
 
+/** The fields a patch may set, besides messages. Anything else in a patch is ignored. */
+const patchable = ['status', 'progress', 'target', 'outputs', 'error', 'attempt', 'started', 'finished', 'seq', 'messagesDropped'] as const
+
+/**
+ * Sets on `record` the fields `patch` defines (one left undefined stays as it was);
+ * `messages` and `trimMessages` are the store's to apply.
+ */
+export function applyFields (record: TaskRecord, patch: RecordPatch): void {
+  const fields = record as unknown as Record<string, unknown>
+  for (const key of patchable) {
+    if (patch[key] !== undefined) fields[key] = patch[key]
+  }
+}
+
+/**
+ * The creation number a list cursor holds, for stores whose cursors are one (the memory
+ * and SQLite stores'): a positive safe integer written plainly, or InvalidCursorError.
+ */
+export function readCursor (cursor: string): number {
+  const n = Number(cursor)
+  if (!/^[1-9][0-9]{0,15}$/.test(cursor) || !Number.isSafeInteger(n)) {
+    throw new InvalidCursorError(`not a cursor of this store: ${JSON.stringify(cursor.slice(0, 64))}`)
+  }
+  return n
+}
+
 /** The statuses a task never leaves. */
 export type FinalStatus = 'succeeded' | 'failed' | 'cancelled'
 
