@@ -11,7 +11,7 @@ import t, { type Test } from 'tap'
 import { StoreUnavailableError } from '../dist/index.js'
 import type { TaskRecord } from '../dist/index.js'
 import { SqliteStore, type SqliteStoreOptions } from '../dist/store/sqlite.js'
-import { applyTransaction, expireQuery, INSERT, listQuery, liveQuery, migrations, writeStatements } from '../dist/store/sqlite-schema.js'
+import { columns, expireQuery, listFinishedQuery, listQuery, liveQuery, migrations } from '../dist/store/sqlite-schema.js'
 import { build, fixtureSource, until } from './helpers.js'
 import { newRecord, storeContract } from './store-contract.js'
 
@@ -318,6 +318,15 @@ t.test('a SIGKILLed writer leaves a file that passes integrity_check and holds e
       (record.seq === 6 && record.outputs.result !== uuid)) inconsistent++
   }
   t.equal(missing, 0, 'every task whose create resolved is there')
+  // The last ones finished before the kill were not listed yet: opening listed them.
+  const succeeded = new Set<string>()
+  for (let cursor: string | null | undefined; cursor !== null;) {
+    const page = await store.list({ limit: 100, status: 'succeeded', ...(cursor === undefined ? {} : { cursor }) })
+    for (const record of page.records) succeeded.add(record.uuid)
+    cursor = page.next
+  }
+  const done = [...resolved].filter(([, seq]) => seq === 6).map(([uuid]) => uuid)
+  t.equal(done.filter(uuid => !succeeded.has(uuid)).length, 0, `every one of the ${done.length} finished tasks is listed`)
   t.equal(behind, 0, 'with at least the last change whose promise resolved')
   t.equal(inconsistent, 0, 'and no record is half-written')
 })
@@ -417,7 +426,7 @@ t.test('refuses a file written by a newer version (schema version), naming both'
   const db = new Database(path)
   db.pragma('user_version = 99')
   db.close()
-  t.throws(() => new SqliteStore({ path }), { name: 'SqliteStoreError', reason: 'version', message: `the SQLite store ${path} has schema version 99, written by a newer fastify-task-api; this one knows versions up to 2` })
+  t.throws(() => new SqliteStore({ path }), { name: 'SqliteStoreError', reason: 'version', message: `the SQLite store ${path} has schema version 99, written by a newer fastify-task-api; this one knows versions up to 3` })
 })
 
 t.test('migrates a file from an older user_version on open, in one transaction', async (t) => {
@@ -431,7 +440,7 @@ t.test('migrates a file from an older user_version on open, in one transaction',
   await store.create(record)
   await store.close()
   const check = new Database(older)
-  t.equal(check.pragma('user_version', { simple: true }), 2, 'brought to version 2')
+  t.equal(check.pragma('user_version', { simple: true }), 3, 'brought to version 3')
   t.equal(count(check), 1)
   check.close()
 
@@ -441,7 +450,7 @@ t.test('migrates a file from an older user_version on open, in one transaction',
   half.pragma(`application_id = ${0x46544150}`)
   half.exec("CREATE TABLE messages (kept TEXT); INSERT INTO messages VALUES ('mine')")
   half.close()
-  t.throws(() => new SqliteStore({ path: clash }), { name: 'SqliteStoreError', reason: 'migration', message: `cannot migrate the SQLite store ${clash} to schema version 2: table messages already exists` })
+  t.throws(() => new SqliteStore({ path: clash }), { name: 'SqliteStoreError', reason: 'migration', message: `cannot migrate the SQLite store ${clash} to schema version 3: table messages already exists` })
   const after = new Database(clash)
   t.equal(after.pragma('user_version', { simple: true }), 0, 'still at version 0')
   t.same(after.prepare("SELECT name FROM sqlite_schema WHERE type = 'table'").all(), [{ name: 'messages' }], 'the tasks table created before the failure is rolled back')
@@ -450,38 +459,65 @@ t.test('migrates a file from an older user_version on open, in one transaction',
   t.throws(() => new SqliteStore({ path: clash }), { name: 'SqliteStoreError', reason: 'migration' }, 'trying again fails the same way, not as locked: the failed open let go of its lock')
 })
 
-t.test('a file of schema version 1 (every record in the list indexes) migrates to 2 and lists as before', async (t) => {
-  const dir = tempDir(t)
-  const path = join(dir, 'v1.db')
-  const db = new Database(path)
-  db.pragma('journal_mode = WAL')
-  db.exec(migrations[0] as string)
-  db.pragma(`application_id = ${0x46544150}`)
-  db.pragma('user_version = 1')
-  const sql = writeStatements(db)
-  const at = (i: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString()
-  const rows = ['succeeded', 'pending', 'failed', 'running', 'succeeded'].map((status, i) => {
-    const final = status !== 'pending' && status !== 'running'
-    return [INSERT, i + 1, randomUUID(), i % 2 === 0 ? 'hello' : 'sleep', status, i < 3 ? 'ann' : null, null, null, '{}', null, 1, at(i), at(i), final ? at(i + 10) : null, 2, final ? '{}' : '{"name":"x"}', 0]
+for (const version of [1, 2]) {
+  t.test(`a file of schema version ${version} migrates to 3 and lists as before`, async (t) => {
+    const dir = tempDir(t)
+    const path = join(dir, `v${version}.db`)
+    const db = new Database(path)
+    db.pragma('journal_mode = WAL')
+    for (const migration of migrations.slice(0, version)) db.exec(migration)
+    db.pragma(`application_id = ${0x46544150}`)
+    db.pragma(`user_version = ${version}`)
+    // The columns of versions 1 and 2: every one but listed.
+    const older = columns.replace(', listed', '')
+    const insert = db.prepare(`INSERT INTO tasks (${older}) VALUES (${older.split(',').map(() => '?').join(', ')})`)
+    const at = (i: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString()
+    const rows = ['succeeded', 'pending', 'failed', 'running', 'succeeded'].map((status, i) => {
+      const final = status !== 'pending' && status !== 'running'
+      return [i + 1, randomUUID(), i % 2 === 0 ? 'hello' : 'sleep', status, i < 3 ? 'ann' : null, null, null, '{}', null, 1, at(i), at(i), final ? at(i + 10) : null, 2, final ? '{}' : '{"name":"x"}', 0]
+    })
+    for (const row of rows) insert.run(...row)
+    db.close()
+    const store = new SqliteStore({ path })
+    t.teardown(() => store.close())
+    const uuids = (records: Array<Readonly<TaskRecord>>): string[] => records.map(record => record.uuid)
+    const all = rows.map(row => row[1] as string).reverse()
+    t.same(uuids((await store.list({ limit: 10 })).records), all, 'every record, newest first')
+    t.same(uuids((await store.list({ limit: 10, owner: 'ann' })).records), all.slice(2), 'by owner: live and finished')
+    t.same(uuids((await store.list({ limit: 10, status: 'pending' })).records), [all[3]], 'a live status')
+    t.same(uuids((await store.list({ limit: 10, status: 'succeeded' })).records), [all[0], all[4]], 'a final status')
+    const first = await store.list({ limit: 2 })
+    const second = await store.list({ limit: 2, cursor: first.next as string })
+    const third = await store.list({ limit: 2, cursor: second.next as string })
+    t.same([...uuids(first.records), ...uuids(second.records), ...uuids(third.records)], all, 'paged, across live and finished')
+    t.equal(third.next, null)
+    t.same(uuids(await store.live()), [all[3], all[1]], 'live, oldest first')
+    t.same(await store.expire('failed', at(100), 10), [all[2]], 'the retention index has the finished records')
+    const check = connect(t, path, { readonly: true })
+    t.equal(check.pragma('user_version', { simple: true }), 3)
+    t.same(check.prepare('SELECT status, listed FROM tasks ORDER BY id').all().map(row => Object.values(row as object)),
+      [['succeeded', 1], ['pending', 0], ['running', 0], ['succeeded', 1]], 'finished records listed, live ones not')
   })
-  applyTransaction(sql, rows)
-  db.close()
-  const store = new SqliteStore({ path })
-  t.teardown(() => store.close())
-  const uuids = (records: Array<Readonly<TaskRecord>>): string[] => records.map(record => record.uuid)
-  const all = rows.map(row => row[2] as string).reverse()
-  t.same(uuids((await store.list({ limit: 10 })).records), all, 'every record, newest first')
-  t.same(uuids((await store.list({ limit: 10, owner: 'ann' })).records), all.slice(2), 'by owner: live and finished')
-  t.same(uuids((await store.list({ limit: 10, status: 'pending' })).records), [all[3]], 'a live status')
-  t.same(uuids((await store.list({ limit: 10, status: 'succeeded' })).records), [all[0], all[4]], 'a final status')
-  const first = await store.list({ limit: 2 })
-  const second = await store.list({ limit: 2, cursor: first.next as string })
-  const third = await store.list({ limit: 2, cursor: second.next as string })
-  t.same([...uuids(first.records), ...uuids(second.records), ...uuids(third.records)], all, 'paged, across live and finished')
-  t.equal(third.next, null)
-  t.same(uuids(await store.live()), [all[3], all[1]], 'live, oldest first')
-  const check = connect(t, path, { readonly: true })
-  t.equal(check.pragma('user_version', { simple: true }), 2)
+}
+
+t.test('a finished record enters the list indexes in a batch, a moment after its commit; lists and retention find it before', async (t) => {
+  const { store, path } = openStore(t)
+  const db = connect(t, path, { readonly: true })
+  const listedOf = (uuid: string): number => (db.prepare('SELECT listed FROM tasks WHERE uuid = ?').get(uuid) as { listed: number }).listed
+  const records = Array.from({ length: 5 }, () => newRecord())
+  for (const record of records) await store.create(record)
+  const finished = new Date().toISOString()
+  await Promise.all(records.map(async record => store.update(record.uuid, { status: 'succeeded', finished, seq: 1 })))
+  t.same(records.map(record => listedOf(record.uuid)), [0, 0, 0, 0, 0], 'committed finished, not yet listed')
+  t.same((await store.list({ limit: 10, status: 'succeeded' })).records.map(record => record.uuid), records.map(record => record.uuid).reverse(), 'listed from memory meanwhile')
+  await until('the records to be listed in the file', () => records.every(record => listedOf(record.uuid) === 1), 10_000)
+  t.same((await store.list({ limit: 10, status: 'succeeded' })).records.map(record => record.uuid), records.map(record => record.uuid).reverse(), 'and from the file after')
+  const more = newRecord()
+  await store.create(more)
+  await store.update(more.uuid, { status: 'failed', finished, seq: 1 })
+  t.equal(listedOf(more.uuid), 0)
+  t.same(await store.expire('failed', new Date(Date.now() + 1000).toISOString(), 10), [more.uuid], 'retention lists what waits first, then finds it')
+  t.equal(await store.get(more.uuid), undefined)
 })
 
 t.test('refuses a path it cannot create or write, naming it', async (t) => {
@@ -569,7 +605,8 @@ t.test('every list query and the retention query search an index: no scan, no so
   }
   t.same(plan(listQuery(1), [null, 1000, 21]), ['SEARCH tasks USING INDEX tasks_owner (owner=? AND rowid<?)'], 'a null owner too')
   t.same(plan(expireQuery, ['succeeded', new Date().toISOString(), 100]), ['SEARCH tasks USING INDEX tasks_expiry (status=? AND finished<?)'], 'retention')
-  t.same(plan(liveQuery, []), ['SCAN tasks USING INDEX tasks_live'], 'the live records, on opening')
+  t.same(plan(liveQuery, []), ['SCAN tasks USING INDEX tasks_unlisted'], 'the live records, on opening')
+  t.same(plan(listFinishedQuery, []), ['SCAN tasks USING INDEX tasks_unlisted'], 'listing what finished before the last stop, on opening')
   t.same(plan('SELECT * FROM tasks WHERE uuid = ?', [randomUUID()]), ['SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (uuid=?)'], 'a record by uuid')
   t.same(plan('SELECT n, text FROM messages WHERE task_id = ? ORDER BY n', [1]), ['SEARCH messages USING PRIMARY KEY (task_id=?)'], 'its messages')
 })

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module'
 import { isMainThread, parentPort, Worker, workerData, type MessagePort } from 'node:worker_threads'
 import type BetterSqlite3 from 'better-sqlite3'
 import { fileIdentity, filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDriver } from './sqlite-file.js'
-import { applyTransaction, DELETE, filterFields, INSERT, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE_ALL, UPDATE_LIGHT, writeStatements, type SqliteDatabase, type SqliteStatement, type TaskRow, type Write } from './sqlite-schema.js'
+import { applyTransaction, DELETE, filterFields, INSERT, LIST, listFinishedQuery, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE_ALL, UPDATE_LIGHT, writeStatements, type SqliteDatabase, type SqliteStatement, type TaskRow, type Write } from './sqlite-schema.js'
 import { applyFields, finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
 
 /** Options of the SQLite store. */
@@ -67,6 +67,12 @@ interface Entry {
   savedEnd: number
   savedStatus: TaskStatus
   savedFinished: string | null
+  /** Its row is in the list and retention indexes (once the writes sent so far commit). */
+  listed: boolean
+  /** Marked for listing: the next write lists it. */
+  listDue: boolean
+  /** Changed by a call since its last write was sent (not only marked for listing). */
+  changed: boolean
   outputsJson: string
   inputsJson: string
   /** The calls that changed it since its last write was sent. */
@@ -102,6 +108,11 @@ interface CheckpointerData {
 
 /** How long (ms) one turn may spend committing writes; the rest goes next turn. */
 const turnBudget = 5
+/**
+ * How long (ms) at most a finished record waits, in memory, to be put in the list and
+ * retention indexes with others (see `LIST`); `maxBatch` of them are listed at once.
+ */
+const listInterval = 250
 /** How often (ms) the checkpoint thread copies the WAL into the database file. */
 const checkpointInterval = 250
 const checkpointerFlag = 'fastify-task-api:sqlite-checkpointer'
@@ -116,10 +127,12 @@ const identityCheckInterval = 20
  * view at once (a `get` right after sees them) and, at the end of the turn, are committed
  * as one transaction (at most `maxBatch` rows each, at most `turnBudget` ms of them a
  * turn); their promises resolve once it has committed, so whatever the server publishes
- * is on disk first. A commit appends to the WAL without an fsync (about 30 µs for a
- * small one); checkpoints, which copy the WAL into the database file and fsync it, run in
- * a thread of their own, never on the event loop. Live records stay in memory (they
- * change often); finished ones are read from the file.
+ * is on disk first. A commit appends to the WAL without an fsync (tens of µs for a small
+ * one); checkpoints, which copy the WAL into the database file and fsync it, run in a
+ * thread of their own, never on the event loop. Live records stay in memory (they change
+ * often); finished ones are read from the file. A finished record enters the file's list
+ * and retention indexes a little later (at most `listInterval` ms), in a batch with
+ * others: until then it stays in memory too, and lists find it there.
  *
  * Durability: WAL with `synchronous = NORMAL`. A commit survives the process dying in any
  * way (SIGKILL, a crash, OOM): it is in the WAL, which the operating system writes out.
@@ -153,6 +166,9 @@ export class SqliteStore implements Store {
   readonly #dirty = new Set<Entry>()
   /** Transactions waiting for their commit, in order (more than one only while the file is busy). */
   readonly #sent = new Map<number, Transaction>()
+  /** Finished records committed but not yet listed, waiting in memory for the next listing. */
+  readonly #unlisted = new Set<Entry>()
+  #listTimer: ReturnType<typeof setTimeout> | undefined
   readonly #sql: ReturnType<typeof readStatements>
   readonly #write: ReturnType<typeof writeStatements>
   readonly #lists = new Map<number, SqliteStatement>()
@@ -191,6 +207,8 @@ export class SqliteStore implements Store {
     this.#write = writeStatements(db)
     this.#checkpointerData = { driver: driver.path, file }
     this.#lastId = (db.prepare('SELECT max(id) AS id FROM tasks').get() as { id: number | null }).id ?? 0
+    // Records that finished just before the last server stopped: listed now, with one write.
+    db.prepare(listFinishedQuery).run()
     for (const row of this.#sql.live.all() as TaskRow[]) {
       const entry = this.#entryOf(row, true)
       this.#entries.set(entry.record.uuid, entry)
@@ -217,6 +235,9 @@ export class SqliteStore implements Store {
       savedEnd: 0,
       savedStatus: copy.status,
       savedFinished: null,
+      listed: false,
+      listDue: false,
+      changed: true,
       outputsJson,
       inputsJson,
       waiters: [],
@@ -279,7 +300,7 @@ export class SqliteStore implements Store {
     let inFile = 0
     for (const entry of this.#entries.values()) {
       // Its row may be in the file's page too, and is skipped there: ask the file for one more.
-      if (entry.saved && finalStatuses.has(entry.savedStatus)) inFile++
+      if (entry.listed) inFile++
       if (entry.deleted || entry.id >= before) continue
       const { record } = entry
       if (filter.owner !== undefined && record.owner !== filter.owner) continue
@@ -346,6 +367,8 @@ export class SqliteStore implements Store {
 
   async expire (status: FinalStatus, before: string, limit: number): Promise<string[]> {
     this.#checkOpen()
+    // The retention index has the listed records: every finished one must be there first.
+    this.#listUnlisted()
     await this.#settled()
     this.#checkOpen()
     if (limit <= 0) return []
@@ -386,6 +409,7 @@ export class SqliteStore implements Store {
   }
 
   async #close (): Promise<void> {
+    this.#listUnlisted()
     this.#closed = true
     if (this.#scheduled !== undefined) {
       clearImmediate(this.#scheduled)
@@ -436,6 +460,9 @@ export class SqliteStore implements Store {
   #entryOf (row: TaskRow, withMessages: boolean): Entry {
     const { first, texts } = withMessages ? this.#messagesOf(row.id) : { first: 0, texts: [] }
     return {
+      listed: row.listed === 1,
+      listDue: false,
+      changed: false,
       id: row.id,
       record: toRecord(row, texts),
       first,
@@ -465,16 +492,51 @@ export class SqliteStore implements Store {
       waiter.reject = reject
     })
     entry.waiters.push(waiter)
+    entry.changed = true
+    this.#markDirty(entry)
+    return waiter.promise
+  }
+
+  #markDirty (entry: Entry): void {
     this.#dirty.add(entry)
     this.#scheduled ??= setImmediate(() => {
       this.#scheduled = undefined
       this.#flush(turnBudget)
     })
-    return waiter.promise
+  }
+
+  /** Committed and finished, not yet listed: listed with others within `listInterval` ms. */
+  #waitForListing (entry: Entry): void {
+    this.#unlisted.add(entry)
+    if (this.#unlisted.size >= this.#maxBatch) {
+      this.#listUnlisted()
+    } else if (this.#listTimer === undefined) {
+      this.#listTimer = setTimeout(() => {
+        this.#listTimer = undefined
+        this.#listUnlisted()
+      }, listInterval)
+      this.#listTimer.unref()
+    }
+  }
+
+  /** Marks the finished records waiting for listing: the next transaction lists them. */
+  #listUnlisted (): void {
+    if (this.#listTimer !== undefined) {
+      clearTimeout(this.#listTimer)
+      this.#listTimer = undefined
+    }
+    for (const entry of this.#unlisted) {
+      if (this.#entries.get(entry.record.uuid) !== entry || entry.deleted || entry.listed || !finalStatuses.has(entry.record.status)) continue
+      entry.listDue = true
+      this.#markDirty(entry)
+    }
+    this.#unlisted.clear()
   }
 
   /** Resolves once every write made so far has committed or failed. */
   async #settled (): Promise<void> {
+    // Dirty entries without a waiter (marked for listing) go with the next flush.
+    while (this.#dirty.size > 0 && !this.#closed) await new Promise(resolve => setImmediate(resolve))
     const pending: Array<Promise<unknown>> = []
     for (const entry of this.#dirty) {
       for (const waiter of entry.waiters) pending.push(waiter.promise)
@@ -565,23 +627,35 @@ export class SqliteStore implements Store {
    */
   #writesOf (entry: Entry, writes: Write[]): number {
     const { id, record } = entry
+    const listDue = entry.listDue
+    const changed = entry.changed
+    entry.listDue = false
+    entry.changed = false
     if (entry.deleted) {
       if (!entry.saved) return 0
       entry.saved = false
       writes.push([DELETE, id])
       return 2
     }
+    const final = finalStatuses.has(record.status)
+    // A record that is live again leaves the list indexes (the service never does that; the store allows it).
+    if (!final) entry.listed = false
+    if (listDue && final && entry.saved && !entry.listed && !changed) {
+      writes.push([LIST, id])
+      entry.listed = true
+      return 1
+    }
     let rows = 1
     let from: number
     if (!entry.saved) {
       writes.push([INSERT, id, record.uuid, record.task, record.status, record.owner ?? null, record.progress ?? null, record.target ?? null,
         entry.outputsJson, record.error ?? null, record.attempt, record.created, record.started ?? null, record.finished ?? null,
-        record.seq, entry.inputsJson, record.messagesDropped])
+        record.seq, entry.inputsJson, record.messagesDropped, 0])
       from = entry.first
     } else {
       if (record.status !== entry.savedStatus || record.finished !== entry.savedFinished) {
         writes.push([UPDATE_ALL, record.status, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
-          record.attempt, record.started ?? null, record.finished ?? null, record.seq, entry.inputsJson, record.messagesDropped, id])
+          record.attempt, record.started ?? null, record.finished ?? null, record.seq, entry.inputsJson, record.messagesDropped, entry.listed ? 1 : 0, id])
       } else {
         writes.push([UPDATE_LIGHT, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
           record.attempt, record.started ?? null, record.seq, entry.inputsJson, record.messagesDropped, id])
@@ -594,6 +668,11 @@ export class SqliteStore implements Store {
     }
     const end = entry.first + record.messages.length
     for (let n = from; n < end; n++) writes.push([MESSAGE, id, n, record.messages[n - entry.first]])
+    if (listDue && final && !entry.listed) {
+      writes.push([LIST, id])
+      entry.listed = true
+      rows++
+    }
     entry.saved = true
     entry.savedFirst = entry.first
     entry.savedEnd = end
@@ -637,9 +716,11 @@ export class SqliteStore implements Store {
     this.#stats.transactions++
     for (const entry of transaction.entries) {
       if (entry.transaction !== transaction.id || this.#dirty.has(entry)) continue
-      // All its writes are in the file: a removed or finished record is read from there now.
+      // All its writes are in the file: a removed or listed record is read from there now.
       const uuid = entry.record.uuid
-      if ((entry.deleted || finalStatuses.has(entry.record.status)) && this.#entries.get(uuid) === entry) this.#entries.delete(uuid)
+      if (this.#entries.get(uuid) !== entry) continue
+      if (entry.deleted || entry.listed) this.#entries.delete(uuid)
+      else if (finalStatuses.has(entry.record.status)) this.#waitForListing(entry)
     }
     for (const waiter of transaction.waiters) waiter.resolve(waiter.value)
     transaction.settle()
@@ -667,7 +748,8 @@ export class SqliteStore implements Store {
     }
     for (const entry of affected) {
       const row = this.#sql.byId.get(entry.id) as TaskRow | undefined
-      if (row !== undefined && !finalStatuses.has(row.status) && !this.#entries.has(row.uuid)) {
+      // Live or not yet listed in the file: found in memory only, like every such record.
+      if (row !== undefined && (!finalStatuses.has(row.status) || row.listed === 0) && !this.#entries.has(row.uuid)) {
         this.#entries.set(row.uuid, this.#entryOf(row, true))
       }
     }
