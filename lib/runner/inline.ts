@@ -19,7 +19,7 @@ export interface InlineRunnerOptions {
  */
 export class InlineRunner implements Runner {
   readonly #options: InlineRunnerOptions
-  readonly #queue = new Fifo<Job>()
+  readonly #queue = new Fifo<Job>(job => job.uuid)
   #events: RunnerEvents | undefined
   #running = 0
   #closing = false
@@ -45,7 +45,7 @@ export class InlineRunner implements Runner {
   }
 
   dequeue (uuid: string): boolean {
-    return this.#queue.remove(job => job.uuid === uuid) !== undefined
+    return this.#queue.remove(uuid) !== undefined
   }
 
   abort (uuid: string, grace: number): void {

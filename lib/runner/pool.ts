@@ -84,7 +84,7 @@ interface Worker {
  */
 export class ProcessPool implements Runner {
   readonly #options: ProcessPoolOptions
-  readonly #queue = new Fifo<Job>()
+  readonly #queue = new Fifo<Job>(job => job.uuid)
   readonly #workers = new Set<Worker>()
   readonly #idle: Worker[] = []
   readonly #reaper: Reaper
@@ -135,7 +135,7 @@ export class ProcessPool implements Runner {
   }
 
   dequeue (uuid: string): boolean {
-    return this.#queue.remove(job => job.uuid === uuid) !== undefined
+    return this.#queue.remove(uuid) !== undefined
   }
 
   abort (uuid: string, grace: number): void {

@@ -223,35 +223,51 @@ export function readStatements (db: SqliteDatabase) {
   }
 }
 
-/** One write of a transaction: an opcode, then the statement's parameters. */
+/**
+ * One write of a transaction: an opcode, then the statement's parameters; for `UPDATE`,
+ * the mask of the columns it sets (bits in the order of `updatable`), their values, the id.
+ */
 export type Write = readonly unknown[]
 
 export const INSERT = 0
-export const UPDATE_ALL = 1
-/** An update that leaves the indexed columns (status, finished) alone: SQLite then leaves every index alone. */
-export const UPDATE_LIGHT = 2
+/** Sets the columns that changed, and only those: a status update binds 4 values, not 12. */
+export const UPDATE = 1
 export const TRIM = 3
 export const MESSAGE = 4
 export const DELETE = 5
-/** Puts a finished record in the list and retention indexes. */
-export const LIST = 6
+
+/** The columns an update may set; bit `i` of an `UPDATE` mask is `updatable[i]`. */
+export const updatable = ['status', 'progress', 'target', 'outputs', 'error', 'attempt', 'started', 'finished', 'seq', 'inputs', 'messages_dropped', 'listed'] as const
+
+/** The UPDATE statement of a mask of `updatable` columns. */
+export function updateQuery (mask: number): string {
+  const sets = updatable.filter((_, bit) => (mask & (1 << bit)) !== 0).map(column => `${column} = ?`)
+  return `UPDATE tasks SET ${sets.join(', ')} WHERE id = ?`
+}
 
 /** The writes. */
 export function writeStatements (db: SqliteDatabase) {
   const statement = (source: string): SqliteStatement => db.prepare(source)
+  const updates = new Map<number, SqliteStatement>()
   return {
     begin: statement('BEGIN IMMEDIATE'),
     commit: statement('COMMIT'),
     rollback: statement('ROLLBACK'),
     [INSERT]: statement(`INSERT INTO tasks (${columns}) VALUES (${columns.split(',').map(() => '?').join(', ')})`),
-    [UPDATE_ALL]: statement('UPDATE tasks SET status = ?, progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, finished = ?, seq = ?, inputs = ?, messages_dropped = ?, listed = ? WHERE id = ?'),
-    [UPDATE_LIGHT]: statement('UPDATE tasks SET progress = ?, target = ?, outputs = ?, error = ?, attempt = ?, started = ?, seq = ?, inputs = ?, messages_dropped = ? WHERE id = ?'),
     [TRIM]: statement('DELETE FROM messages WHERE task_id = ? AND n < ?'),
     [MESSAGE]: statement('INSERT INTO messages (task_id, n, text) VALUES (?, ?, ?)'),
     [DELETE]: statement('DELETE FROM tasks WHERE id = ?'),
-    [LIST]: statement('UPDATE tasks SET listed = 1 WHERE id = ?'),
     deleteMessages: statement('DELETE FROM messages WHERE task_id = ?'),
     idByUuid: statement('SELECT id FROM tasks WHERE uuid = ?'),
+    /** The update of a mask, prepared on its first use (a few masks occur: a start, progress, a finish, a listing). */
+    update (mask: number): SqliteStatement {
+      let update = updates.get(mask)
+      if (update === undefined) {
+        update = statement(updateQuery(mask))
+        updates.set(mask, update)
+      }
+      return update
+    },
   }
 }
 
@@ -259,17 +275,18 @@ export function writeStatements (db: SqliteDatabase) {
 export function applyTransaction (sql: ReturnType<typeof writeStatements>, writes: readonly Write[]): void {
   sql.begin.run()
   try {
-    for (const [op, ...params] of writes) {
-      if (op === DELETE) sql.deleteMessages.run(params[0])
-      if (op === INSERT) {
-        // A record created with the uuid of one the file holds replaces it.
-        const old = sql.idByUuid.get(params[1]) as { id: number } | undefined
-        if (old !== undefined) {
-          sql.deleteMessages.run(old.id)
-          sql[DELETE].run(old.id)
-        }
+    for (const write of writes) {
+      const op = write[0] as number
+      if (op === UPDATE) {
+        sql.update(write[1] as number).run(...write.slice(2))
+      } else if (op === INSERT) {
+        insert(sql, write)
+      } else if (op === DELETE) {
+        sql.deleteMessages.run(write[1])
+        sql[DELETE].run(write[1])
+      } else {
+        sql[op as 3 | 4].run(...write.slice(1))
       }
-      sql[op as 0 | 1 | 2 | 3 | 4 | 5 | 6].run(...params)
     }
     sql.commit.run()
   } catch (err) {
@@ -279,5 +296,21 @@ export function applyTransaction (sql: ReturnType<typeof writeStatements>, write
       // SQLite rolls back by itself after some errors; the first error is the one to tell.
     }
     throw err
+  }
+}
+
+/** An INSERT; a record created with the uuid of one the file holds replaces it (rare: looked up only when the uuid clashes). */
+function insert (sql: ReturnType<typeof writeStatements>, write: Write): void {
+  const params = write.slice(1)
+  try {
+    sql[INSERT].run(...params)
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 'SQLITE_CONSTRAINT_UNIQUE') throw err
+    // The failed statement alone was undone; the transaction goes on.
+    const old = sql.idByUuid.get(params[1]) as { id: number } | undefined
+    if (old === undefined) throw err
+    sql.deleteMessages.run(old.id)
+    sql[DELETE].run(old.id)
+    sql[INSERT].run(...params)
   }
 }

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module'
 import { isMainThread, parentPort, Worker, workerData, type MessagePort } from 'node:worker_threads'
 import type BetterSqlite3 from 'better-sqlite3'
 import { fileIdentity, filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDriver } from './sqlite-file.js'
-import { applyTransaction, DELETE, filterFields, INSERT, LIST, listFinishedQuery, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE_ALL, UPDATE_LIGHT, writeStatements, type SqliteDatabase, type SqliteStatement, type TaskRow, type Write } from './sqlite-schema.js'
+import { applyTransaction, DELETE, filterFields, INSERT, listFinishedQuery, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE, updatable, writeStatements, type SqliteDatabase, type SqliteStatement, type TaskRow, type Write } from './sqlite-schema.js'
 import { applyFields, finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
 
 /** Options of the SQLite store. */
@@ -65,14 +65,12 @@ interface Entry {
   saved: boolean
   savedFirst: number
   savedEnd: number
-  savedStatus: TaskStatus
-  savedFinished: string | null
+  /** The values of the `updatable` columns in the file, once the writes sent so far commit (undefined: not saved). */
+  savedValues: unknown[] | undefined
   /** Its row is in the list and retention indexes (once the writes sent so far commit). */
   listed: boolean
   /** Marked for listing: the next write lists it. */
   listDue: boolean
-  /** Changed by a call since its last write was sent (not only marked for listing). */
-  changed: boolean
   outputsJson: string
   inputsJson: string
   /** The calls that changed it since its last write was sent. */
@@ -110,7 +108,7 @@ interface CheckpointerData {
 const turnBudget = 5
 /**
  * How long (ms) at most a finished record waits, in memory, to be put in the list and
- * retention indexes with others (see `LIST`); `maxBatch` of them are listed at once.
+ * retention indexes with others (column `listed`); `maxBatch` of them are listed at once.
  */
 const listInterval = 250
 /** How often (ms) the checkpoint thread copies the WAL into the database file. */
@@ -233,11 +231,9 @@ export class SqliteStore implements Store {
       saved: false,
       savedFirst: 0,
       savedEnd: 0,
-      savedStatus: copy.status,
-      savedFinished: null,
+      savedValues: undefined,
       listed: false,
       listDue: false,
-      changed: true,
       outputsJson,
       inputsJson,
       waiters: [],
@@ -462,7 +458,6 @@ export class SqliteStore implements Store {
     return {
       listed: row.listed === 1,
       listDue: false,
-      changed: false,
       id: row.id,
       record: toRecord(row, texts),
       first,
@@ -470,8 +465,7 @@ export class SqliteStore implements Store {
       saved: true,
       savedFirst: first,
       savedEnd: first + texts.length,
-      savedStatus: row.status,
-      savedFinished: row.finished,
+      savedValues: updatable.map(column => row[column]),
       outputsJson: row.outputs,
       inputsJson: row.inputs,
       waiters: [],
@@ -492,7 +486,6 @@ export class SqliteStore implements Store {
       waiter.reject = reject
     })
     entry.waiters.push(waiter)
-    entry.changed = true
     this.#markDirty(entry)
     return waiter.promise
   }
@@ -628,37 +621,42 @@ export class SqliteStore implements Store {
   #writesOf (entry: Entry, writes: Write[]): number {
     const { id, record } = entry
     const listDue = entry.listDue
-    const changed = entry.changed
     entry.listDue = false
-    entry.changed = false
     if (entry.deleted) {
       if (!entry.saved) return 0
       entry.saved = false
       writes.push([DELETE, id])
       return 2
     }
-    const final = finalStatuses.has(record.status)
-    // A record that is live again leaves the list indexes (the service never does that; the store allows it).
-    if (!final) entry.listed = false
-    if (listDue && final && entry.saved && !entry.listed && !changed) {
-      writes.push([LIST, id])
+    if (!finalStatuses.has(record.status)) {
+      // A record that is live again leaves the list indexes (the service never does that; the store allows it).
+      entry.listed = false
+    } else if (listDue) {
       entry.listed = true
-      return 1
     }
-    let rows = 1
+    // In the order of `updatable`.
+    const values = [record.status, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null, record.attempt,
+      record.started ?? null, record.finished ?? null, record.seq, entry.inputsJson, record.messagesDropped, entry.listed ? 1 : 0]
+    let rows = 0
     let from: number
-    if (!entry.saved) {
+    const saved = entry.savedValues
+    if (!entry.saved || saved === undefined) {
       writes.push([INSERT, id, record.uuid, record.task, record.status, record.owner ?? null, record.progress ?? null, record.target ?? null,
         entry.outputsJson, record.error ?? null, record.attempt, record.created, record.started ?? null, record.finished ?? null,
-        record.seq, entry.inputsJson, record.messagesDropped, 0])
+        record.seq, entry.inputsJson, record.messagesDropped, entry.listed ? 1 : 0])
+      rows++
       from = entry.first
     } else {
-      if (record.status !== entry.savedStatus || record.finished !== entry.savedFinished) {
-        writes.push([UPDATE_ALL, record.status, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
-          record.attempt, record.started ?? null, record.finished ?? null, record.seq, entry.inputsJson, record.messagesDropped, entry.listed ? 1 : 0, id])
-      } else {
-        writes.push([UPDATE_LIGHT, record.progress ?? null, record.target ?? null, entry.outputsJson, record.error ?? null,
-          record.attempt, record.started ?? null, record.seq, entry.inputsJson, record.messagesDropped, id])
+      let mask = 0
+      const changed: unknown[] = []
+      for (let i = 0; i < values.length; i++) {
+        if (values[i] === saved[i]) continue
+        mask |= 1 << i
+        changed.push(values[i])
+      }
+      if (mask !== 0) {
+        writes.push([UPDATE, mask, ...changed, id])
+        rows++
       }
       if (entry.first > entry.savedFirst) {
         writes.push([TRIM, id, entry.first])
@@ -668,16 +666,10 @@ export class SqliteStore implements Store {
     }
     const end = entry.first + record.messages.length
     for (let n = from; n < end; n++) writes.push([MESSAGE, id, n, record.messages[n - entry.first]])
-    if (listDue && final && !entry.listed) {
-      writes.push([LIST, id])
-      entry.listed = true
-      rows++
-    }
     entry.saved = true
+    entry.savedValues = values
     entry.savedFirst = entry.first
     entry.savedEnd = end
-    entry.savedStatus = record.status
-    entry.savedFinished = record.finished
     return rows + Math.max(0, end - from)
   }
 
