@@ -11,7 +11,7 @@ import t, { type Test } from 'tap'
 import { StoreUnavailableError } from '../dist/index.js'
 import type { TaskRecord } from '../dist/index.js'
 import { SqliteStore, type SqliteStoreOptions } from '../dist/store/sqlite.js'
-import { columns, expireQuery, listFinishedQuery, listQuery, liveQuery, migrations } from '../dist/store/sqlite-schema.js'
+import { byUuidQuery, columns, expireQuery, listFinishedQuery, listQuery, liveQuery, migrations } from '../dist/store/sqlite-schema.js'
 import { build, fixtureSource, until } from './helpers.js'
 import { newRecord, storeContract } from './store-contract.js'
 
@@ -199,7 +199,9 @@ t.test('writes of one turn are one transaction, committed before their promises 
 t.test('a transaction writes at most maxBatch rows: a turn\'s writes past it go in further transactions', async (t) => {
   const { store, path } = openStore(t, { maxBatch: 10 })
   const other = connect(t, path, { readonly: true })
+  t.equal(store.stats().longestWriteMs, 0, 'nothing written yet')
   await store.create(newRecord())
+  t.ok(store.stats().longestWriteMs > 0, `the longest the writes held the event loop: ${store.stats().longestWriteMs.toFixed(3)} ms`)
   const before = store.stats().transactions
   await Promise.all(Array.from({ length: 35 }, async () => store.create(newRecord())))
   t.equal(store.stats().transactions - before, 4, '35 rows: transactions of 10, 10, 10 and 5')
@@ -518,6 +520,15 @@ t.test('a finished record enters the list indexes in a batch, a moment after its
   t.equal(listedOf(more.uuid), 0)
   t.same(await store.expire('failed', new Date(Date.now() + 1000).toISOString(), 10), [more.uuid], 'retention lists what waits first, then finds it')
   t.equal(await store.get(more.uuid), undefined)
+
+  // A record created with the uuid of a listed one replaces it, in the file too.
+  const [old] = records as [TaskRecord]
+  await store.create({ ...newRecord(), uuid: old.uuid, task: 'again' })
+  await store.update(old.uuid, { status: 'cancelled', finished, seq: 1 })
+  t.equal((db.prepare('SELECT count(*) AS n FROM tasks WHERE uuid = ?').get(old.uuid) as { n: number }).n, 1, 'one row with that uuid')
+  await until('the new record to be listed', () => listedOf(old.uuid) === 1, 10_000)
+  t.match(await store.get(old.uuid), { task: 'again', status: 'cancelled' })
+  t.same((await store.list({ limit: 10, status: 'succeeded' })).records.map(record => record.uuid), records.slice(1).map(record => record.uuid).reverse())
 })
 
 t.test('refuses a path it cannot create or write, naming it', async (t) => {
@@ -607,7 +618,7 @@ t.test('every list query and the retention query search an index: no scan, no so
   t.same(plan(expireQuery, ['succeeded', new Date().toISOString(), 100]), ['SEARCH tasks USING INDEX tasks_expiry (status=? AND finished<?)'], 'retention')
   t.same(plan(liveQuery, []), ['SCAN tasks USING INDEX tasks_unlisted'], 'the live records, on opening')
   t.same(plan(listFinishedQuery, []), ['SCAN tasks USING INDEX tasks_unlisted'], 'listing what finished before the last stop, on opening')
-  t.same(plan('SELECT * FROM tasks WHERE uuid = ?', [randomUUID()]), ['SEARCH tasks USING INDEX sqlite_autoindex_tasks_1 (uuid=?)'], 'a record by uuid')
+  t.same(plan(byUuidQuery, [randomUUID()]), ['SEARCH tasks USING INDEX tasks_uuid (uuid=?)'], 'a listed record by uuid')
   t.same(plan('SELECT n, text FROM messages WHERE task_id = ? ORDER BY n', [1]), ['SEARCH messages USING PRIMARY KEY (task_id=?)'], 'its messages')
 })
 
