@@ -601,6 +601,30 @@ t.test('checkpoints in the background: the WAL reaches the database file while t
   t.ok(statSync(path).size > size, `${size} -> ${statSync(path).size} bytes`)
 })
 
+t.test('under writes without pause the WAL stays bounded: past maxWalSize the checkpoint thread restarts it', async (t) => {
+  const walSizes = async (maxWalSize: number): Promise<{ max: number, written: number }> => {
+    const { store, path } = openStore(t, { maxWalSize })
+    const message = 'x'.repeat(2000)
+    let max = 0
+    let written = 0
+    // Records of 10 kB, 20 every 20 ms (about 10 MB/s, whatever the machine's speed, as
+    // long as it keeps up), for 3 s: the checkpoint thread starts, then runs every 250 ms.
+    for (const started = Date.now(); Date.now() - started < 3000;) {
+      const round = Date.now()
+      await Promise.all(Array.from({ length: 20 }, async () => store.create(newRecord({ messages: [message, message, message, message, message] }))))
+      written += 20 * 5 * message.length
+      await new Promise(resolve => setTimeout(resolve, Math.max(0, 20 - (Date.now() - round))))
+      if (existsSync(`${path}-wal`)) max = Math.max(max, statSync(`${path}-wal`).size)
+    }
+    return { max, written }
+  }
+  const unbounded = await walSizes(1024 * 1024 * 1024)
+  t.ok(unbounded.max >= unbounded.written, `maxWalSize 1 GiB: the WAL file reached ${(unbounded.max / 1e6).toFixed(1)} MB for ${(unbounded.written / 1e6).toFixed(1)} MB of messages (every commit kept, as without restarts)`)
+  // Bounded, the WAL holds about what came before the thread's first checkpoint.
+  const bounded = await walSizes(1024 * 1024)
+  t.ok(bounded.max < unbounded.max / 2, `maxWalSize 1 MiB: the WAL file reached ${(bounded.max / 1e6).toFixed(1)} MB for ${(bounded.written / 1e6).toFixed(1)} MB of messages`)
+})
+
 t.test('every list query and the retention query search an index: no scan, no sort (EXPLAIN QUERY PLAN)', async (t) => {
   const { store, path } = openStore(t)
   for (let i = 0; i < 200; i++) await store.create(newRecord({ owner: i % 2 === 0 ? 'ann' : null, task: i % 3 === 0 ? 'sleep' : 'hello' }))

@@ -33,9 +33,19 @@ export interface SqliteStoreOptions {
   /**
    * The most rows (tasks and messages) one transaction writes; a turn's writes past it
    * go in further transactions.
-   * @default 1000
+   * @default 100
    */
   maxBatch?: number
+  /**
+   * The most bytes of commits the WAL holds before the checkpoint thread restarts it, in
+   * bytes. Checkpoints that run beside a writer never catch up with it, so under writes
+   * without pause the WAL file would grow without bound (by about 60 MB/s under a no-op
+   * flood here); past this size the thread runs a RESTART checkpoint, which holds writes
+   * for the copy of the last commits and an fsync (the writes wait on timers, see
+   * `busyRetries`), and the next commit starts the WAL over.
+   * @default 16777216 (16 MiB)
+   */
+  maxWalSize?: number
 }
 
 /** Counters of a SQLite store's writes, since it opened. */
@@ -106,6 +116,8 @@ interface Transaction {
 interface CheckpointerData {
   driver: string
   file: string
+  /** `maxWalSize` in pages. */
+  maxWalFrames: number
 }
 
 
@@ -200,8 +212,10 @@ export class SqliteStore implements Store {
     if (!Number.isInteger(busyTimeout) || busyTimeout < 0) throw new TypeError(`options.busyTimeout must be an integer >= 0, got ${String(busyTimeout)}`)
     const busyRetries = options.busyRetries ?? 10
     if (!Number.isInteger(busyRetries) || busyRetries < 0) throw new TypeError(`options.busyRetries must be an integer >= 0, got ${String(busyRetries)}`)
-    const maxBatch = options.maxBatch ?? 1000
+    const maxBatch = options.maxBatch ?? 100
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new TypeError(`options.maxBatch must be a positive integer, got ${String(maxBatch)}`)
+    const maxWalSize = options.maxWalSize ?? 16 * 1024 * 1024
+    if (!Number.isSafeInteger(maxWalSize) || maxWalSize < 1) throw new TypeError(`options.maxWalSize must be a positive integer (bytes), got ${String(maxWalSize)}`)
     const given = filePath(options.path)
     this.#maxBatch = maxBatch
 
@@ -214,7 +228,8 @@ export class SqliteStore implements Store {
     this.#identity = identity
     this.#sql = readStatements(db)
     this.#write = writeStatements(db)
-    this.#checkpointerData = { driver: driver.path, file }
+    const pageSize = db.pragma('page_size', { simple: true }) as number
+    this.#checkpointerData = { driver: driver.path, file, maxWalFrames: Math.max(1, Math.ceil(maxWalSize / pageSize)) }
     this.#lastId = (db.prepare('SELECT max(id) AS id FROM tasks').get() as { id: number | null }).id ?? 0
     // Records that finished just before the last server stopped: listed now, with one write.
     db.prepare(listFinishedQuery).run()
@@ -829,22 +844,36 @@ function movedFile (file: string, identity: { file: string, lock: string }): str
 /**
  * The checkpoint thread: this same module, started in a worker thread by the store, with
  * a connection of its own. Every `checkpointInterval` ms it copies the WAL into the
- * database file (a passive checkpoint: it never waits for, nor holds up, a commit); the
- * fsyncs are its own. On 'close' it stops; the store truncates the WAL itself.
+ * database file (a passive checkpoint: it never waits for, nor holds up, a commit), and
+ * once the WAL holds more than `maxWalSize` it restarts it (holding commits for a moment);
+ * the fsyncs are its own. On 'close' it stops; the store truncates the WAL itself.
  */
 function runCheckpointer (data: CheckpointerData, port: MessagePort): void {
   const Database = createRequire(import.meta.url)(data.driver) as SqliteDriver
-  const db = new Database(data.file, { fileMustExist: true, timeout: 0 })
+  // The busy timeout serves the RESTART checkpoint: it waits that long for a commit under
+  // way or a reader to finish (a PASSIVE one never waits).
+  const db = new Database(data.file, { fileMustExist: true, timeout: 100 })
   db.pragma('wal_autocheckpoint = 0')
-  const checkpoints = setInterval(() => {
+  let timer: ReturnType<typeof setTimeout>
+  const checkpoint = (): void => {
+    let busy = false
     try {
-      db.pragma('wal_checkpoint(PASSIVE)')
+      const [result] = db.pragma('wal_checkpoint(PASSIVE)') as Array<{ log: number }>
+      // The WAL only starts over at a commit that finds all of it copied, which a writer
+      // without pause never does: past the bound, hold the writes for a moment and restart.
+      if (result !== undefined && result.log > data.maxWalFrames) {
+        db.pragma('wal_checkpoint(RESTART)')
+        busy = true
+      }
     } catch {
       // The next round tries again.
     }
-  }, checkpointInterval)
+    // While the writes keep the WAL over its bound, look again soon.
+    timer = setTimeout(checkpoint, busy ? checkpointInterval / 5 : checkpointInterval)
+  }
+  checkpoint()
   port.on('message', () => {
-    clearInterval(checkpoints)
+    clearTimeout(timer)
     db.close()
     port.close()
   })
