@@ -1,0 +1,5 @@
+/**
+ * fastify-task-api/redis: what runs on Redis. Loaded only by apps that use it (ioredis,
+ * and BullMQ for the runner, are optional peer dependencies).
+ */
+export { RedisStore, type RedisStoreOptions, type RedisConnection } from './store.js'

@@ -1,0 +1,254 @@
+import { createRequire } from 'node:module'
+import type { Redis as RedisClient, RedisOptions } from 'ioredis'
+import { finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from '../store/types.js'
+import { createScript, deleteScript, expireScript, getScript, listScript, liveScript, updateScript } from './scripts.js'
+
+/** Where the Redis store connects: a `redis://` URL, ioredis options, or a client of the app's own. */
+export type RedisConnection = string | RedisOptions | RedisClient
+
+/** Options of the Redis store. */
+export interface RedisStoreOptions {
+  /** The server: a URL (`redis://user:pass@host:6379/0`), ioredis options, or an ioredis client (left open by `close()`). */
+  connection: RedisConnection
+  /**
+   * What every key begins with. It should carry a `{hash tag}`: on Redis Cluster the
+   * tag puts every key of the store in one slot, which its scripts need.
+   * @default '{fastify-task-api}'
+   */
+  prefix?: string
+  /**
+   * How long (ms) a command may take before it fails with `StoreUnavailableError` (503
+   * to clients). While the connection is down, commands fail at once instead of waiting.
+   * @default 2000
+   */
+  commandTimeout?: number
+}
+
+/** What the store's client can do: ioredis, with the scripts defined as commands. */
+interface ScriptedClient extends RedisClient {
+  taskCreate (...args: Array<string | number>): Promise<number>
+  taskUpdate (...args: Array<string | number>): Promise<RawRecord | null>
+  taskGet (...args: Array<string | number>): Promise<RawRecord | null>
+  taskDelete (...args: Array<string | number>): Promise<number>
+  taskList (...args: Array<string | number>): Promise<RawRecord[]>
+  taskLive (...args: Array<string | number>): Promise<RawRecord[]>
+  taskExpire (...args: Array<string | number>): Promise<string[]>
+}
+
+/** A record as the scripts answer it: the hash's fields and values, flat, then the messages. */
+type RawRecord = [string[], string[]]
+
+/** The record fields kept in the hash, each JSON-encoded. */
+const fields = ['uuid', 'task', 'status', 'owner', 'progress', 'target', 'outputs', 'error', 'attempt', 'created', 'started', 'finished', 'seq', 'inputs', 'messagesDropped'] as const
+/** The fields a patch may set (the others are set at creation). */
+const patchFields = ['status', 'progress', 'target', 'outputs', 'error', 'attempt', 'started', 'finished', 'seq', 'messagesDropped'] as const
+
+/**
+ * A store in Redis: records outlive the process, and every server connected to the same
+ * Redis (and prefix) sees the same tasks. Each call is one script, run atomically by the
+ * server: a record and its indexes never disagree. Lists read sorted sets (one per
+ * combination of owner, status and task), so a page costs the same whatever the number
+ * of records.
+ *
+ * Durability is the Redis server's: with `appendonly yes` and `appendfsync everysec` a
+ * crash of Redis loses at most the last second; see the README's deployment section.
+ */
+export class RedisStore implements Store {
+  /** Records outlive the process: a graceful close leaves unrun tasks pending for the next server. */
+  readonly durable = true
+  readonly prefix: string
+  readonly #client: ScriptedClient
+  readonly #ownClient: boolean
+  readonly #commandTimeout: number
+  /** Set once the connection has been ready: from then on, a call while it is down fails at once. */
+  #wasReady = false
+  #firstReady: Promise<void> | undefined
+  #closing: Promise<void> | undefined
+
+  constructor (options: RedisStoreOptions) {
+    if (typeof options !== 'object' || options === null) throw new TypeError(`options must be an object with a connection, got ${String(options)}`)
+    const prefix = options.prefix ?? '{fastify-task-api}'
+    if (typeof prefix !== 'string' || prefix === '') throw new TypeError(`options.prefix must be a non-empty string, got ${JSON.stringify(prefix)}`)
+    const commandTimeout = options.commandTimeout ?? 2000
+    if (!Number.isInteger(commandTimeout) || commandTimeout < 1) throw new TypeError(`options.commandTimeout must be a positive integer (ms), got ${String(commandTimeout)}`)
+    this.prefix = prefix
+    this.#commandTimeout = commandTimeout
+    const { client, own } = connect(options.connection, commandTimeout)
+    this.#client = client as ScriptedClient
+    this.#ownClient = own
+    const define = (name: string, lua: string): void => client.defineCommand(name, { numberOfKeys: 0, lua })
+    define('taskCreate', createScript)
+    define('taskUpdate', updateScript)
+    define('taskGet', getScript)
+    define('taskDelete', deleteScript)
+    define('taskList', listScript)
+    define('taskLive', liveScript)
+    define('taskExpire', expireScript)
+  }
+
+  async create (record: TaskRecord): Promise<void> {
+    const args: Array<string | number> = []
+    for (const field of fields) {
+      const value = field === 'inputs' && finalStatuses.has(record.status) ? {} : record[field]
+      args.push(field, JSON.stringify(value ?? null))
+    }
+    const finished = finishedMs(record.finished)
+    if (finished !== '') args.push('finishedMs', finished)
+    await this.#call(() => this.#client.taskCreate(this.prefix, record.uuid, finished, args.length / 2, ...args, ...record.messages))
+  }
+
+  async get (uuid: string): Promise<TaskRecord | undefined> {
+    const raw = await this.#call(() => this.#client.taskGet(this.prefix, uuid))
+    return raw === null ? undefined : toRecord(raw)
+  }
+
+  async update (uuid: string, patch: RecordPatch): Promise<TaskRecord | undefined> {
+    const args: Array<string | number> = []
+    for (const field of patchFields) {
+      if (patch[field] !== undefined) args.push(field, JSON.stringify(patch[field]))
+    }
+    // A finished record drops its inputs: they were for the run.
+    if (patch.status !== undefined && finalStatuses.has(patch.status)) args.push('inputs', '{}')
+    const finished = patch.finished === undefined ? '' : finishedMs(patch.finished)
+    const trim = patch.trimMessages !== undefined && patch.trimMessages > 0 ? patch.trimMessages : 0
+    const raw = await this.#call(() => this.#client.taskUpdate(this.prefix, uuid, finished, trim, args.length / 2, ...args, ...(patch.messages ?? [])))
+    return raw === null ? undefined : toRecord(raw)
+  }
+
+  async list (filter: ListFilter): Promise<ListPage> {
+    const before = filter.cursor === undefined ? Number.MAX_SAFE_INTEGER : readCursor(filter.cursor)
+    if (filter.limit <= 0) return { records: [], next: null }
+    const part = (value: string | null | undefined): string => value === undefined ? '*' : JSON.stringify(value)
+    const key = `${this.prefix}:l:${part(filter.owner)}:${part(filter.status)}:${part(filter.task)}`
+    const raws = await this.#call(() => this.#client.taskList(this.prefix, key, before, filter.limit + 1))
+    const more = raws.length > filter.limit
+    const records = (more ? raws.slice(0, filter.limit) : raws).map(toRecord)
+    const last = more ? raws[filter.limit - 1] : undefined
+    return { records, next: last === undefined ? null : idOf(last) }
+  }
+
+  async delete (uuid: string): Promise<boolean> {
+    return await this.#call(() => this.#client.taskDelete(this.prefix, uuid)) === 1
+  }
+
+  async live (): Promise<TaskRecord[]> {
+    const raws = await this.#call(() => this.#client.taskLive(this.prefix))
+    return raws.map(toRecord)
+  }
+
+  async expire (status: FinalStatus, before: string, limit: number): Promise<string[]> {
+    if (limit <= 0) return []
+    return await this.#call(() => this.#client.taskExpire(this.prefix, JSON.stringify(status), finishedMs(before), limit))
+  }
+
+  /** Closes the connection (a client given in the options is left open: it is the app's). */
+  async close (): Promise<void> {
+    this.#closing ??= (async () => {
+      if (!this.#ownClient) return
+      try {
+        await this.#client.quit()
+      } catch {
+        this.#client.disconnect()
+      }
+    })()
+    return this.#closing
+  }
+
+  /**
+   * The first calls wait for the connection to be made (up to `commandTimeout`): without
+   * the offline queue a command sent before it would fail.
+   */
+  async #untilFirstReady (): Promise<void> {
+    if (this.#client.status === 'ready') {
+      this.#wasReady = true
+      return
+    }
+    this.#firstReady ??= new Promise<void>((resolve, reject) => {
+      const onReady = (): void => {
+        clearTimeout(timer)
+        this.#wasReady = true
+        resolve()
+      }
+      const timer = setTimeout(() => {
+        this.#client.off('ready', onReady)
+        this.#firstReady = undefined
+        reject(new Error(`Command timed out: not connected after ${this.#commandTimeout} ms (${this.#client.status})`))
+      }, this.#commandTimeout)
+      this.#client.once('ready', onReady)
+    })
+    await this.#firstReady
+  }
+
+  /** Runs a command; a connection that is down or a command that times out is StoreUnavailableError. */
+  async #call<T> (command: () => Promise<T>): Promise<T> {
+    try {
+      if (!this.#wasReady) await this.#untilFirstReady()
+      return await command()
+    } catch (err) {
+      if (isUnavailable(err)) throw new StoreUnavailableError(`the Redis store cannot be reached: ${(err as Error).message}`, { cause: err })
+      throw err
+    }
+  }
+}
+
+/** ioredis, loaded only by apps that use this store. */
+function loadDriver (): typeof import('ioredis').Redis {
+  const require = createRequire(import.meta.url)
+  try {
+    return (require('ioredis') as typeof import('ioredis')).Redis
+  } catch (err) {
+    throw new Error('RedisStore needs ioredis, which is not installed: npm install ioredis@5', { cause: err })
+  }
+}
+
+function connect (connection: RedisConnection, commandTimeout: number): { client: RedisClient, own: boolean } {
+  if (typeof connection === 'object' && connection !== null && typeof (connection as RedisClient).defineCommand === 'function') {
+    return { client: connection as RedisClient, own: false }
+  }
+  const Redis = loadDriver()
+  // Fail fast while Redis is away (503 to clients, never a request that hangs); ioredis
+  // reconnects by itself meanwhile.
+  const settings: RedisOptions = { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout, lazyConnect: false }
+  let client: RedisClient
+  if (typeof connection === 'string') client = new Redis(connection, settings)
+  else if (typeof connection === 'object' && connection !== null) client = new Redis({ ...settings, ...(connection as RedisOptions) })
+  else throw new TypeError(`options.connection must be a redis:// URL, ioredis options or an ioredis client, got ${String(connection)}`)
+  // Connection errors reach callers as StoreUnavailableError; ioredis would print each one.
+  client.on('error', () => {})
+  return { client, own: true }
+}
+
+/** An error of the connection, not of the command: the server cannot be reached now. */
+function isUnavailable (err: unknown): boolean {
+  const message = (err as Error | undefined)?.message ?? ''
+  const code = (err as { code?: unknown } | undefined)?.code
+  return /Stream isn't writeable|Connection is closed|Command timed out|enableOfflineQueue|ECONNREFUSED|ECONNRESET|EPIPE|LOADING|MaxRetriesPerRequest/.test(message) ||
+    code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ETIMEDOUT'
+}
+
+/** An ISO 8601 time as the score of the retention index (ms), or '' for none. */
+function finishedMs (iso: string | null | undefined): string {
+  if (iso === null || iso === undefined) return ''
+  const ms = Date.parse(iso)
+  return Number.isFinite(ms) ? String(ms) : ''
+}
+
+function idOf (raw: RawRecord): string {
+  const [flat] = raw
+  for (let i = 0; i < flat.length; i += 2) {
+    if (flat[i] === 'id') return flat[i + 1] as string
+  }
+  throw new Error('a Redis task record without its id')
+}
+
+function toRecord (raw: RawRecord): TaskRecord {
+  const [flat, messages] = raw
+  const record: Record<string, unknown> = {}
+  for (let i = 0; i < flat.length; i += 2) {
+    const field = flat[i] as string
+    if (field === 'id' || field === 'finishedMs') continue
+    record[field] = JSON.parse(flat[i + 1] as string)
+  }
+  record.messages = messages
+  return record as unknown as TaskRecord
+}
