@@ -6,11 +6,12 @@ import { fileURLToPath } from 'node:url'
 import t, { type Test } from 'tap'
 import Database from 'better-sqlite3'
 import { fixtureSource, until } from './helpers.js'
+import { startRedis } from './redis-server.js'
 
 /*
- * README, Restart recovery, end to end: a server on a SQLite file is SIGKILLed while a few
- * hundred tasks are queued, running and done; a new server on the same file finishes the
- * job. Real processes, a real file, real HTTP.
+ * README, Restart recovery, end to end: a server on a SQLite file (then on Redis) is
+ * SIGKILLed while a few hundred tasks are queued, running and done; a new server on the
+ * same store finishes the job. Real processes, a real file, a real redis-server, real HTTP.
  */
 
 t.setTimeout(300_000)
@@ -42,8 +43,20 @@ t.test('SIGKILL mid-run, restart on the same file: every accepted task is there 
   const dir = mkdtempSync(join(tmpdir(), 'task-api-restart-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const db = join(dir, 'data', 'tasks.db')
-  const runLog = join(dir, 'runs.log')
+  await restartScenario(t, db, join(dir, 'runs.log'))
+  const check = new Database(db, { readonly: true })
+  t.equal(check.pragma('integrity_check', { simple: true }), 'ok', 'PRAGMA integrity_check is clean')
+  check.close()
+})
 
+t.test('the same on Redis (RedisStore, append-only file): SIGKILL mid-run, restart on the same Redis', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'task-api-restart-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const redis = await startRedis(t, { persist: true })
+  await restartScenario(t, redis.url, join(dir, 'runs.log'))
+})
+
+async function restartScenario (t: Test, db: string, runLog: string): Promise<void> {
   const first = await startServer(t, db, runLog)
   // 300 tasks: quick and slow ones without retries (at most once), and some with retries (at least once).
   const accepted = new Map<string, string>()
@@ -162,7 +175,4 @@ t.test('SIGKILL mid-run, restart on the same file: every accepted task is there 
 
   second.server.kill('SIGTERM')
   t.equal(await new Promise(resolve => second.server.once('exit', resolve)), 0, 'the second server closed cleanly')
-  const check = new Database(db, { readonly: true })
-  t.equal(check.pragma('integrity_check', { simple: true }), 'ok', 'PRAGMA integrity_check is clean')
-  check.close()
-})
+}
