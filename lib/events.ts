@@ -77,13 +77,35 @@ interface Delivery {
 }
 
 /**
+ * Carries a task's events from the server that publishes them to the subscribers: within
+ * this process (`EventBus`), or across servers (`RedisBus`, fastify-task-api/redis).
+ */
+export interface TaskBus {
+  /** Adds a listener for one task; returns the function that removes it. */
+  subscribe (uuid: string, listener: TaskListener): () => void
+  /**
+   * Sends an event to the task's listeners, in publishing order per task. `onError`
+   * receives what a listener throws (or, for a bus across servers, a failure to send).
+   */
+  publish (event: TaskEvent, onError: (err: unknown) => void): void
+  /** True when somebody may listen to this task (a bus across servers cannot tell: always true). */
+  has (uuid: string): boolean
+  /** Listeners subscribed here, over all tasks. */
+  readonly size: number
+  /** Connects; `onError` receives what a listener throws for events that came from elsewhere. */
+  start? (onError: (err: unknown) => void): Promise<void>
+  /** Disconnects. */
+  close? (): Promise<void>
+}
+
+/**
  * Delivers a task's events to its subscribers, in this process. The listener set is
  * per task, so publishing costs nothing for tasks nobody watches. Each event goes to the
  * listeners subscribed when it was published (and still subscribed when their turn
  * comes), in slices (`fanOutSlice`); a task's next event waits until the previous one
  * reached all of them, so no listener ever sees a task's events out of order.
  */
-export class EventBus {
+export class EventBus implements TaskBus {
   readonly #listeners = new Map<string, Set<TaskListener>>()
   /** Per task, the events whose fan-out has not finished, oldest first. */
   readonly #backlog = new Map<string, Delivery[]>()

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { EventBus, EventHistory, type TaskEvent, type TaskListener } from './events.js'
+import { EventBus, EventHistory, type TaskBus, type TaskEvent, type TaskListener } from './events.js'
 import {
   FST_TASK_API_INPUT_INVALID,
   FST_TASK_API_INPUT_TOO_DEEP,
@@ -138,7 +138,7 @@ export class TaskService {
   readonly #store: Store
   readonly #runner: Runner
   readonly #log: ServiceLogger
-  readonly #bus = new EventBus()
+  readonly #bus: TaskBus
   readonly #history: EventHistory
   readonly #active = new Map<string, ActiveTask>()
   readonly #execution: ExecutionOptions
@@ -156,6 +156,8 @@ export class TaskService {
     store: Store
     runner: Runner
     log: ServiceLogger
+    /** Where events travel to subscribers (default: this process only). */
+    bus?: TaskBus
     /** Events kept per followed task for reconnecting clients, and for how long after it ends. */
     history?: { size: number, ttl: number }
     execution?: Partial<ExecutionOptions>
@@ -175,6 +177,7 @@ export class TaskService {
     this.#registry = options.registry
     this.#store = options.store
     this.#runner = options.runner
+    this.#bus = options.bus ?? new EventBus()
     this.#log = options.log
   }
 
@@ -185,6 +188,7 @@ export class TaskService {
       update: (uuid, update) => this.#apply(uuid, () => this.#updated(uuid, update)),
       finished: (uuid, result) => this.#apply(uuid, () => this.#finished(uuid, result)),
     }
+    await this.#bus.start?.(err => this.#log.error({ err }, 'fastify-task-api: a task event listener threw'))
     await this.#runner.start(events)
     this.recovery = await this.#recover()
     this.#scheduleSweep(0)
@@ -555,6 +559,7 @@ export class TaskService {
     this.#history.clear()
     await this.#sweeping
     await this.#store.close?.()
+    await this.#bus.close?.()
   }
 
   #apply (uuid: string, step: (active: ActiveTask) => Promise<void>): void {

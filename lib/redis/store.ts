@@ -1,10 +1,7 @@
-import { createRequire } from 'node:module'
-import type { Redis as RedisClient, RedisOptions } from 'ioredis'
+import type { Redis as RedisClient } from 'ioredis'
+import { connect, isUnavailable, type RedisConnection } from './connection.js'
 import { finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from '../store/types.js'
 import { createScript, deleteScript, expireScript, getScript, listScript, liveScript, updateScript } from './scripts.js'
-
-/** Where the Redis store connects: a `redis://` URL, ioredis options, or a client of the app's own. */
-export type RedisConnection = string | RedisOptions | RedisClient
 
 /** Options of the Redis store. */
 export interface RedisStoreOptions {
@@ -73,7 +70,7 @@ export class RedisStore implements Store {
     if (!Number.isInteger(commandTimeout) || commandTimeout < 1) throw new TypeError(`options.commandTimeout must be a positive integer (ms), got ${String(commandTimeout)}`)
     this.prefix = prefix
     this.#commandTimeout = commandTimeout
-    const { client, own } = connect(options.connection, commandTimeout)
+    const { client, own } = connect(options.connection, { commandTimeout }, 'RedisStore')
     this.#client = client as ScriptedClient
     this.#ownClient = own
     const define = (name: string, lua: string): void => client.defineCommand(name, { numberOfKeys: 0, lua })
@@ -189,41 +186,6 @@ export class RedisStore implements Store {
       throw err
     }
   }
-}
-
-/** ioredis, loaded only by apps that use this store. */
-function loadDriver (): typeof import('ioredis').Redis {
-  const require = createRequire(import.meta.url)
-  try {
-    return (require('ioredis') as typeof import('ioredis')).Redis
-  } catch (err) {
-    throw new Error('RedisStore needs ioredis, which is not installed: npm install ioredis@5', { cause: err })
-  }
-}
-
-function connect (connection: RedisConnection, commandTimeout: number): { client: RedisClient, own: boolean } {
-  if (typeof connection === 'object' && connection !== null && typeof (connection as RedisClient).defineCommand === 'function') {
-    return { client: connection as RedisClient, own: false }
-  }
-  const Redis = loadDriver()
-  // Fail fast while Redis is away (503 to clients, never a request that hangs); ioredis
-  // reconnects by itself meanwhile.
-  const settings: RedisOptions = { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout, lazyConnect: false }
-  let client: RedisClient
-  if (typeof connection === 'string') client = new Redis(connection, settings)
-  else if (typeof connection === 'object' && connection !== null) client = new Redis({ ...settings, ...(connection as RedisOptions) })
-  else throw new TypeError(`options.connection must be a redis:// URL, ioredis options or an ioredis client, got ${String(connection)}`)
-  // Connection errors reach callers as StoreUnavailableError; ioredis would print each one.
-  client.on('error', () => {})
-  return { client, own: true }
-}
-
-/** An error of the connection, not of the command: the server cannot be reached now. */
-function isUnavailable (err: unknown): boolean {
-  const message = (err as Error | undefined)?.message ?? ''
-  const code = (err as { code?: unknown } | undefined)?.code
-  return /Stream isn't writeable|Connection is closed|Command timed out|enableOfflineQueue|ECONNREFUSED|ECONNRESET|EPIPE|LOADING|MaxRetriesPerRequest/.test(message) ||
-    code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ETIMEDOUT'
 }
 
 /** An ISO 8601 time as the score of the retention index (ms), or '' for none. */

@@ -1,0 +1,44 @@
+import { createRequire } from 'node:module'
+import type { Redis as RedisClient, RedisOptions } from 'ioredis'
+
+/** Where to connect: a `redis://` URL, ioredis options, or a client of the app's own. */
+export type RedisConnection = string | RedisOptions | RedisClient
+
+/** ioredis, loaded only by apps that use Redis. */
+export function loadDriver (who: string): typeof import('ioredis').Redis {
+  const require = createRequire(import.meta.url)
+  try {
+    return (require('ioredis') as typeof import('ioredis')).Redis
+  } catch (err) {
+    throw new Error(`${who} needs ioredis, which is not installed: npm install ioredis@5`, { cause: err })
+  }
+}
+
+export function connect (connection: RedisConnection, options: { commandTimeout?: number, subscriber?: boolean }, who: string): { client: RedisClient, own: boolean } {
+  if (typeof connection === 'object' && connection !== null && typeof (connection as RedisClient).defineCommand === 'function') {
+    return { client: connection as RedisClient, own: false }
+  }
+  const Redis = loadDriver(who)
+  // Fail fast while Redis is away (503 to clients, never a request that hangs); ioredis
+  // reconnects by itself meanwhile.
+  // A subscriber keeps its offline queue: its SUBSCRIBE waits for the connection.
+  const settings: RedisOptions = options.subscriber === true
+    ? { maxRetriesPerRequest: null }
+    : { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: options.commandTimeout ?? 2000 }
+  let client: RedisClient
+  if (typeof connection === 'string') client = new Redis(connection, settings)
+  else if (typeof connection === 'object' && connection !== null) client = new Redis({ ...settings, ...(connection as RedisOptions) })
+  else throw new TypeError(`options.connection must be a redis:// URL, ioredis options or an ioredis client, got ${String(connection)}`)
+  // Connection errors reach callers as StoreUnavailableError; ioredis would print each one.
+  client.on('error', () => {})
+  return { client, own: true }
+}
+
+/** An error of the connection, not of the command: the server cannot be reached now. */
+export function isUnavailable (err: unknown): boolean {
+  const message = (err as Error | undefined)?.message ?? ''
+  const code = (err as { code?: unknown } | undefined)?.code
+  return /Stream isn't writeable|Connection is closed|Command timed out|enableOfflineQueue|ECONNREFUSED|ECONNRESET|EPIPE|LOADING|MaxRetriesPerRequest/.test(message) ||
+    code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ETIMEDOUT'
+}
+
