@@ -188,6 +188,7 @@ export class TaskService {
       update: (uuid, update) => this.#apply(uuid, () => this.#updated(uuid, update)),
       finished: (uuid, result) => this.#apply(uuid, () => this.#finished(uuid, result)),
     }
+    await this.#store.open?.()
     await this.#bus.start?.(err => this.#log.error({ err }, 'fastify-task-api: a task event listener threw'))
     await this.#runner.start(events)
     this.recovery = await this.#recover()

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import t, { type Test } from 'tap'
-import { RedisBus } from '../dist/redis/index.js'
+import { RedisBus } from '../dist/redis/bus.js'
 import type { TaskEvent } from '../dist/index.js'
 import { startRedis } from './redis-server.js'
 import { until } from './helpers.js'

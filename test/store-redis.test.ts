@@ -94,3 +94,42 @@ t.test('while Redis is away every call fails fast with StoreUnavailableError; on
   }
   t.equal(back?.uuid, kept.uuid, 'reconnected by itself, with the record Redis kept (append-only file)')
 })
+
+t.test('one server per store: a second one waits for the lease, then fails naming the holder; it gets it once the first closes', async (t) => {
+  const prefix = `{lease-${randomUUID().slice(0, 8)}}`
+  const first = new RedisStore({ connection: redis.url, prefix, leaseTtl: 300 })
+  const second = new RedisStore({ connection: redis.url, prefix, leaseTtl: 300 })
+  t.teardown(async () => { await first.close(); await second.close() })
+  await first.open()
+  // Longer than the lease's TTL: the first server renews it meanwhile.
+  await new Promise(resolve => setTimeout(resolve, 700))
+  await t.rejects(second.open(), { name: 'RedisStoreLockedError', message: new RegExp(`^the Redis store \\{lease-[0-9a-f]{8}\\} is in use by another server \\(${process.pid}@`) })
+  await first.close()
+  await t.resolves(second.open(), 'free once the first closed')
+  const shared = new RedisStore({ connection: redis.url, prefix, exclusive: false })
+  t.teardown(() => shared.close())
+  await t.resolves(shared.open(), 'exclusive: false takes no lease')
+})
+
+t.test('a SIGKILLed server\'s lease expires: the next server gets the store within leaseTtl', async (t) => {
+  const prefix = `{lease-${randomUUID().slice(0, 8)}}`
+  const { spawn } = await import('node:child_process')
+  const holder = spawn(process.execPath, ['--input-type=module', '-e', `
+    import { RedisStore } from ${JSON.stringify(new URL('../dist/redis/index.js', import.meta.url).href)}
+    const store = new RedisStore({ connection: ${JSON.stringify(redis.url)}, prefix: ${JSON.stringify(prefix)}, leaseTtl: 1500 })
+    await store.open()
+    console.log('leased')
+    setInterval(() => {}, 1000)`], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => holder.kill('SIGKILL'))
+  await new Promise<void>(resolve => holder.stdout?.on('data', (chunk: Buffer) => { if (chunk.toString().includes('leased')) resolve() }))
+  holder.kill('SIGKILL')
+  const next = new RedisStore({ connection: redis.url, prefix, leaseTtl: 1500 })
+  t.teardown(() => next.close())
+  const started = Date.now()
+  await t.resolves(next.open())
+  t.comment(`the lease was free after ${Date.now() - started} ms`)
+})
+
+t.test('leaseTtl is checked', async (t) => {
+  t.throws(() => new RedisStore({ connection: redis.url, leaseTtl: 50 }), { name: 'TypeError', message: 'options.leaseTtl must be an integer >= 100 (ms), got 50' })
+})

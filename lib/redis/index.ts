@@ -2,6 +2,5 @@
  * fastify-task-api/redis: what runs on Redis. Loaded only by apps that use it (ioredis,
  * and BullMQ for the runner, are optional peer dependencies).
  */
-export { RedisStore, type RedisStoreOptions } from './store.js'
-export { RedisBus, type RedisBusOptions } from './bus.js'
+export { RedisStore, RedisStoreLockedError, type RedisStoreOptions } from './store.js'
 export type { RedisConnection } from './connection.js'

@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto'
+import { hostname } from 'node:os'
 import type { Redis as RedisClient } from 'ioredis'
 import { connect, isUnavailable, type RedisConnection } from './connection.js'
 import { finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from '../store/types.js'
@@ -19,6 +21,23 @@ export interface RedisStoreOptions {
    * @default 2000
    */
   commandTimeout?: number
+  /**
+   * One server per store: `open()` takes a lease (`<prefix>:lease`, renewed every third of
+   * `leaseTtl`) and a second server waits for it, then fails, naming the holder. After a
+   * crash the next server waits for the dead one's lease to expire (at most `leaseTtl`).
+   * @default true
+   */
+  exclusive?: boolean
+  /**
+   * How long (ms) a lease outlives its last renewal.
+   * @default 10000
+   */
+  leaseTtl?: number
+}
+
+/** Thrown by `open()` when another server holds the store's lease. */
+export class RedisStoreLockedError extends Error {
+  override name = 'RedisStoreLockedError'
 }
 
 /** What the store's client can do: ioredis, with the scripts defined as commands. */
@@ -30,6 +49,8 @@ interface ScriptedClient extends RedisClient {
   taskList (...args: Array<string | number>): Promise<RawRecord[]>
   taskLive (...args: Array<string | number>): Promise<RawRecord[]>
   taskExpire (...args: Array<string | number>): Promise<string[]>
+  leaseRenew (key: string, token: string, ttl: number): Promise<number>
+  leaseRelease (key: string, token: string): Promise<number>
 }
 
 /** A record as the scripts answer it: the hash's fields and values, flat, then the messages. */
@@ -61,6 +82,12 @@ export class RedisStore implements Store {
   #wasReady = false
   #firstReady: Promise<void> | undefined
   #closing: Promise<void> | undefined
+  readonly #exclusive: boolean
+  readonly #leaseTtl: number
+  /** This server's lease token, once `open()` took the lease. */
+  readonly #token = `${process.pid}@${hostname()} ${randomUUID()}`
+  #leaseTimer: ReturnType<typeof setInterval> | undefined
+  #leased = false
 
   constructor (options: RedisStoreOptions) {
     if (typeof options !== 'object' || options === null) throw new TypeError(`options must be an object with a connection, got ${String(options)}`)
@@ -68,8 +95,12 @@ export class RedisStore implements Store {
     if (typeof prefix !== 'string' || prefix === '') throw new TypeError(`options.prefix must be a non-empty string, got ${JSON.stringify(prefix)}`)
     const commandTimeout = options.commandTimeout ?? 2000
     if (!Number.isInteger(commandTimeout) || commandTimeout < 1) throw new TypeError(`options.commandTimeout must be a positive integer (ms), got ${String(commandTimeout)}`)
+    const leaseTtl = options.leaseTtl ?? 10_000
+    if (!Number.isInteger(leaseTtl) || leaseTtl < 100) throw new TypeError(`options.leaseTtl must be an integer >= 100 (ms), got ${String(leaseTtl)}`)
     this.prefix = prefix
     this.#commandTimeout = commandTimeout
+    this.#exclusive = options.exclusive ?? true
+    this.#leaseTtl = leaseTtl
     const { client, own } = connect(options.connection, { commandTimeout }, 'RedisStore')
     this.#client = client as ScriptedClient
     this.#ownClient = own
@@ -81,6 +112,35 @@ export class RedisStore implements Store {
     define('taskList', listScript)
     define('taskLive', liveScript)
     define('taskExpire', expireScript)
+    client.defineCommand('leaseRenew', { numberOfKeys: 1, lua: "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0" })
+    client.defineCommand('leaseRelease', { numberOfKeys: 1, lua: "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0" })
+  }
+
+  /**
+   * Takes the store's lease (unless `exclusive: false`): waits while another server holds
+   * it, up to `leaseTtl` and a second (a crashed server's lease expires by then), then
+   * throws `RedisStoreLockedError` naming the holder.
+   */
+  async open (): Promise<void> {
+    if (!this.#exclusive || this.#leased) return
+    const key = `${this.prefix}:lease`
+    const deadline = Date.now() + this.#leaseTtl + 1000
+    for (;;) {
+      const taken = await this.#call(() => this.#client.set(key, this.#token, 'PX', this.#leaseTtl, 'NX'))
+      if (taken === 'OK') break
+      if (Date.now() >= deadline) {
+        const holder = await this.#call(() => this.#client.get(key))
+        throw new RedisStoreLockedError(`the Redis store ${this.prefix} is in use by another server (${holder ?? 'gone just now'}): one server per store; give each its own prefix`)
+      }
+      await new Promise(resolve => setTimeout(resolve, 250))
+    }
+    this.#leased = true
+    this.#leaseTimer = setInterval(() => {
+      this.#client.leaseRenew(key, this.#token, this.#leaseTtl).catch(() => {
+        // Redis is away: renewed at the next tick once it is back (the lease outlives a short outage).
+      })
+    }, Math.floor(this.#leaseTtl / 3))
+    this.#leaseTimer.unref()
   }
 
   async create (record: TaskRecord): Promise<void> {
@@ -141,6 +201,8 @@ export class RedisStore implements Store {
   /** Closes the connection (a client given in the options is left open: it is the app's). */
   async close (): Promise<void> {
     this.#closing ??= (async () => {
+      clearInterval(this.#leaseTimer)
+      if (this.#leased) await this.#client.leaseRelease(`${this.prefix}:lease`, this.#token).catch(() => {})
       if (!this.#ownClient) return
       try {
         await this.#client.quit()

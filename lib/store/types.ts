@@ -122,6 +122,11 @@ export interface Store {
    * small batches by the retention sweep: one call must stay short.
    */
   expire (status: FinalStatus, before: string, limit: number): Promise<string[]>
+  /**
+   * Called once when the server starts, before anything else: a store that must make
+   * sure it is the only server on its records (the Redis store's lease) does it here.
+   */
+  open? (): Promise<void>
   /** Releases what the store holds (connections, files). */
   close? (): Promise<void>
 }
