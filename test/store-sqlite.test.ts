@@ -214,6 +214,40 @@ t.test('a transaction writes at most maxBatch rows: a turn\'s writes past it go 
   t.equal(count(other, 'messages'), 25)
 })
 
+t.test('a listing that fails (the file busy past busyRetries) is made again once the file is free: retention still finds the records', async (t) => {
+  const { store, path } = openStore(t, { busyRetries: 2 })
+  const old = new Date(Date.now() - 3_600_000).toISOString()
+  const records = Array.from({ length: 5 }, () => newRecord({ status: 'running', created: old }))
+  for (const record of records) {
+    await store.create(record)
+    await store.update(record.uuid, { status: 'succeeded', finished: old, seq: 1 })
+  }
+  const reader = connect(t, path, { readonly: true })
+  const unlisted = (): number => (reader.prepare('SELECT count(*) AS n FROM tasks WHERE listed = 0').get() as { n: number }).n
+  t.equal(unlisted(), 5, 'committed, waiting to be listed')
+  // Another connection holds the write lock past the listing's retries (about 30 ms with busyRetries 2).
+  const other = connect(t, path)
+  other.exec('BEGIN IMMEDIATE')
+  await until('the listing to fail', () => store.stats().failures > 0)
+  other.exec('COMMIT')
+  t.equal(unlisted(), 5, 'the failed listing wrote nothing')
+  await until('the records to be listed after all', () => unlisted() === 0)
+  t.same((await store.expire('succeeded', new Date().toISOString(), 100)).sort(), records.map(record => record.uuid).sort(), 'retention removes them')
+})
+
+t.test('a write still pending at close() is committed by it, and nothing runs on the closed file afterwards', async (t) => {
+  const { store } = openStore(t)
+  const record = newRecord({ status: 'running' })
+  await store.create(record)
+  // Not awaited: the close commits it, and the finished record would wait to be listed.
+  const finished = store.update(record.uuid, { status: 'succeeded', finished: new Date().toISOString(), seq: 1 })
+  await store.close()
+  t.match(await finished, { status: 'succeeded' })
+  // Past the listing interval: a listing scheduled after the close would throw out of a timer (tap reports it).
+  await new Promise(resolve => setTimeout(resolve, 600))
+  t.pass('no listing ran on the closed file')
+})
+
 t.test('busy: a write waits while another connection holds the write lock, then commits', async (t) => {
   const { store, path } = openStore(t)
   const record = newRecord()

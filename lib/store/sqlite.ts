@@ -528,12 +528,15 @@ export class SqliteStore implements Store {
 
   /** Committed and finished, not yet listed: listed with others within `listInterval` ms. */
   #waitForListing (entry: Entry): void {
+    // Finished during the close's last writes: the next open lists it.
+    if (this.#closed) return
     this.#unlisted.add(entry)
     this.#scheduleListing(this.#unlisted.size >= listChunk)
   }
 
   /** Lists the waiting records on a timer, or `soon` (next turn) once a chunk is waiting. */
   #scheduleListing (soon: boolean): void {
+    if (this.#closed) return
     if (this.#listTimer !== undefined && (!soon || 'immediate' in this.#listTimer)) return
     this.#clearListing()
     if (soon) {
@@ -558,6 +561,8 @@ export class SqliteStore implements Store {
    */
   #listUnlisted (limit: number): void {
     this.#clearListing()
+    // After close the connection is gone; what waits is listed by the next open.
+    if (this.#closed && !this.#db.open) return
     let marked = 0
     for (const entry of this.#unlisted) {
       if (marked >= limit) break
@@ -792,10 +797,18 @@ export class SqliteStore implements Store {
       if (this.#entries.get(uuid) === entry) this.#entries.delete(uuid)
     }
     for (const entry of affected) {
-      const row = this.#sql.byId.get(entry.id) as TaskRow | undefined
-      // Live or not yet listed in the file: found in memory only, like every such record.
-      if (row !== undefined && (!finalStatuses.has(row.status) || row.listed === 0) && !this.#entries.has(row.uuid)) {
-        this.#entries.set(row.uuid, this.#entryOf(row, true))
+      try {
+        const row = this.#sql.byId.get(entry.id) as TaskRow | undefined
+        // Live or not yet listed in the file: found in memory only, like every such record.
+        if (row !== undefined && (!finalStatuses.has(row.status) || row.listed === 0) && !this.#entries.has(row.uuid)) {
+          const reloaded = this.#entryOf(row, true)
+          this.#entries.set(row.uuid, reloaded)
+          // A finished record the failed transaction was to list (or that was waiting): listed later.
+          if (finalStatuses.has(row.status)) this.#waitForListing(reloaded)
+        }
+      } catch {
+        // The file cannot be read either (closed, removed): its records are read again at the next open.
+        break
       }
     }
     for (const entry of affected) {
