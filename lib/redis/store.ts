@@ -29,8 +29,10 @@ export interface RedisStoreOptions {
    */
   exclusive?: boolean
   /**
-   * How long (ms) a lease outlives its last renewal.
-   * @default 10000
+   * How long (ms) a lease outlives its last renewal. A server restarted after a crash
+   * waits up to this long for the dead one's lease, within Fastify's `pluginTimeout`
+   * (10 s by default): keep it well under that.
+   * @default 5000
    */
   leaseTtl?: number
 }
@@ -95,7 +97,7 @@ export class RedisStore implements Store {
     if (typeof prefix !== 'string' || prefix === '') throw new TypeError(`options.prefix must be a non-empty string, got ${JSON.stringify(prefix)}`)
     const commandTimeout = options.commandTimeout ?? 2000
     if (!Number.isInteger(commandTimeout) || commandTimeout < 1) throw new TypeError(`options.commandTimeout must be a positive integer (ms), got ${String(commandTimeout)}`)
-    const leaseTtl = options.leaseTtl ?? 10_000
+    const leaseTtl = options.leaseTtl ?? 5000
     if (!Number.isInteger(leaseTtl) || leaseTtl < 100) throw new TypeError(`options.leaseTtl must be an integer >= 100 (ms), got ${String(leaseTtl)}`)
     this.prefix = prefix
     this.#commandTimeout = commandTimeout
