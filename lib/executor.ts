@@ -71,11 +71,10 @@ interface ActiveTask {
   timer?: NodeJS.Timeout
 }
 
-/** What the executor needs from the service around it. */
-export interface ExecutorOptions {
+/** What an executor gets from the service around it. */
+export interface ExecutorContext {
   registry: Map<string, RegisteredTask>
   store: Store
-  runner: Runner
   log: ServiceLogger
   execution: ExecutionOptions
   limits: MessageLimits
@@ -87,8 +86,40 @@ export interface ExecutorOptions {
   followed: (uuid: string) => boolean
 }
 
+/** What `LocalExecutor` needs: the service's context and a runner. */
+export interface ExecutorOptions extends ExecutorContext {
+  runner: Runner
+}
+
+/**
+ * The executor port: what the service asks of whatever runs tasks. `LocalExecutor` runs
+ * them in this process's runner; an executor over a shared queue (BullMQ) hands them to
+ * workers elsewhere.
+ */
+export interface Executor {
+  /** Starts; resolves with what restart recovery found (nothing, where the queue recovers). */
+  start (): Promise<Recovery>
+  /** Why no task can start now (submissions get 503 meanwhile), or undefined. */
+  readonly unavailable: string | undefined
+  /** Tasks waiting for a worker, and being run (as far as this server knows). */
+  readonly queued: number
+  readonly running: number
+  /** Runs a task whose record was just created, `pending`. */
+  dispatch (registered: RegisteredTask, record: Readonly<TaskRecord>): void | Promise<void>
+  /** Whether the task is live here (a finished record is never live). */
+  isLive (uuid: string): boolean
+  /** The seq of the last event published for a task live here, if known. */
+  seqOf (uuid: string): number | undefined
+  /** Cancels a live task; resolves with false when it is not live here. */
+  cancel (uuid: string): Promise<boolean>
+  /** The server is closing: no retry starts from now on. */
+  stopAccepting (): void
+  /** Stops gracefully (see LocalExecutor.close). */
+  close (): Promise<void>
+}
+
 /** Runs tasks in this process's runner (a pool of child processes, or inline). */
-export class LocalExecutor {
+export class LocalExecutor implements Executor {
   readonly #registry: Map<string, RegisteredTask>
   readonly #store: Store
   readonly #runner: Runner

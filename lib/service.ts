@@ -12,7 +12,7 @@ import {
   FST_TASK_API_TASK_UNKNOWN,
 } from './errors.js'
 import { measureInputs } from './params.js'
-import { LocalExecutor, type ExecutionOptions, type Recovery, type ServiceLogger } from './executor.js'
+import { LocalExecutor, type ExecutionOptions, type Executor, type ExecutorContext, type Recovery, type ServiceLogger } from './executor.js'
 import type { MessageLimits } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { Runner } from './runner/types.js'
@@ -71,7 +71,7 @@ const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 export class TaskService {
   readonly #registry: Map<string, RegisteredTask>
   readonly #store: Store
-  readonly #executor: LocalExecutor
+  readonly #executor: Executor
   readonly #log: ServiceLogger
   readonly #bus: TaskBus
   readonly #history: EventHistory
@@ -87,7 +87,10 @@ export class TaskService {
   constructor (options: {
     registry: Map<string, RegisteredTask>
     store: Store
-    runner: Runner
+    /** Runs the tasks in this process (with `LocalExecutor`)... */
+    runner?: Runner
+    /** ...or this executor does (an executor over a shared queue). */
+    executor?: (context: ExecutorContext) => Executor
     log: ServiceLogger
     /** Where events travel to subscribers (default: this process only). */
     bus?: TaskBus
@@ -110,17 +113,20 @@ export class TaskService {
     this.#store = options.store
     this.#bus = options.bus ?? new EventBus()
     this.#log = options.log
-    this.#executor = new LocalExecutor({
+    const context: ExecutorContext = {
       registry: options.registry,
       store: options.store,
-      runner: options.runner,
       log: options.log,
       execution: this.#execution,
       limits: options.limits ?? { maxMessages: 1000, maxMessageLength: 2000, maxOutputSize: 1024 * 1024 },
       now: this.#now,
       publish: event => this.#publish(event),
       followed: uuid => this.#followed(uuid),
-    })
+    }
+    const { runner } = options
+    if (options.executor !== undefined) this.#executor = options.executor(context)
+    else if (runner !== undefined) this.#executor = new LocalExecutor({ ...context, runner })
+    else throw new TypeError('TaskService needs a runner or an executor')
   }
 
   /** Opens the store and the bus, starts the executor (restart recovery included). */
