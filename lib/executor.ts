@@ -69,6 +69,10 @@ interface ActiveTask {
   /** `shutdown`: stopped by a graceful close over a durable store; it ends as a crash would have it. */
   stopping?: { reason: 'cancel' } | { reason: 'timeout', ms: number } | { reason: 'shutdown' }
   timer?: NodeJS.Timeout
+  /** Called once the task leaves this executor: ended (a final status written), or left pending by a graceful close. */
+  done?: (how: 'ended' | 'unrun') => void
+  /** Left pending for another server by a graceful close. */
+  unrun?: boolean
 }
 
 /** What an executor gets from the service around it. */
@@ -89,6 +93,12 @@ export interface ExecutorContext {
 /** What `LocalExecutor` needs: the service's context and a runner. */
 export interface ExecutorOptions extends ExecutorContext {
   runner: Runner
+  /**
+   * Pick up the store's live records at start (restart recovery). False for a worker fed
+   * by a shared queue, which recovers what a dead worker left instead.
+   * @default true
+   */
+  recover?: boolean
 }
 
 /**
@@ -130,9 +140,11 @@ export class LocalExecutor implements Executor {
   readonly #now: () => number
   readonly #publish: (event: TaskEvent) => void
   readonly #followed: (uuid: string) => boolean
+  readonly #recoverAtStart: boolean
   #closed = false
 
   constructor (options: ExecutorOptions) {
+    this.#recoverAtStart = options.recover ?? true
     this.#registry = options.registry
     this.#store = options.store
     this.#runner = options.runner
@@ -152,7 +164,7 @@ export class LocalExecutor implements Executor {
       finished: (uuid, result) => this.#apply(uuid, () => this.#finished(uuid, result)),
     }
     await this.#runner.start(events)
-    return await this.recover()
+    return this.#recoverAtStart ? await this.recover() : { requeued: 0, retried: 0, failed: 0 }
   }
 
   /** Why no task can start now (submissions are refused meanwhile), or undefined. */
@@ -175,6 +187,54 @@ export class LocalExecutor implements Executor {
     const job: Job = { uuid: record.uuid, task: record.task, inputs: record.inputs, attempt: 1 }
     this.#active.set(record.uuid, { registered, job, seq: 0, ended: false, kept: 0, dropped: 0, steps: [], draining: undefined })
     this.#runner.enqueue(job)
+  }
+
+  /**
+   * Runs a task whose record another server created, handed over by a shared queue:
+   * resolves once it has left this executor, `ended` (a final status is written) or
+   * `unrun` (a graceful close left it pending, for another worker). A record found
+   * `running` was interrupted (its worker died): it runs again as a new attempt when it
+   * has retries left, otherwise it fails, as restart recovery would have it.
+   */
+  async adopt (uuid: string): Promise<'ended' | 'unrun'> {
+    if (this.#active.has(uuid)) throw new Error(`task ${uuid} is already running in this worker`)
+    const record = await this.#store.get(uuid)
+    if (record === undefined || finalStatuses.has(record.status)) return 'ended'
+    const registered = this.#registry.get(record.task)
+    const seq = record.seq + 1
+    if (registered === undefined) {
+      const error = `task "${clip(record.task)}" is not registered on this worker`
+      const failed = await this.#write(uuid, { status: 'failed', error, finished: this.#iso(), seq })
+      this.#log.warn({ uuid, task: clip(record.task) }, 'fastify-task-api: a task this worker does not have: failed')
+      if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'failed', task: toState(failed) })
+      return 'ended'
+    }
+    let current = record.seq
+    if (record.status === 'running') {
+      if (record.attempt > registered.task.retries) {
+        const failed = await this.#write(uuid, { status: 'failed', error: interruptedError, finished: this.#iso(), seq })
+        if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'failed', task: toState(failed) })
+        return 'ended'
+      }
+      const pending = await this.#write(uuid, { status: 'pending', error: interruptedError, progress: null, target: null, seq })
+      if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(pending) })
+      current = seq
+    }
+    return await new Promise((resolve) => {
+      const active: ActiveTask = {
+        registered,
+        job: { uuid, task: record.task, inputs: record.inputs, attempt: record.attempt + 1 },
+        seq: current,
+        ended: false,
+        kept: record.messages.length,
+        dropped: record.messagesDropped,
+        steps: [],
+        draining: undefined,
+        done: resolve,
+      }
+      this.#active.set(uuid, active)
+      this.#runner.enqueue(active.job)
+    })
   }
 
   /** Whether the task is live here (pending, running, or waiting for a retry). */
@@ -306,6 +366,7 @@ export class LocalExecutor implements Executor {
     this.#apply(uuid, async (active) => {
       clearTimeout(active.timer)
       active.ended = true
+      active.unrun = true
     })
   }
 
@@ -362,7 +423,10 @@ export class LocalExecutor implements Executor {
       } catch (err) {
         this.#log.error({ err, uuid }, 'fastify-task-api: could not record a task event')
       }
-      if (active.ended) this.#active.delete(uuid)
+      if (active.ended && this.#active.get(uuid) === active) {
+        this.#active.delete(uuid)
+        active.done?.(active.unrun === true ? 'unrun' : 'ended')
+      }
       step = active.steps.shift()
     }
     active.draining = undefined

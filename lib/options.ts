@@ -47,6 +47,14 @@ export interface TaskApiOptions extends AccessOptions {
   /** Where records live. @default new MemoryStore() */
   store?: Store
   /**
+   * Run on Redis and BullMQ (ioredis 5 and bullmq 6, optional peer dependencies): records
+   * in a `RedisStore`, submissions as jobs of one queue, events across servers. Every
+   * server with the same `connection` and `prefix` serves every task; this one runs
+   * `concurrency` of them at once in its own pool (0: an API-only node; workers elsewhere
+   * run them, see `startWorker`). Excludes `store`.
+   */
+  redis?: RedisOptions
+  /**
    * Node.js flags for the child processes.
    * @default process.execArgv (a `--import tsx` loader carries over, so TypeScript task modules load)
    */
@@ -168,6 +176,16 @@ export interface TaskApiOptions extends AccessOptions {
   clock?: () => number
 }
 
+/** Options of `redis`. */
+export interface RedisOptions {
+  /** A `redis://` URL or ioredis options. */
+  connection: string | Record<string, unknown>
+  /** What every key begins with; keep a `{hash tag}` in it (Redis Cluster). @default '{fastify-task-api}' */
+  prefix?: string
+  /** How long (ms) a task of a worker that died stays `running` before another worker takes it again. @default 30000 */
+  lockDuration?: number
+}
+
 /** Milliseconds, or a number with a unit: `'500ms'`, `'30s'`, `'15m'`, `'12h'`, `'7d'`. */
 export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h' | 'd'}`
 
@@ -180,6 +198,7 @@ export interface NormalizedOptions {
   concurrency: number
   progressInterval: number
   store: Store
+  redis: RedisOptions | undefined
   execArgv: string[] | undefined
   env: NodeJS.ProcessEnv | undefined
   streams: NormalizedStreamOptions
@@ -196,7 +215,7 @@ export interface NormalizedOptions {
   clock: () => number
 }
 
-const known = new Set(['tasks', 'prefix', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'execArgv', 'env', 'streams',
+const known = new Set(['tasks', 'prefix', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'redis', 'execArgv', 'env', 'streams',
   'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength',
   'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask', 'maxInputSize', 'maxInputDepth', 'list', 'retention', 'clock'])
 
@@ -224,9 +243,13 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   if (runner !== 'process' && runner !== 'inline') {
     throw new FST_TASK_API_OPT_INVALID('runner', '"process" or "inline"', describe(runner))
   }
+  const redis = normalizeRedis(options.redis)
+  if (redis !== undefined && options.store !== undefined) {
+    throw new FST_TASK_API_OPT_INVALID('store', 'absent when redis is set (the records are in Redis)', describe(options.store))
+  }
   const concurrency = options.concurrency ?? availableParallelism()
-  if (!Number.isInteger(concurrency) || concurrency < 1) {
-    throw new FST_TASK_API_OPT_INVALID('concurrency', 'a positive integer', describe(concurrency))
+  if (!Number.isInteger(concurrency) || concurrency < (redis === undefined ? 1 : 0)) {
+    throw new FST_TASK_API_OPT_INVALID('concurrency', redis === undefined ? 'a positive integer' : 'an integer, 0 or more (0: an API-only node)', describe(concurrency))
   }
   const progressInterval = options.progressInterval ?? 50
   if (typeof progressInterval !== 'number' || !Number.isFinite(progressInterval) || progressInterval < 0) {
@@ -309,9 +332,24 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     concurrency,
     progressInterval,
     store,
+    redis,
     execArgv,
     env,
   }
+}
+
+function normalizeRedis (redis: unknown): RedisOptions | undefined {
+  if (redis === undefined) return undefined
+  if (typeof redis !== 'object' || redis === null) throw new FST_TASK_API_OPT_INVALID('redis', 'an object with a connection', describe(redis))
+  const { connection, prefix, lockDuration } = redis as Partial<RedisOptions>
+  if (typeof connection !== 'string' && (typeof connection !== 'object' || connection === null)) {
+    throw new FST_TASK_API_OPT_INVALID('redis.connection', 'a redis:// URL or ioredis options', describe(connection))
+  }
+  if (prefix !== undefined && (typeof prefix !== 'string' || prefix === '')) throw new FST_TASK_API_OPT_INVALID('redis.prefix', 'a non-empty string', describe(prefix))
+  if (lockDuration !== undefined && (!Number.isInteger(lockDuration) || lockDuration < 100)) {
+    throw new FST_TASK_API_OPT_INVALID('redis.lockDuration', 'an integer number of ms, 100 or more', describe(lockDuration))
+  }
+  return { connection, ...(prefix === undefined ? {} : { prefix }), ...(lockDuration === undefined ? {} : { lockDuration }) }
 }
 
 const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }

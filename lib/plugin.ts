@@ -8,11 +8,10 @@ import { normalizeOptions, type TaskApiOptions } from './options.js'
 import { loadRegistry } from './registry.js'
 import { registerRoutes, toSummary } from './routes.js'
 import { registerStreams, type StreamStats } from './stream.js'
-import { InlineRunner } from './runner/inline.js'
-import { ProcessPool } from './runner/pool.js'
-import type { Runner } from './runner/types.js'
+import { createRunner } from './runner/create.js'
+import type { TaskBus } from './events.js'
+import type { Executor, ExecutorContext } from './executor.js'
 import { TaskService } from './service.js'
-import type { LoadedTask } from './task.js'
 import type { TaskApi } from './types.js'
 
 async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Promise<void> {
@@ -20,29 +19,43 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   const registry = await loadRegistry(normalized.modules)
   const clientBundle = normalized.client ? await loadClientBundle() : undefined
   const log = app.log
-  let runner: Runner
-  if (normalized.runner === 'inline') {
-    const tasks = new Map<string, LoadedTask>([...registry.values()].map(entry => [entry.name, entry.task]))
-    runner = new InlineRunner({ tasks, concurrency: normalized.concurrency, progressInterval: normalized.progressInterval, limits: normalized.limits })
-  } else {
-    runner = new ProcessPool({
-      modules: normalized.modules,
-      concurrency: normalized.concurrency,
-      progressInterval: normalized.progressInterval,
-      limits: normalized.limits,
-      execArgv: normalized.execArgv,
-      env: normalized.env,
-      maxTasksPerChild: normalized.maxTasksPerChild,
-      maxOldGenerationSizeMb: normalized.maxOldGenerationSizeMb,
-      ackTimeout: normalized.ackTimeout,
-      childPerTask: normalized.childPerTask,
-      log,
-    })
+  const runner = createRunner(normalized, registry, log)
+  // On Redis: records in a RedisStore, events across servers, tasks as BullMQ jobs; this
+  // server runs its share in an embedded worker (none with concurrency 0).
+  let store = normalized.store
+  let bus: TaskBus | undefined
+  let executor: ((context: ExecutorContext) => Executor) | undefined
+  let startWorker: (() => Promise<{ close: () => Promise<void> }>) | undefined
+  const { redis } = normalized
+  if (redis !== undefined) {
+    const [{ RedisStore }, { RedisBus }, { BullMQExecutor, startQueueWorker }] = await Promise.all([
+      import('./redis/store.js'), import('./redis/bus.js'), import('./redis/queue.js'),
+    ])
+    const shared = { connection: redis.connection, ...(redis.prefix === undefined ? {} : { prefix: redis.prefix }) }
+    const redisStore = new RedisStore({ ...shared, exclusive: false })
+    const redisBus = new RedisBus(shared)
+    store = redisStore
+    bus = redisBus
+    executor = context => new BullMQExecutor(context, shared)
+    if (normalized.concurrency > 0) {
+      startWorker = async () => startQueueWorker({
+        registry,
+        store: redisStore,
+        log,
+        execution: normalized.execution,
+        limits: normalized.limits,
+        now: normalized.clock ?? Date.now,
+        publish: event => redisBus.publish(event, err => log.error({ err }, 'fastify-task-api: an event could not be published')),
+        followed: () => true,
+        runner,
+      }, { ...shared, concurrency: normalized.concurrency, ...(redis.lockDuration === undefined ? {} : { lockDuration: redis.lockDuration }) })
+    }
   }
   const service = new TaskService({
     registry,
-    store: normalized.store,
-    runner,
+    store,
+    ...(executor === undefined ? { runner } : { executor }),
+    ...(bus === undefined ? {} : { bus }),
     log,
     history: { size: normalized.streams.historySize, ttl: normalized.streams.historyTtl },
     execution: normalized.execution,
@@ -55,10 +68,16 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   // Added before the children start, so that a close while they are starting (Fastify's
   // pluginTimeout passed, say) still ends them.
   app.addHook('preClose', async () => service.stopAccepting())
-  app.addHook('onClose', async () => service.close())
+  let worker: { close: () => Promise<void> } | undefined
+  app.addHook('onClose', async () => {
+    await worker?.close()
+    await service.close()
+  })
   try {
     await service.start()
+    worker = await startWorker?.()
   } catch (err) {
+    await worker?.close()
     await service.close()
     throw err
   }

@@ -4,3 +4,4 @@
  */
 export { RedisStore, RedisStoreLockedError, type RedisStoreOptions } from './store.js'
 export type { RedisConnection } from './connection.js'
+export { startWorker, type WorkerOptions, type TaskWorker } from './worker.js'

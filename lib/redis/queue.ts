@@ -1,0 +1,213 @@
+import { createRequire } from 'node:module'
+import type { Job as BullJob, Queue as BullQueue, Worker as BullWorker } from 'bullmq'
+import type { Redis as RedisClient } from 'ioredis'
+import { LocalExecutor, type Executor, type ExecutorContext, type Recovery } from '../executor.js'
+import type { RegisteredTask } from '../registry.js'
+import type { Runner } from '../runner/types.js'
+import { toState } from '../state.js'
+import { finalStatuses, type TaskRecord } from '../store/types.js'
+import { connect, type RedisConnection } from './connection.js'
+
+/*
+ * Tasks on BullMQ: an API node adds a job per task to one queue (jobId = the task's
+ * uuid; the job carries the uuid only, the record is in the Redis store), and workers
+ * anywhere take them and run them in their own pools (a LocalExecutor each), writing the
+ * record and publishing the events as a single server does. Cancels of running tasks go
+ * to every worker over a channel; the one running the task stops it.
+ */
+
+/** The BullMQ queue every node of a deployment shares, under the store's prefix. */
+export const queueName = 'tasks'
+
+/** What every node of a deployment agrees on: where Redis is and the key prefix. */
+export interface QueueOptions {
+  connection: RedisConnection
+  /** @default '{fastify-task-api}' */
+  prefix?: string
+}
+
+/** The job's data: the record is in the store. */
+interface JobData { uuid: string }
+
+/** BullMQ, loaded only by apps that use it. */
+function loadBullMQ (): typeof import('bullmq') {
+  const require = createRequire(import.meta.url)
+  try {
+    return require('bullmq') as typeof import('bullmq')
+  } catch (err) {
+    throw new Error('running tasks on Redis needs bullmq, which is not installed: npm install bullmq@6 ioredis@5', { cause: err })
+  }
+}
+
+/** BullMQ's connection: options (a URL is parsed by ioredis), with what BullMQ requires. */
+function bullConnection (connection: RedisConnection): Record<string, unknown> {
+  const { client } = connect(connection, { subscriber: true }, 'BullMQ')
+  // The client only served to parse the URL or options; BullMQ makes its own connections.
+  const options = { ...client.options }
+  client.disconnect()
+  return { ...options, maxRetriesPerRequest: null, enableOfflineQueue: true, lazyConnect: false }
+}
+
+const cancelChannel = (prefix: string): string => `${prefix}:cancel`
+
+/**
+ * The executor of an API node: a submission becomes a BullMQ job; a cancel removes a job
+ * still waiting (the task ends `cancelled` here) or asks the workers to stop a running one.
+ */
+export class BullMQExecutor implements Executor {
+  readonly #context: ExecutorContext
+  readonly #prefix: string
+  readonly #queue: BullQueue<JobData>
+  readonly #publisher: RedisClient
+  #counts = { queued: 0, running: 0 }
+  #countTimer: ReturnType<typeof setInterval> | undefined
+
+  constructor (context: ExecutorContext, options: QueueOptions) {
+    const { Queue } = loadBullMQ()
+    this.#context = context
+    this.#prefix = options.prefix ?? '{fastify-task-api}'
+    this.#queue = new Queue<JobData>(queueName, { connection: bullConnection(options.connection) as never, prefix: this.#prefix })
+    this.#queue.on('error', () => {})
+    this.#publisher = connect(options.connection, {}, 'BullMQExecutor').client
+  }
+
+  async start (): Promise<Recovery> {
+    await this.#queue.waitUntilReady()
+    const refresh = (): void => {
+      this.#queue.getJobCounts('waiting', 'delayed', 'prioritized', 'active').then((counts) => {
+        this.#counts = { queued: (counts.waiting ?? 0) + (counts.delayed ?? 0) + (counts.prioritized ?? 0), running: counts.active ?? 0 }
+      }, () => {})
+    }
+    refresh()
+    this.#countTimer = setInterval(refresh, 1000)
+    this.#countTimer.unref()
+    // The workers recover what a dead worker left (BullMQ's stalled jobs).
+    return { requeued: 0, retried: 0, failed: 0 }
+  }
+
+  get unavailable (): string | undefined {
+    return undefined
+  }
+
+  /** Jobs waiting in the queue, as of the last count (each second). */
+  get queued (): number {
+    return this.#counts.queued
+  }
+
+  /** Jobs being run by the workers, as of the last count. */
+  get running (): number {
+    return this.#counts.running
+  }
+
+  async dispatch (_registered: RegisteredTask, record: Readonly<TaskRecord>): Promise<void> {
+    await this.#queue.add(record.task, { uuid: record.uuid }, { jobId: record.uuid, removeOnComplete: true, removeOnFail: true, attempts: 1 })
+  }
+
+  /** The queue knows which tasks run, not this node: the record's status says it. */
+  isLive (): boolean {
+    return false
+  }
+
+  seqOf (): number | undefined {
+    return undefined
+  }
+
+  async cancel (uuid: string): Promise<boolean> {
+    const job = await this.#queue.getJob(uuid) as BullJob<JobData> | undefined
+    if (job === undefined) return false
+    const state = await job.getState()
+    if (state === 'waiting' || state === 'delayed' || state === 'prioritized') {
+      let removed = false
+      try {
+        await job.remove()
+        removed = true
+      } catch {
+        // A worker took it meanwhile: it is running, and the workers are asked below.
+      }
+      if (removed) {
+        const { store, publish, now } = this.#context
+        const record = await store.get(uuid)
+        if (record !== undefined && !finalStatuses.has(record.status)) {
+          const seq = record.seq + 1
+          const cancelled = await store.update(uuid, { status: 'cancelled', finished: new Date(now()).toISOString(), seq, error: record.error })
+          if (cancelled !== undefined) publish({ type: 'status', uuid, seq, status: 'cancelled', task: toState(cancelled) })
+        }
+        return true
+      }
+    }
+    await this.#publisher.publish(cancelChannel(this.#prefix), uuid)
+    return true
+  }
+
+  stopAccepting (): void {}
+
+  async close (): Promise<void> {
+    clearInterval(this.#countTimer)
+    await this.#queue.close()
+    await this.#publisher.quit().catch(() => this.#publisher.disconnect())
+  }
+}
+
+/** Options of a worker. */
+export interface WorkerOptions extends QueueOptions {
+  /** Tasks run at once (each in a child process of its pool). @default 1 */
+  concurrency?: number
+  /**
+   * How long (ms) a job's lock lasts without renewal: a worker that dies (SIGKILL, its
+   * machine lost) leaves its tasks `running` until then, when another worker takes them
+   * again (BullMQ's stalled jobs). @default 30000
+   */
+  lockDuration?: number
+  /** How often (ms) workers look for stalled jobs. @default lockDuration */
+  stalledInterval?: number
+}
+
+/**
+ * A worker: takes tasks from the queue and runs them with `executor` (a LocalExecutor of
+ * its own over the shared store). Resolves once it takes jobs.
+ */
+export async function startQueueWorker (context: ExecutorContext & { runner: Runner }, options: WorkerOptions): Promise<{ close: () => Promise<void>, executor: LocalExecutor }> {
+  const { Worker, WaitingError } = loadBullMQ()
+  const prefix = options.prefix ?? '{fastify-task-api}'
+  const concurrency = options.concurrency ?? 1
+  const lockDuration = options.lockDuration ?? 30_000
+  const executor = new LocalExecutor({ ...context, recover: false })
+  await executor.start()
+  const subscriber = connect(options.connection, { subscriber: true }, 'startWorker').client
+  subscriber.on('message', (channel: string, uuid: string) => {
+    if (executor.isLive(uuid)) void executor.cancel(uuid)
+  })
+  await subscriber.subscribe(cancelChannel(prefix))
+  let closing = false
+  const worker: BullWorker<JobData> = new Worker<JobData>(queueName, async (job, token) => {
+    const how = await executor.adopt(job.data.uuid)
+    if (how === 'unrun' && token !== undefined) {
+      // Stopped by this worker's graceful close: back to the queue for another worker.
+      await job.moveToWait(token)
+      throw new WaitingError()
+    }
+  }, {
+    connection: bullConnection(options.connection) as never,
+    prefix,
+    concurrency,
+    lockDuration,
+    stalledInterval: options.stalledInterval ?? lockDuration,
+    // A stalled job always comes back: whether it runs again is the task's retries' to say.
+    maxStalledCount: Number.MAX_SAFE_INTEGER,
+  })
+  worker.on('error', err => context.log.error({ err }, 'fastify-task-api: the queue worker failed'))
+  await worker.waitUntilReady()
+  return {
+    executor,
+    async close () {
+      if (closing) return
+      closing = true
+      executor.stopAccepting()
+      // Stop taking jobs, and let the executor end or hand back what runs.
+      const stopped = worker.close()
+      await executor.close()
+      await stopped
+      await subscriber.quit().catch(() => subscriber.disconnect())
+    },
+  }
+}

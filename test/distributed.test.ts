@@ -1,0 +1,84 @@
+import { randomUUID } from 'node:crypto'
+import t, { type Test } from 'tap'
+import type { TaskEvent, TaskState } from '../dist/index.js'
+import { startWorker, type TaskWorker } from '../dist/redis/index.js'
+import { build, childExecArgv, fixture, until } from './helpers.js'
+import { startRedis } from './redis-server.js'
+
+// Scale-out in one process: API nodes (the plugin with `redis`, concurrency 0) and
+// workers (startWorker) on one real redis-server. A task submitted on one node runs on a
+// worker; another node answers for it and streams its events.
+
+const redis = await startRedis(t)
+
+async function deployment (t: Test, workerTasks = [fixture('basic.ts'), fixture('control.ts')]): Promise<{ prefix: string, worker: TaskWorker }> {
+  const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+  const worker = await startWorker({ redis: { connection: redis.url, prefix }, tasks: workerTasks, concurrency: 2, execArgv: childExecArgv, shutdownTimeout: 200, cancelGrace: 500 })
+  t.teardown(() => worker.close())
+  return { prefix, worker }
+}
+
+const apiNode = async (t: Test, prefix: string) => build(t, { tasks: [fixture('basic.ts'), fixture('control.ts')], redis: { connection: redis.url, prefix }, concurrency: 0, list: true })
+
+t.test('submitted on node A, run by a worker, answered and streamed by node B in seq order', async (t) => {
+  const { prefix } = await deployment(t)
+  const a = await apiNode(t, prefix)
+  const b = await apiNode(t, prefix)
+  const created = await a.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'cluster', count: 3 } } })
+  t.equal(created.statusCode, 201)
+  const { uuid } = created.json() as TaskState
+  const seen: TaskEvent[] = []
+  const off = b.tasks.subscribe(uuid, event => seen.push(event))
+  t.teardown(off)
+  const done = await b.tasks.wait(uuid)
+  t.match(done, { status: 'succeeded', outputs: { output: 'Hello cluster' }, messages: ['step 0', 'step 1', 'step 2'], progress: 3, attempt: 1 })
+  t.match((await a.inject(`/tasks/${uuid}`)).json(), { status: 'succeeded' }, 'node A answers the same')
+  const seqs = seen.map(event => event.seq)
+  t.same(seqs, [...seqs].sort((x, y) => x - y), `node B saw the events in seq order: ${seqs.join(',')}`)
+  t.ok(seen.some(event => event.type === 'status' && event.status === 'succeeded'), 'including the final status')
+  t.same((await b.inject('/tasks?limit=10')).json().tasks.map((task: TaskState) => task.uuid), [uuid], 'either node lists it')
+})
+
+t.test('cancel from another node: a waiting task ends cancelled at once, a running one is stopped by its worker', async (t) => {
+  const { prefix } = await deployment(t)
+  const a = await apiNode(t, prefix)
+  const b = await apiNode(t, prefix)
+  // Two slots: two cooperative tasks run; the third waits in the queue.
+  const running = [await a.tasks.submit('cooperative'), await a.tasks.submit('cooperative')]
+  const waiting = await a.tasks.submit('cooperative')
+  await until('both to run', async () => (await Promise.all(running.map(async task => (await b.tasks.get(task.uuid))?.status))).every(status => status === 'running'), 30_000)
+  t.match(await b.tasks.cancel(waiting.uuid), { status: 'cancelled' }, 'the waiting one, at once')
+  await b.tasks.cancel(running[0]!.uuid)
+  t.match(await a.tasks.wait(running[0]!.uuid), { status: 'cancelled' }, 'the running one, through its worker')
+  await b.tasks.cancel(running[1]!.uuid)
+  t.match(await a.tasks.wait(running[1]!.uuid), { status: 'cancelled' })
+})
+
+t.test('a task whose module a worker lacks fails with a clear error; the others run', async (t) => {
+  const { prefix } = await deployment(t, [fixture('basic.ts')])
+  const a = await apiNode(t, prefix)
+  const missing = await a.tasks.submit('cooperative')
+  const fine = await a.tasks.submit('hello', { name: 'x', count: 1 })
+  t.match(await a.tasks.wait(missing.uuid), { status: 'failed', error: 'task "cooperative" is not registered on this worker' })
+  t.match(await a.tasks.wait(fine.uuid), { status: 'succeeded' })
+})
+
+t.test('a worker SIGKILLed mid-task: after lockDuration another worker takes the task and ends it as restart recovery would (no retries: failed, interrupted)', async (t) => {
+  const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+  const a = await apiNode(t, prefix)
+  const { spawn } = await import('node:child_process')
+  const doomed = spawn(process.execPath, ['--input-type=module', '-e', `
+    import { startWorker } from ${JSON.stringify(new URL('../dist/redis/index.js', import.meta.url).href)}
+    await startWorker({ redis: { connection: ${JSON.stringify(redis.url)}, prefix: ${JSON.stringify(prefix)}, lockDuration: 1000 }, tasks: [${JSON.stringify(fixture('basic.ts').href)}], concurrency: 1, execArgv: [] })
+    console.log('ready')`], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => doomed.kill('SIGKILL'))
+  await new Promise<void>(resolve => doomed.stdout?.on('data', (chunk: Buffer) => { if (chunk.toString().includes('ready')) resolve() }))
+  const task = await a.tasks.submit('sleep', { ms: 60_000 })
+  await until('the task to run on the doomed worker', async () => (await a.tasks.get(task.uuid))?.status === 'running', 30_000)
+  doomed.kill('SIGKILL')
+  await new Promise(resolve => doomed.once('exit', resolve))
+  t.equal((await a.tasks.get(task.uuid))?.status, 'running', 'still running: nobody knows yet')
+  const rescuer = await startWorker({ redis: { connection: redis.url, prefix, lockDuration: 1000 }, tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200 })
+  t.teardown(() => rescuer.close())
+  t.match(await a.tasks.wait(task.uuid), { status: 'failed', error: 'interrupted: the server stopped while the task was running', attempt: 1 })
+})
