@@ -82,3 +82,19 @@ t.test('a worker SIGKILLed mid-task: after lockDuration another worker takes the
   t.teardown(() => rescuer.close())
   t.match(await a.tasks.wait(task.uuid), { status: 'failed', error: 'interrupted: the server stopped while the task was running', attempt: 1 })
 })
+
+t.test('an API node with concurrency > 0 runs tasks itself (an embedded worker); app.close() stops it', async (t) => {
+  const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+  const node = await build(t, { redis: { connection: redis.url, prefix }, concurrency: 1 })
+  const task = await node.tasks.submit('hello', { name: 'embedded', count: 2 })
+  t.match(await node.tasks.wait(task.uuid), { status: 'succeeded', outputs: { output: 'Hello embedded' } })
+  await t.resolves(node.close(), 'app.close() stops the embedded worker and its pool')
+})
+
+t.test('options: redis excludes store, concurrency 0 needs redis, fields are checked', async (t) => {
+  const { MemoryStore } = await import('../dist/index.js')
+  await t.rejects(build(t, { redis: { connection: redis.url }, store: new MemoryStore() }), { code: 'FST_TASK_API_OPT_INVALID', message: /store/ })
+  await t.rejects(build(t, { concurrency: 0 }), { code: 'FST_TASK_API_OPT_INVALID', message: /concurrency/ })
+  await t.rejects(build(t, { redis: { connection: 42 as never } }), { code: 'FST_TASK_API_OPT_INVALID', message: /redis\.connection/ })
+  await t.rejects(build(t, { redis: { connection: redis.url, lockDuration: 5 } }), { code: 'FST_TASK_API_OPT_INVALID', message: /redis\.lockDuration/ })
+})
