@@ -579,11 +579,14 @@ export class LocalExecutor implements Executor {
    * Writes a task's change. A store that is momentarily unavailable (StoreUnavailableError)
    * is tried again, with a growing delay, for up to a minute: the task's events wait in
    * order meanwhile, so no status is skipped and none is published before it is stored.
+   * While closing, for up to 2 s: a close does not wait a minute for a store that is away
+   * (what it could not write is as a crash would leave it, and recovered as such).
    */
   async #write (uuid: string, patch: RecordPatch): Promise<Readonly<TaskRecord>> {
     let delay = 50
-    const deadline = Date.now() + 60_000
+    const start = Date.now()
     for (;;) {
+      const deadline = start + (this.#closed ? 2000 : 60_000)
       try {
         const record = await this.#store.update(uuid, patch)
         if (record === undefined) throw new Error(`the store lost task ${uuid}`)

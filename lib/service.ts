@@ -246,7 +246,16 @@ export class TaskService {
     const record = newRecord({ uuid: randomUUID(), task: registered.name, inputs, created: this.#iso(), owner: options.owner ?? null })
     await this.#store.create(record)
     const created = toState(record)
-    this.#executor.dispatch(registered, record)
+    const queued = this.#executor.dispatch(registered, record)
+    if (queued !== undefined) {
+      try {
+        await queued
+      } catch (err) {
+        // Never queued: the record goes too, so that no accepted task waits forever.
+        await this.#store.delete(record.uuid).catch(() => {})
+        throw err
+      }
+    }
     return created
   }
 

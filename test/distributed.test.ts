@@ -98,3 +98,49 @@ t.test('options: redis excludes store, concurrency 0 needs redis, fields are che
   await t.rejects(build(t, { redis: { connection: 42 as never } }), { code: 'FST_TASK_API_OPT_INVALID', message: /redis\.connection/ })
   await t.rejects(build(t, { redis: { connection: redis.url, lockDuration: 5 } }), { code: 'FST_TASK_API_OPT_INVALID', message: /redis\.lockDuration/ })
 })
+
+t.test('Redis stopped, then started again: the API answers 503 fast, never hangs; every task accepted before runs to its end once Redis is back', async (t) => {
+  const own = await startRedis(t, { persist: true })
+  const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+  const node = await build(t, { tasks: [fixture('basic.ts')], redis: { connection: own.url, prefix, lockDuration: 1000 }, concurrency: 1, list: true })
+  const accepted = await node.tasks.submit('sleep', { ms: 1500 })
+  const queued = await node.tasks.submit('hello', { name: 'after', count: 1 })
+  await own.stop('term')
+  const started = Date.now()
+  const [submit, get, list] = await Promise.all([
+    node.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'x' } } }),
+    node.inject(`/tasks/${accepted.uuid}`),
+    node.inject('/tasks?limit=5'),
+  ])
+  const elapsed = Date.now() - started
+  t.equal(submit.statusCode, 503, 'submit: 503')
+  t.match(submit.json(), { code: 'FST_TASK_API_STORE_UNAVAILABLE' })
+  t.equal(submit.headers['retry-after'], '1')
+  t.equal(get.statusCode, 503, 'get: 503')
+  t.equal(list.statusCode, 503, 'list: 503')
+  // Not a timing target: a hang check (a command waits at most 2 s for Redis).
+  t.ok(elapsed < 15_000, `answered, not hanging (${elapsed} ms)`)
+  await own.start()
+  await until('the API to read from Redis again', async () => (await node.inject(`/tasks/${queued.uuid}`)).statusCode === 200, 20_000)
+  // Back by itself: the tasks accepted before the outage end, and submissions work again.
+  t.match(await node.tasks.wait(queued.uuid), { status: 'succeeded' }, 'a task queued before the outage ran')
+  t.match(await node.tasks.wait(accepted.uuid), { status: /^(succeeded|failed)$/ }, 'the one running during the outage reached a final status')
+  let again: { statusCode: number } | undefined
+  for (const deadline = Date.now() + 20_000; Date.now() < deadline;) {
+    again = await node.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'again', count: 1 } } })
+    if (again.statusCode === 201) break
+    await new Promise(resolve => setTimeout(resolve, 200))
+  }
+  t.equal(again?.statusCode, 201, 'submissions are accepted again')
+})
+
+t.test('app.close() with Redis gone does not hang', async (t) => {
+  const own = await startRedis(t)
+  const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+  const node = await build(t, { tasks: [fixture('basic.ts')], redis: { connection: own.url, prefix, lockDuration: 1000 }, concurrency: 1 })
+  await node.tasks.submit('sleep', { ms: 60_000 })
+  await own.stop('kill')
+  // A hang check, not a timing target: the close bounds each wait for Redis to a second.
+  const outcome = await Promise.race([node.close().then(() => 'closed'), new Promise(resolve => setTimeout(() => resolve('still closing after 30 s'), 30_000).unref())])
+  t.equal(outcome, 'closed')
+})

@@ -1,6 +1,6 @@
 import type { Redis as RedisClient } from 'ioredis'
 import { EventBus, type TaskBus, type TaskEvent, type TaskListener } from '../events.js'
-import { connect, type RedisConnection } from './connection.js'
+import { closeClient, connect, type RedisConnection } from './connection.js'
 
 /** Options of the Redis event bus. */
 export interface RedisBusOptions {
@@ -79,8 +79,8 @@ export class RedisBus implements TaskBus {
 
   async close (): Promise<void> {
     this.#closing ??= (async () => {
-      await this.#subscriber.quit().catch(() => this.#subscriber.disconnect())
-      if (this.#ownPublisher) await this.#publisher.quit().catch(() => this.#publisher.disconnect())
+      await closeClient(this.#subscriber)
+      if (this.#ownPublisher) await closeClient(this.#publisher)
     })()
     return this.#closing
   }

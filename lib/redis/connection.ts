@@ -42,3 +42,29 @@ export function isUnavailable (err: unknown): boolean {
     code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ETIMEDOUT'
 }
 
+
+/** How long (ms) a close waits for Redis before it drops the connection. */
+export const closeTimeout = 1000
+
+/**
+ * Closes a connection: QUIT when it is up (bounded by `closeTimeout`), else drops it at
+ * once: a close never waits for a Redis that is away.
+ */
+export async function closeClient (client: RedisClient): Promise<void> {
+  if (client.status === 'ready') {
+    const quit = client.quit().then(() => true, () => false)
+    if (await bounded(quit, closeTimeout) === true) return
+  }
+  client.disconnect()
+}
+
+/** The promise's value, or undefined once `ms` have passed first. */
+export async function bounded<T> (promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const late = new Promise<undefined>((resolve) => { timer = setTimeout(() => resolve(undefined), ms) })
+  try {
+    return await Promise.race([promise, late])
+  } finally {
+    clearTimeout(timer)
+  }
+}

@@ -5,8 +5,8 @@ import { LocalExecutor, type Executor, type ExecutorContext, type Recovery } fro
 import type { RegisteredTask } from '../registry.js'
 import type { Runner } from '../runner/types.js'
 import { toState } from '../state.js'
-import { finalStatuses, type TaskRecord } from '../store/types.js'
-import { connect, type RedisConnection } from './connection.js'
+import { finalStatuses, StoreUnavailableError, type TaskRecord } from '../store/types.js'
+import { bounded, closeClient, closeTimeout, connect, type RedisConnection } from './connection.js'
 
 /*
  * Tasks on BullMQ: an API node adds a job per task to one queue (jobId = the task's
@@ -39,16 +39,24 @@ function loadBullMQ (): typeof import('bullmq') {
   }
 }
 
-/** BullMQ's connection: options (a URL is parsed by ioredis), with what BullMQ requires. */
-function bullConnection (connection: RedisConnection): Record<string, unknown> {
+/**
+ * BullMQ's connection: options (a URL is parsed by ioredis), with what BullMQ requires.
+ * Its connections reconnect while Redis is away, until `closing.closing` is set: then
+ * they give up, so that a close with Redis gone ends and leaves nothing reconnecting.
+ */
+function bullConnection (connection: RedisConnection, closing: { closing: boolean }): Record<string, unknown> {
   const { client } = connect(connection, { subscriber: true }, 'BullMQ')
   // The client only served to parse the URL or options; BullMQ makes its own connections.
   const options = { ...client.options }
   client.disconnect()
-  return { ...options, maxRetriesPerRequest: null, enableOfflineQueue: true, lazyConnect: false }
+  const retryStrategy = (times: number): number | null => closing.closing ? null : Math.min(50 * times, 2000)
+  return { ...options, maxRetriesPerRequest: null, enableOfflineQueue: true, lazyConnect: false, retryStrategy }
 }
 
 const cancelChannel = (prefix: string): string => `${prefix}:cancel`
+
+/** How long (ms) a submission waits for its job to be queued. */
+const dispatchTimeout = 2000
 
 /**
  * The executor of an API node: a submission becomes a BullMQ job; a cancel removes a job
@@ -60,13 +68,14 @@ export class BullMQExecutor implements Executor {
   readonly #queue: BullQueue<JobData>
   readonly #publisher: RedisClient
   #counts = { queued: 0, running: 0 }
+  readonly #closing = { closing: false }
   #countTimer: ReturnType<typeof setInterval> | undefined
 
   constructor (context: ExecutorContext, options: QueueOptions) {
     const { Queue } = loadBullMQ()
     this.#context = context
     this.#prefix = options.prefix ?? '{fastify-task-api}'
-    this.#queue = new Queue<JobData>(queueName, { connection: bullConnection(options.connection) as never, prefix: this.#prefix })
+    this.#queue = new Queue<JobData>(queueName, { connection: bullConnection(options.connection, this.#closing) as never, prefix: this.#prefix })
     this.#queue.on('error', () => {})
     this.#publisher = connect(options.connection, {}, 'BullMQExecutor').client
   }
@@ -99,8 +108,21 @@ export class BullMQExecutor implements Executor {
     return this.#counts.running
   }
 
+  /**
+   * Adds the task's job. BullMQ waits for Redis while it is away; past `dispatchTimeout`
+   * the submission fails with StoreUnavailableError (503) instead of hanging (the service
+   * then removes the record; a job added after all finds no record and does nothing).
+   */
   async dispatch (_registered: RegisteredTask, record: Readonly<TaskRecord>): Promise<void> {
-    await this.#queue.add(record.task, { uuid: record.uuid }, { jobId: record.uuid, removeOnComplete: true, removeOnFail: true, attempts: 1 })
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new StoreUnavailableError(`the task queue cannot be reached: no answer from Redis in ${dispatchTimeout} ms`)), dispatchTimeout)
+    })
+    try {
+      await Promise.race([this.#queue.add(record.task, { uuid: record.uuid }, { jobId: record.uuid, removeOnComplete: true, removeOnFail: true, attempts: 1 }), timeout])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   /** The queue knows which tasks run, not this node: the record's status says it. */
@@ -143,8 +165,10 @@ export class BullMQExecutor implements Executor {
 
   async close (): Promise<void> {
     clearInterval(this.#countTimer)
-    await this.#queue.close()
-    await this.#publisher.quit().catch(() => this.#publisher.disconnect())
+    this.#closing.closing = true
+    // BullMQ waits for Redis while it is away: a close does not.
+    if (await bounded(this.#queue.close().then(() => true), closeTimeout) !== true) await bounded(this.#queue.disconnect().catch(() => {}), closeTimeout)
+    await closeClient(this.#publisher)
   }
 }
 
@@ -179,15 +203,26 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
   })
   await subscriber.subscribe(cancelChannel(prefix))
   let closing = false
+  const connectionState = { closing: false }
+  /** Processors under way: a close lets them finish their last Redis calls. */
+  const inFlight = new Set<Promise<unknown>>()
   const worker: BullWorker<JobData> = new Worker<JobData>(queueName, async (job, token) => {
-    const how = await executor.adopt(job.data.uuid)
-    if (how === 'unrun' && token !== undefined) {
-      // Stopped by this worker's graceful close: back to the queue for another worker.
-      await job.moveToWait(token)
-      throw new WaitingError()
+    const processing = (async () => {
+      const how = await executor.adopt(job.data.uuid)
+      if (how === 'unrun' && token !== undefined) {
+        // Stopped by this worker's graceful close: back to the queue for another worker.
+        await job.moveToWait(token)
+        throw new WaitingError()
+      }
+    })()
+    inFlight.add(processing)
+    try {
+      await processing
+    } finally {
+      inFlight.delete(processing)
     }
   }, {
-    connection: bullConnection(options.connection) as never,
+    connection: bullConnection(options.connection, connectionState) as never,
     prefix,
     concurrency,
     lockDuration,
@@ -203,11 +238,15 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
       if (closing) return
       closing = true
       executor.stopAccepting()
-      // Stop taking jobs, and let the executor end or hand back what runs.
-      const stopped = worker.close()
+      // Stop taking jobs, let the executor end or hand back what runs, and the processors
+      // report it; then close without waiting for BullMQ's view of the jobs (with Redis
+      // gone it would wait for ever). Each wait for Redis is bounded.
+      await bounded(worker.pause(true).catch(() => {}), closeTimeout)
       await executor.close()
-      await stopped
-      await subscriber.quit().catch(() => subscriber.disconnect())
+      await bounded(Promise.allSettled([...inFlight]), closeTimeout)
+      connectionState.closing = true
+      await bounded(worker.close(true).catch(() => {}), closeTimeout)
+      await closeClient(subscriber)
     },
   }
 }

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Redis as RedisClient } from 'ioredis'
-import { connect, isUnavailable, type RedisConnection } from './connection.js'
+import { bounded, closeClient, closeTimeout, connect, isUnavailable, type RedisConnection } from './connection.js'
 import { finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from '../store/types.js'
 import { createScript, deleteScript, expireScript, getScript, listScript, liveScript, updateScript } from './scripts.js'
 
@@ -204,13 +204,9 @@ export class RedisStore implements Store {
   async close (): Promise<void> {
     this.#closing ??= (async () => {
       clearInterval(this.#leaseTimer)
-      if (this.#leased) await this.#client.leaseRelease(`${this.prefix}:lease`, this.#token).catch(() => {})
+      if (this.#leased && this.#client.status === 'ready') await bounded(this.#client.leaseRelease(`${this.prefix}:lease`, this.#token).catch(() => 0), closeTimeout)
       if (!this.#ownClient) return
-      try {
-        await this.#client.quit()
-      } catch {
-        this.#client.disconnect()
-      }
+      await closeClient(this.#client)
     })()
     return this.#closing
   }
