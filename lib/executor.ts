@@ -200,42 +200,13 @@ export class LocalExecutor implements Executor {
     if (this.#active.has(uuid)) throw new Error(`task ${uuid} is already running in this worker`)
     const record = await this.#store.get(uuid)
     if (record === undefined || finalStatuses.has(record.status)) return 'ended'
-    const registered = this.#registry.get(record.task)
-    const seq = record.seq + 1
-    if (registered === undefined) {
-      const error = `task "${clip(record.task)}" is not registered on this worker`
-      const failed = await this.#write(uuid, { status: 'failed', error, finished: this.#iso(), seq })
-      this.#log.warn({ uuid, task: clip(record.task) }, 'fastify-task-api: a task this worker does not have: failed')
-      if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'failed', task: toState(failed) })
-      return 'ended'
-    }
-    let current = record.seq
-    if (record.status === 'running') {
-      if (record.attempt > registered.task.retries) {
-        const failed = await this.#write(uuid, { status: 'failed', error: interruptedError, finished: this.#iso(), seq })
-        if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'failed', task: toState(failed) })
-        return 'ended'
-      }
-      const pending = await this.#write(uuid, { status: 'pending', error: interruptedError, progress: null, target: null, seq })
-      if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: 'pending', task: toState(pending) })
-      current = seq
-    }
-    return await new Promise((resolve) => {
-      const active: ActiveTask = {
-        registered,
-        job: { uuid, task: record.task, inputs: record.inputs, attempt: record.attempt + 1 },
-        seq: current,
-        ended: false,
-        kept: record.messages.length,
-        dropped: record.messagesDropped,
-        steps: [],
-        draining: undefined,
-        done: resolve,
-      }
-      this.#active.set(uuid, active)
-      this.#runner.enqueue(active.job)
-    })
+    if (!this.#registry.has(record.task)) this.#log.warn({ uuid, task: clip(record.task) }, 'fastify-task-api: a task this worker does not have: failed')
+    let done: (how: 'ended' | 'unrun') => void = () => {}
+    const left = new Promise<'ended' | 'unrun'>((resolve) => { done = resolve })
+    if (await this.#resume(record, 'is not registered on this worker', done) === 'failed') return 'ended'
+    return await left
   }
+
 
   /** Whether the task is live here (pending, running, or waiting for a retry). */
   isLive (uuid: string): boolean {
@@ -288,49 +259,52 @@ export class LocalExecutor implements Executor {
    */
   async recover (): Promise<Recovery> {
     const recovery: Recovery = { requeued: 0, retried: 0, failed: 0 }
-    for (const record of await this.#store.live()) {
-      const registered = this.#registry.get(record.task)
-      const seq = record.seq + 1
-      if (registered === undefined) {
-        await this.#store.update(record.uuid, { status: 'failed', error: `task "${clip(record.task)}" is no longer registered`, finished: this.#iso(), seq })
-        recovery.failed++
-        continue
-      }
-      let patch: RecordPatch | undefined
-      if (record.status === 'running') {
-        if (record.attempt <= registered.task.retries) {
-          patch = { status: 'pending', error: interruptedError, progress: null, target: null, seq }
-          recovery.retried++
-        } else {
-          await this.#store.update(record.uuid, { status: 'failed', error: interruptedError, finished: this.#iso(), seq })
-          recovery.failed++
-          continue
-        }
-      } else {
-        recovery.requeued++
-      }
-      const active: ActiveTask = {
-        registered,
-        job: { uuid: record.uuid, task: record.task, inputs: record.inputs, attempt: record.attempt + 1 },
-        seq: record.seq,
-        ended: false,
-        kept: record.messages.length,
-        dropped: record.messagesDropped,
-        steps: [],
-        draining: undefined,
-      }
-      if (patch !== undefined) {
-        await this.#store.update(record.uuid, patch)
-        active.seq = seq
-      }
-      this.#active.set(record.uuid, active)
-      this.#runner.enqueue(active.job)
-    }
+    for (const record of await this.#store.live()) recovery[await this.#resume(record, 'is no longer registered')]++
     if (recovery.requeued + recovery.retried + recovery.failed > 0) {
       this.#log.warn({ ...recovery }, 'fastify-task-api: tasks left pending or running by the last server: picked up')
     }
     return recovery
   }
+
+  /**
+   * Takes up a live record that a server (this one before a restart, or a worker that
+   * died) left: a pending one is queued; a running one was interrupted, and runs again as
+   * a new attempt when its task has retries left, otherwise it fails; a task not registered
+   * here fails (`task "x" <unregistered>`). Seq goes on from the stored one.
+   */
+  async #resume (record: Readonly<TaskRecord>, unregistered: string, done?: ActiveTask['done']): Promise<keyof Recovery> {
+    const { uuid } = record
+    const seq = record.seq + 1
+    const publish = (changed: Readonly<TaskRecord>): void => {
+      if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: changed.status, task: toState(changed) })
+    }
+    const registered = this.#registry.get(record.task)
+    const fail = async (error: string): Promise<'failed'> => {
+      publish(await this.#write(uuid, { status: 'failed', error, finished: this.#iso(), seq }))
+      return 'failed'
+    }
+    if (registered === undefined) return await fail(`task "${clip(record.task)}" ${unregistered}`)
+    const interrupted = record.status === 'running'
+    if (interrupted) {
+      if (record.attempt > registered.task.retries) return await fail(interruptedError)
+      publish(await this.#write(uuid, { status: 'pending', error: interruptedError, progress: null, target: null, seq }))
+    }
+    const active: ActiveTask = {
+      registered,
+      job: { uuid, task: record.task, inputs: record.inputs, attempt: record.attempt + 1 },
+      seq: interrupted ? seq : record.seq,
+      ended: false,
+      kept: record.messages.length,
+      dropped: record.messagesDropped,
+      steps: [],
+      draining: undefined,
+      ...(done === undefined ? {} : { done }),
+    }
+    this.#active.set(uuid, active)
+    this.#runner.enqueue(active.job)
+    return interrupted ? 'retried' : 'requeued'
+  }
+
 
   #stop (uuid: string, active: ActiveTask, why: NonNullable<ActiveTask['stopping']>): void {
     if (active.stopping !== undefined) return

@@ -25,8 +25,10 @@ export interface RedisBusOptions {
 export class RedisBus implements TaskBus {
   readonly channel: string
   readonly #local = new EventBus()
+  readonly #connection: RedisConnection
   readonly #publisher: RedisClient
-  readonly #subscriber: RedisClient
+  /** Made by `start()`: a server that only publishes (a worker) holds no subscriber connection. */
+  #subscriber: RedisClient | undefined
   readonly #ownPublisher: boolean
   #onError: (err: unknown) => void = () => {}
   #closing: Promise<void> | undefined
@@ -36,12 +38,20 @@ export class RedisBus implements TaskBus {
     const prefix = options.prefix ?? '{fastify-task-api}'
     if (typeof prefix !== 'string' || prefix === '') throw new TypeError(`options.prefix must be a non-empty string, got ${JSON.stringify(prefix)}`)
     this.channel = `${prefix}:events`
+    this.#connection = options.connection
     const publisher = connect(options.connection, {}, 'RedisBus')
     this.#publisher = publisher.client
     this.#ownPublisher = publisher.own
-    this.#subscriber = publisher.own ? connect(options.connection, { subscriber: true }, 'RedisBus').client : publisher.client.duplicate({ maxRetriesPerRequest: null })
-    this.#subscriber.on('error', () => {})
-    this.#subscriber.on('message', (channel: string, text: string) => {
+  }
+
+  /** Subscribes to the channel; resolves once Redis confirmed it (events published from then on arrive). */
+  async start (onError: (err: unknown) => void): Promise<void> {
+    this.#onError = onError
+    if (this.#subscriber !== undefined) return
+    const subscriber = this.#ownPublisher ? connect(this.#connection, { subscriber: true }, 'RedisBus').client : this.#publisher.duplicate({ maxRetriesPerRequest: null })
+    this.#subscriber = subscriber
+    subscriber.on('error', () => {})
+    subscriber.on('message', (channel: string, text: string) => {
       if (channel !== this.channel) return
       let event: TaskEvent
       try {
@@ -52,12 +62,7 @@ export class RedisBus implements TaskBus {
       }
       this.#local.publish(event, this.#onError)
     })
-  }
-
-  /** Subscribes to the channel; resolves once Redis confirmed it (events published from then on arrive). */
-  async start (onError: (err: unknown) => void): Promise<void> {
-    this.#onError = onError
-    await this.#subscriber.subscribe(this.channel)
+    await subscriber.subscribe(this.channel)
   }
 
   subscribe (uuid: string, listener: TaskListener): () => void {
@@ -79,7 +84,7 @@ export class RedisBus implements TaskBus {
 
   async close (): Promise<void> {
     this.#closing ??= (async () => {
-      await closeClient(this.#subscriber)
+      if (this.#subscriber !== undefined) await closeClient(this.#subscriber)
       if (this.#ownPublisher) await closeClient(this.#publisher)
     })()
     return this.#closing

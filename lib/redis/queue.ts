@@ -45,8 +45,8 @@ function loadBullMQ (): typeof import('bullmq') {
  * they give up, so that a close with Redis gone ends and leaves nothing reconnecting.
  */
 function bullConnection (connection: RedisConnection, closing: { closing: boolean }): Record<string, unknown> {
-  const { client } = connect(connection, { subscriber: true }, 'BullMQ')
-  // The client only served to parse the URL or options; BullMQ makes its own connections.
+  // A client that never connects, to read the URL or options as ioredis does; BullMQ makes its own connections.
+  const { client } = connect(connection, { subscriber: true, lazy: true }, 'BullMQ')
   const options = { ...client.options }
   client.disconnect()
   const retryStrategy = (times: number): number | null => closing.closing ? null : Math.min(50 * times, 2000)

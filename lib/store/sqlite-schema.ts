@@ -37,6 +37,13 @@ const live = "status IN ('pending', 'running')"
 /** The condition of the list and retention indexes from schema version 3: a finished record the store has listed. */
 const listed = 'listed = 1'
 
+/**
+ * The partial list indexes, one per combination of owner, status and task, under a
+ * condition: the same SQL text each migration that (re)creates them had.
+ */
+const listIndexes = (condition: string): string => [['owner'], ['status'], ['task'], ['owner', 'status'], ['owner', 'task'], ['status', 'task'], ['owner', 'status', 'task']]
+  .map(columns => `CREATE INDEX tasks_${columns.join('_')} ON tasks (${columns.join(', ')}) WHERE ${condition};`).join('\n  ')
+
 export const migrations: readonly string[] = [
   // 0 -> 1: tasks, their messages, and the indexes of every list filter and of retention.
   `
@@ -85,13 +92,7 @@ export const migrations: readonly string[] = [
   DROP INDEX tasks_owner_task;
   DROP INDEX tasks_status_task;
   DROP INDEX tasks_owner_status_task;
-  CREATE INDEX tasks_owner ON tasks (owner) WHERE ${finished};
-  CREATE INDEX tasks_status ON tasks (status) WHERE ${finished};
-  CREATE INDEX tasks_task ON tasks (task) WHERE ${finished};
-  CREATE INDEX tasks_owner_status ON tasks (owner, status) WHERE ${finished};
-  CREATE INDEX tasks_owner_task ON tasks (owner, task) WHERE ${finished};
-  CREATE INDEX tasks_status_task ON tasks (status, task) WHERE ${finished};
-  CREATE INDEX tasks_owner_status_task ON tasks (owner, status, task) WHERE ${finished};
+  ${listIndexes(finished)}
   CREATE INDEX tasks_live ON tasks (id) WHERE ${live};
   `,
   // 2 -> 3: a finished record enters the list, retention and uuid indexes later, in
@@ -124,13 +125,7 @@ export const migrations: readonly string[] = [
   DROP TABLE tasks;
   ALTER TABLE tasks_v3 RENAME TO tasks;
   CREATE UNIQUE INDEX tasks_uuid ON tasks (uuid) WHERE ${listed};
-  CREATE INDEX tasks_owner ON tasks (owner) WHERE ${listed};
-  CREATE INDEX tasks_status ON tasks (status) WHERE ${listed};
-  CREATE INDEX tasks_task ON tasks (task) WHERE ${listed};
-  CREATE INDEX tasks_owner_status ON tasks (owner, status) WHERE ${listed};
-  CREATE INDEX tasks_owner_task ON tasks (owner, task) WHERE ${listed};
-  CREATE INDEX tasks_status_task ON tasks (status, task) WHERE ${listed};
-  CREATE INDEX tasks_owner_status_task ON tasks (owner, status, task) WHERE ${listed};
+  ${listIndexes(listed)}
   CREATE INDEX tasks_expiry ON tasks (status, finished) WHERE ${listed};
   CREATE INDEX tasks_unlisted ON tasks (id) WHERE listed = 0;
   `,
