@@ -76,6 +76,30 @@ interface Delivery {
   next: number
 }
 
+/** True for the event that ends a task: a final status, with the whole record. */
+export const isFinalEvent = (event: TaskEvent): boolean =>
+  event.type === 'status' && event.task !== undefined && finalStatuses.has(event.status)
+
+/** What a bus tells the server that started it. */
+export interface BusHooks {
+  /** What a listener throws for events that came from elsewhere, or an event that cannot be read. */
+  error: (err: unknown) => void
+  /** The bus stopped receiving events from other servers (its connection is lost): some may be missed. */
+  lost?: () => void
+  /** It receives them again; what was published meanwhile did not arrive. */
+  restored?: () => void
+}
+
+/** Recent events a bus across servers keeps itself, for clients that reconnect to any server. */
+export interface BusHistory {
+  /** Starts (or goes on) keeping the task's events. */
+  watch (uuid: string): Promise<void>
+  /** The events after `seq` when the history holds all of them, and whether the task has ended; else undefined. */
+  since (uuid: string, seq: number): Promise<{ events: TaskEvent[], ended: boolean } | undefined>
+  /** Drops the task's events (its record was deleted). */
+  forget (uuid: string): Promise<void>
+}
+
 /**
  * Carries a task's events from the server that publishes them to the subscribers: within
  * this process (`EventBus`), or across servers (`RedisBus`, fastify-task-api/redis).
@@ -92,8 +116,10 @@ export interface TaskBus {
   has (uuid: string): boolean
   /** Listeners subscribed here, over all tasks. */
   readonly size: number
-  /** Connects; `onError` receives what a listener throws for events that came from elsewhere. */
-  start? (onError: (err: unknown) => void): Promise<void>
+  /** Connects, and tells `hooks` what happens to it from then on. */
+  start? (hooks: BusHooks): Promise<void>
+  /** The bus's own history (across servers); without it the server keeps one in memory. */
+  readonly history?: BusHistory | undefined
   /** Disconnects. */
   close? (): Promise<void>
 }
@@ -236,7 +262,7 @@ export class EventHistory {
       entry.events = entry.events.slice(-this.#size)
       entry.from = (entry.events[0] as TaskEvent).seq
     }
-    if (event.type === 'status' && event.task !== undefined && finalStatuses.has(event.status) && entry.timer === undefined) {
+    if (isFinalEvent(event) && entry.timer === undefined) {
       entry.timer = setTimeout(() => this.#tasks.delete(event.uuid), this.#ttl).unref()
     }
   }

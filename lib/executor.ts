@@ -17,6 +17,7 @@ import { clip } from './text.js'
 
 /** The logger calls the service makes (a pino/fastify logger fits). */
 export interface ServiceLogger {
+  info? (obj: object, msg: string): void
   warn (obj: object, msg: string): void
   error (obj: object, msg: string): void
 }

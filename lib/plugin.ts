@@ -33,7 +33,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     ])
     const shared = { connection: redis.connection, ...(redis.prefix === undefined ? {} : { prefix: redis.prefix }) }
     const redisStore = new RedisStore({ ...shared, exclusive: false })
-    const redisBus = new RedisBus(shared)
+    const redisBus = new RedisBus({ ...shared, history: { size: normalized.streams.historySize, ttl: normalized.streams.historyTtl } })
     store = redisStore
     bus = redisBus
     executor = context => new BullMQExecutor(context, shared)

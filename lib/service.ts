@@ -75,6 +75,7 @@ export class TaskService {
   readonly #log: ServiceLogger
   readonly #bus: TaskBus
   readonly #history: EventHistory
+  readonly #busWatchers = new Set<{ lost (): void, restored (): void }>()
   readonly #execution: ExecutionOptions
   readonly #inputLimits: InputLimits
   readonly #now: () => number
@@ -132,7 +133,17 @@ export class TaskService {
   /** Opens the store and the bus, starts the executor (restart recovery included). */
   async start (): Promise<void> {
     await this.#store.open?.()
-    await this.#bus.start?.(err => this.#log.error({ err }, 'fastify-task-api: a task event listener threw'))
+    await this.#bus.start?.({
+      error: err => this.#log.error({ err }, 'fastify-task-api: a task event listener threw'),
+      lost: () => {
+        this.#log.warn({}, 'fastify-task-api: events from other servers are interrupted (the connection to Redis is lost); streams catch up when it is back')
+        for (const watcher of this.#busWatchers) watcher.lost()
+      },
+      restored: () => {
+        this.#log.info?.({}, 'fastify-task-api: events from other servers arrive again')
+        for (const watcher of this.#busWatchers) watcher.restored()
+      },
+    })
     this.recovery = await this.#executor.start()
     this.#scheduleSweep(0)
   }
@@ -290,7 +301,7 @@ export class TaskService {
    * the snapshot already covers: nothing falls between the two.
    */
   subscribe (uuid: string, listener: TaskListener, options: { history?: boolean } = {}): () => void {
-    if (options.history === true) {
+    if (options.history === true && this.#bus.history === undefined) {
       // Streams ask for history: their clients may reconnect and ask for what they missed.
       const seq = this.#executor.seqOf(uuid)
       if (seq !== undefined) this.#history.watch(uuid, seq)
@@ -303,8 +314,34 @@ export class TaskService {
    * was followed recently); undefined otherwise, and the caller sends a snapshot instead.
    * Call it right after `subscribe`, in the same tick, so that nothing falls between.
    */
-  eventsSince (uuid: string, seq: number): { events: TaskEvent[], ended: boolean } | undefined {
-    return this.#history.since(uuid, seq)
+  async eventsSince (uuid: string, seq: number): Promise<{ events: TaskEvent[], ended: boolean } | undefined> {
+    const shared = this.#bus.history
+    if (shared === undefined) return this.#history.since(uuid, seq)
+    return await shared.since(uuid, seq).catch((err: unknown) => {
+      this.#log.warn({ err, uuid }, 'fastify-task-api: the event history could not be read; the stream sends a snapshot')
+      return undefined
+    })
+  }
+
+  /**
+   * With a bus across servers: starts keeping the task's events there (what `subscribe`
+   * does with `history` in memory). A stream awaits it before it reads, so that the
+   * history holds every event after what it reads. Never throws: without a history a
+   * reconnecting client gets a snapshot.
+   */
+  async keepHistory (uuid: string): Promise<void> {
+    await this.#bus.history?.watch(uuid).catch((err: unknown) => {
+      this.#log.warn({ err, uuid }, 'fastify-task-api: the event history could not be started; a reconnecting client gets a snapshot')
+    })
+  }
+
+  /**
+   * Tells `watcher` when events from other servers stop arriving (the bus lost its
+   * connection) and when they arrive again; returns the function that stops telling.
+   */
+  watchBus (watcher: { lost (): void, restored (): void }): () => void {
+    this.#busWatchers.add(watcher)
+    return () => this.#busWatchers.delete(watcher)
   }
 
   /**
@@ -332,6 +369,7 @@ export class TaskService {
     if (this.#executor.isLive(uuid) || !finalStatuses.has(record.status)) throw new FST_TASK_API_TASK_LIVE(uuid)
     const deleted = await this.#store.delete(uuid)
     this.#history.forget(uuid)
+    await this.#bus.history?.forget(uuid).catch(() => {})
     return deleted
   }
 

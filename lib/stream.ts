@@ -10,7 +10,7 @@ import {
   FST_TASK_API_STREAM_UPGRADE_REQUIRED,
   FST_TASK_API_TASK_NOT_FOUND,
 } from './errors.js'
-import type { ProgressEvent, TaskEvent } from './events.js'
+import { isFinalEvent, type ProgressEvent, type TaskEvent } from './events.js'
 import { Pace } from './pace.js'
 import { paths } from './routes.js'
 import type { TaskService } from './service.js'
@@ -96,9 +96,15 @@ interface Sink {
   send (event: TaskEvent): boolean
   /** Bytes written but not yet sent to the client. */
   readonly buffered: number
-  /** The task ended: its final status went out. */
-  end (): void
+  /** Writes a frame that is not an event (no seq): the notice that events are interrupted. */
+  notice (frame: string): boolean
+  /** The task ended: its final status went out; or, `failed`, the stream cannot go on. */
+  end (failed?: boolean): void
 }
+
+const interruptedMessage = 'live events are interrupted: this server lost its connection to Redis; the stream catches up by itself once it is back'
+const interruptedFrame = (uuid: string): string =>
+  JSON.stringify({ type: 'error', uuid, code: 'FST_TASK_API_EVENTS_INTERRUPTED', message: interruptedMessage })
 
 // Each event is serialized once, whatever the number of subscribers: the same bytes go to all.
 const wsFrames = new WeakMap<TaskEvent, Buffer>()
@@ -124,8 +130,6 @@ function sseFrame (event: TaskEvent): Buffer {
 
 const snapshotJson = (seq: number, task: TaskState): string => JSON.stringify({ type: 'snapshot', seq, task })
 
-const isFinal = (event: TaskEvent): boolean => event.type === 'status' && event.task !== undefined && finalStatuses.has(event.status)
-
 interface SubscriptionOptions {
   progressInterval: number
   softBufferLimit: number
@@ -144,6 +148,8 @@ class Subscription {
   #timer: NodeJS.Timeout | undefined
   #unsubscribe: (() => void) | undefined
   #stopped = false
+  /** Events were missed while this subscription was starting: it catches up once live. */
+  #resyncDue = false
 
   constructor (service: TaskService, uuid: string, sink: Sink, options: SubscriptionOptions) {
     this.#service = service
@@ -167,8 +173,11 @@ class Subscription {
       if (this.#buffer !== undefined) this.#buffer.push(event)
       else this.#deliver(event)
     }, { history: true })
+    await this.#service.keepHistory(this.#uuid)
+    if (this.#stopped) return true
     if (since !== undefined) {
-      const missed = this.#service.eventsSince(this.#uuid, since)
+      const missed = await this.#service.eventsSince(this.#uuid, since)
+      if (this.#stopped) return true
       if (missed !== undefined) {
         this.#lastSeq = since
         this.#goLive(missed.events)
@@ -209,6 +218,63 @@ class Subscription {
     this.#buffer = undefined
     for (const event of first) this.#deliver(event)
     for (const event of buffered) this.#deliver(event)
+    if (this.#resyncDue && !this.#stopped) {
+      this.#resyncDue = false
+      void this.resync()
+    }
+  }
+
+  /** Events from other servers stopped arriving: the client is told. */
+  interrupted (): void {
+    if (!this.#stopped && !this.#sink.notice(interruptedFrame(this.#uuid))) this.stop()
+  }
+
+  /**
+   * Events arrive again, and those published meanwhile were missed: sends them from the
+   * history, else a snapshot when the task changed, then goes on live. A subscription
+   * still starting does it once it is live (what it read may predate the gap).
+   */
+  async resync (): Promise<void> {
+    if (this.#stopped) return
+    if (this.#buffer !== undefined) {
+      this.#resyncDue = true
+      return
+    }
+    this.#flushPending()
+    this.#buffer = []
+    try {
+      const missed = await this.#service.eventsSince(this.#uuid, this.#lastSeq)
+      if (this.#stopped) return
+      if (missed !== undefined) {
+        this.#goLive(missed.events)
+        if (missed.ended && !this.#stopped) this.#finish()
+        return
+      }
+      const snapshot = await this.#service.snapshot(this.#uuid)
+      if (this.#stopped) return
+      if (snapshot === undefined) {
+        // Deleted meanwhile (only a finished task can be): nothing more will come.
+        this.stop()
+        this.#sink.end(true)
+        return
+      }
+      if (snapshot.seq > this.#lastSeq) {
+        if (!this.#sink.snapshot(snapshot.seq, snapshot.task)) {
+          this.stop()
+          return
+        }
+        this.#lastSeq = snapshot.seq
+        if (finalStatuses.has(snapshot.task.status)) {
+          this.#finish()
+          return
+        }
+      }
+      this.#goLive([])
+    } catch {
+      // Redis went away again: the client reconnects and resumes from what it has.
+      this.stop()
+      this.#sink.end(true)
+    }
   }
 
   #deliver (event: TaskEvent): void {
@@ -229,7 +295,7 @@ class Subscription {
     }
     this.#flushPending()
     this.#emit(event)
-    if (isFinal(event)) this.#finish()
+    if (isFinalEvent(event)) this.#finish()
   }
 
   #onTimer = (): void => {
@@ -269,12 +335,13 @@ function parseSeq (value: unknown): number | undefined {
   return Number(value)
 }
 
-function wsSink (channel: Channel, onEnd: () => void): Sink {
+function wsSink (channel: Channel, onEnd: (failed: boolean) => void): Sink {
   return {
     snapshot: (seq, task) => channel.write(snapshotJson(seq, task)),
     send: event => channel.write(wsFrame(event)),
+    notice: frame => channel.write(frame),
     get buffered () { return channel.buffered },
-    end: onEnd,
+    end: failed => onEnd(failed === true),
   }
 }
 
@@ -307,7 +374,12 @@ export function registerStreams (
   app.addHook('preClose', async () => {
     for (const stream of eventStreams) stream.end()
   })
+  const unwatchBus = service.watchBus({
+    lost: () => { for (const subscription of subscriptions) subscription.interrupted() },
+    restored: () => { for (const subscription of subscriptions) void subscription.resync() },
+  })
   app.addHook('onClose', async () => {
+    unwatchBus()
     heartbeat.stop()
     for (const subscription of subscriptions) subscription.stop()
   })
@@ -399,7 +471,7 @@ export function registerStreams (
 
   const oneTask = (socket: WebSocket, request: UuidRequest): void => {
     const channel = opened(socket, request)
-    const subscription = track(new Subscription(service, request.params.uuid, wsSink(channel, () => closeSocket(socket, 1000, 'task finished')), subscriptionOptions))
+    const subscription = track(new Subscription(service, request.params.uuid, wsSink(channel, failed => failed ? closeSocket(socket, 1011, 'events interrupted') : closeSocket(socket, 1000, 'task finished')), subscriptionOptions))
     whenGone(socket, () => untrack(subscription))
     socket.on('message', () => {
       if (socket.readyState === socket.OPEN) channel.write(oneTaskReply)
@@ -457,6 +529,7 @@ export function registerStreams (
     const subscription = track(new Subscription(service, request.params.uuid, {
       snapshot: (seq, task) => channel.write(`id: ${seq}\ndata: ${snapshotJson(seq, task)}\n\n`),
       send: event => channel.write(sseFrame(event)),
+      notice: frame => channel.write(`data: ${frame}\n\n`),
       get buffered () { return channel.buffered },
       end: () => {
         forget()
@@ -550,7 +623,10 @@ export function registerStreams (
         error(`too many subscriptions on this socket (at most ${options.maxSubscriptions})`, uuid)
         return
       }
-      const subscription = track(new Subscription(service, uuid, wsSink(channel, () => drop(uuid, subscription)), subscriptionOptions))
+      const subscription = track(new Subscription(service, uuid, wsSink(channel, (failed) => {
+        drop(uuid, subscription)
+        if (failed) error('live events are interrupted: subscribe again to catch up', uuid)
+      }), subscriptionOptions))
       following.set(uuid, subscription)
       const notFound = `task ${uuid} not found`
       const refuse = (message: string): void => {

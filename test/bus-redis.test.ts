@@ -4,6 +4,7 @@ import { RedisBus } from '../dist/redis/bus.js'
 import type { TaskEvent } from '../dist/index.js'
 import { startRedis } from './redis-server.js'
 import { until } from './helpers.js'
+import { Redis } from 'ioredis'
 
 // The Redis event bus: two buses on one redis-server stand for two servers. An event
 // published on one reaches the subscribers of its task on both, in publishing order.
@@ -13,7 +14,7 @@ const redis = await startRedis(t)
 async function openBus (t: Test, prefix: string): Promise<RedisBus> {
   const bus = new RedisBus({ connection: redis.url, prefix })
   t.teardown(() => bus.close())
-  await bus.start(() => {})
+  await bus.start({ error: () => {} })
   return bus
 }
 
@@ -87,7 +88,7 @@ t.test('a listener that throws is reported and does not stop the others', async 
   const errors: unknown[] = []
   const bus = new RedisBus({ connection: redis.url, prefix })
   t.teardown(() => bus.close())
-  await bus.start(err => errors.push(err))
+  await bus.start({ error: err => errors.push(err) })
   const uuid = randomUUID()
   const got: number[] = []
   bus.subscribe(uuid, () => { throw new Error('listener bug') })
@@ -99,10 +100,97 @@ t.test('a listener that throws is reported and does not stop the others', async 
 
 t.test('close resolves, twice; options are checked', async (t) => {
   const bus = new RedisBus({ connection: redis.url })
-  await bus.start(() => {})
+  await bus.start({ error: () => {} })
   t.equal(bus.channel, '{fastify-task-api}:events')
   await t.resolves(bus.close())
   await t.resolves(bus.close())
   t.throws(() => new RedisBus(null as never), { name: 'TypeError', message: 'options must be an object with a connection, got null' })
   t.throws(() => new RedisBus({ connection: redis.url, prefix: '' }), { name: 'TypeError', message: 'options.prefix must be a non-empty string, got ""' })
+})
+
+const status = (uuid: string, seq: number): TaskEvent => ({ type: 'status', uuid, seq, status: 'succeeded', task: { uuid, task: 'hello', status: 'succeeded', progress: 1, target: 1, outputs: {}, messages: [], messagesDropped: 0, attempt: 1, created: new Date().toISOString(), started: null, finished: new Date().toISOString(), error: null } })
+
+t.test('history in Redis: a followed task\'s events are kept for a reconnect to any server; unfollowed tasks cost no key', async (t) => {
+  const prefix = `{bus-${randomUUID().slice(0, 8)}}`
+  // The follower's server keeps a history; the publisher (a worker) has no history options of its own.
+  const follower = new RedisBus({ connection: redis.url, prefix, history: { size: 5, ttl: 3000 } })
+  t.teardown(() => follower.close())
+  const worker = await openBus(t, prefix)
+  const history = follower.history
+  if (history === undefined) throw new Error('a bus with history options has a history')
+  const client = new Redis(redis.url)
+  t.teardown(() => client.quit())
+  const unfollowed = randomUUID()
+  for (let seq = 1; seq <= 3; seq++) worker.publish(progress(unfollowed, seq), err => t.error(err))
+  const uuid = randomUUID()
+  await history.watch(uuid)
+  for (let seq = 1; seq <= 8; seq++) worker.publish(progress(uuid, seq), err => t.error(err))
+  await until('the history to hold the last event', async () => (await history.since(uuid, 7))?.events.length === 1)
+  t.same((await history.since(uuid, 3))?.events.map(event => event.seq), [4, 5, 6, 7, 8], 'the events after 3: the list keeps the last 5')
+  t.equal(await history.since(uuid, 2), undefined, 'trimmed past 2: it cannot tell (the stream sends a snapshot)')
+  t.same(await history.since(uuid, 8), { events: [], ended: false }, 'nothing missed')
+  t.equal(await history.since(uuid, 9), undefined, 'a seq it never saw')
+  worker.publish(status(uuid, 9), err => t.error(err))
+  await until('the final event', async () => (await history.since(uuid, 8))?.ended === true)
+  t.same((await history.since(uuid, 8))?.events.map(event => event.type), ['status'])
+  const ttl = await client.pttl(`${prefix}:history:${uuid}`)
+  t.ok(ttl > 0 && ttl <= 3000, `an ended task's history lives historyTtl (${ttl} ms left)`)
+  t.same(await client.keys(`${prefix}:*${unfollowed}`), [], 'a task nobody follows has no history key')
+  t.equal(await history.since(unfollowed, 1), undefined)
+  await history.forget(uuid)
+  t.equal(await history.since(uuid, 8), undefined, 'forgotten (deleted)')
+  t.same(await client.keys(`${prefix}:*${uuid}`), [])
+  const bare = new RedisBus({ connection: redis.url, prefix })
+  t.teardown(() => bare.close())
+  t.equal(bare.history, undefined, 'no history options: the bus keeps none')
+})
+
+t.test('history in Redis never has a hole: a watch that lapsed and is made anew starts an empty list', async (t) => {
+  const prefix = `{bus-${randomUUID().slice(0, 8)}}`
+  const follower = new RedisBus({ connection: redis.url, prefix, history: { size: 100, ttl: 3000 } })
+  t.teardown(() => follower.close())
+  const history = follower.history
+  if (history === undefined) throw new Error('a bus with history options has a history')
+  const worker = await openBus(t, prefix)
+  const client = new Redis(redis.url)
+  t.teardown(() => client.quit())
+  const uuid = randomUUID()
+  await history.watch(uuid)
+  for (let seq = 1; seq <= 3; seq++) worker.publish(progress(uuid, seq), err => t.error(err))
+  await until('three events kept', async () => (await history.since(uuid, 0))?.events.length === 3)
+  // The watch lapses (as it would after a long silence): event 4 is published unrecorded.
+  await client.del(`${prefix}:watch:${uuid}`)
+  t.equal(await history.since(uuid, 3), undefined, 'without its watch the list answers nothing: it may miss events')
+  worker.publish(progress(uuid, 4), err => t.error(err))
+  await history.watch(uuid)
+  worker.publish(progress(uuid, 5), err => t.error(err))
+  await until('event 5 kept', async () => (await history.since(uuid, 4))?.events.length === 1)
+  t.equal(await history.since(uuid, 3), undefined, 'event 4 was not kept: a resume from 3 gets a snapshot, never 5 alone')
+  t.same((await history.since(uuid, 4))?.events.map(event => event.seq), [5])
+})
+
+t.test('a bus tells its server when it loses Redis and when it listens again; events flow again after', async (t) => {
+  const own = await startRedis(t)
+  const prefix = `{bus-${randomUUID().slice(0, 8)}}`
+  const calls: string[] = []
+  const bus = new RedisBus({ connection: own.url, prefix })
+  t.teardown(() => bus.close())
+  await bus.start({ error: () => {}, lost: () => calls.push('lost'), restored: () => calls.push('restored') })
+  await own.stop('kill')
+  await until('the bus to notice', () => calls.length === 1)
+  t.same(calls, ['lost'])
+  await own.start()
+  await until('the bus to listen again', () => calls.length === 2, 20_000)
+  t.same(calls, ['lost', 'restored'], 'once each, in order')
+  const uuid = randomUUID()
+  const got: number[] = []
+  bus.subscribe(uuid, event => got.push(event.seq))
+  const publisher = new RedisBus({ connection: own.url, prefix })
+  t.teardown(() => publisher.close())
+  await until('an event published after the restore to arrive', async () => {
+    publisher.publish(progress(uuid, got.length + 1), () => {})
+    await new Promise(resolve => setTimeout(resolve, 50))
+    return got.length > 0
+  }, 20_000)
+  t.ok(got.length > 0)
 })

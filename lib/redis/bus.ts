@@ -1,5 +1,5 @@
 import type { Redis as RedisClient } from 'ioredis'
-import { EventBus, type TaskBus, type TaskEvent, type TaskListener } from '../events.js'
+import { EventBus, isFinalEvent, type BusHistory, type BusHooks, type TaskBus, type TaskEvent, type TaskListener } from '../events.js'
 import { closeClient, connect, type RedisConnection } from './connection.js'
 
 /** Options of the Redis event bus. */
@@ -8,6 +8,56 @@ export interface RedisBusOptions {
   connection: RedisConnection
   /** What the channel's name begins with: the same prefix as the store's. @default '{fastify-task-api}' */
   prefix?: string
+  /**
+   * Recent events kept in Redis for the tasks this server's streams follow, so that a
+   * client reconnecting to any server gets exactly what it missed (the plugin passes its
+   * `streams.historySize` and `streams.historyTtl`). Without it the bus keeps none: a
+   * server that only publishes (a worker) records what the followers asked for.
+   */
+  history?: { size: number, ttl: number }
+}
+
+/**
+ * While a followed task runs, its recent events stay at least this long (ms) after the
+ * last one; once it has ended, `history.ttl`.
+ */
+const liveHistoryTtl = 15 * 60_000
+
+/*
+ * A task's history is two keys under the prefix: `watch:<uuid>` ("<size>,<ttl>", set by
+ * a server whose stream follows the task) and `history:<uuid>`, a list of the events
+ * published while the watch existed, oldest first, at most <size>. Events are appended
+ * only while the watch exists, and a watch made anew empties the list, so the list never
+ * has a hole: it holds every event from its first one on. Publishing and appending are
+ * one script, so an event is in the list exactly when its PUBLISH went out.
+ */
+const publishLua = `
+local watch = redis.call('GET', KEYS[1])
+if watch then
+  local size, ttl = string.match(watch, '^(%d+),(%d+)$')
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], -tonumber(size), -1)
+  local keep = ARGV[3] == '1' and ttl or math.max(tonumber(ttl), ${liveHistoryTtl})
+  redis.call('PEXPIRE', KEYS[2], keep)
+  redis.call('PEXPIRE', KEYS[1], keep)
+end
+return redis.call('PUBLISH', ARGV[1], ARGV[2])`
+
+const watchLua = `
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[2]) then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return 1`
+
+// Without the watch the list may miss the latest events: it answers nothing then.
+const sinceLua = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('LRANGE', KEYS[2], 0, -1)`
+
+interface BusClient extends RedisClient {
+  taskPublish (watch: string, history: string, channel: string, event: string, final: '0' | '1'): Promise<number>
+  taskWatch (watch: string, history: string, value: string, ttl: number): Promise<number>
+  taskSince (watch: string, history: string): Promise<string[] | null>
 }
 
 /**
@@ -18,35 +68,78 @@ export interface RedisBusOptions {
  * which is a task's seq order (a task's events are published by one server at a time,
  * after their store write).
  *
- * Pub/sub delivers to the servers connected at the time: a server that was disconnected
- * misses what was published meanwhile. Its streams' clients then get a fresh snapshot
- * from the store when they reconnect (see the README, live events).
+ * Pub/sub delivers to the servers connected at the time: a server whose subscriber lost
+ * Redis misses what was published meanwhile. It tells its hooks (`lost`, then `restored`
+ * once it listens again), and the streams catch up from the history or the store.
  */
 export class RedisBus implements TaskBus {
   readonly channel: string
+  readonly history: BusHistory | undefined
+  readonly #prefix: string
   readonly #local = new EventBus()
   readonly #connection: RedisConnection
-  readonly #publisher: RedisClient
+  readonly #publisher: BusClient
   /** Made by `start()`: a server that only publishes (a worker) holds no subscriber connection. */
   #subscriber: RedisClient | undefined
   readonly #ownPublisher: boolean
-  #onError: (err: unknown) => void = () => {}
+  #hooks: BusHooks = { error: () => {} }
+  /** The subscriber lost its connection and has not listened again since. */
+  #lost = false
   #closing: Promise<void> | undefined
 
   constructor (options: RedisBusOptions) {
     if (typeof options !== 'object' || options === null) throw new TypeError(`options must be an object with a connection, got ${String(options)}`)
     const prefix = options.prefix ?? '{fastify-task-api}'
     if (typeof prefix !== 'string' || prefix === '') throw new TypeError(`options.prefix must be a non-empty string, got ${JSON.stringify(prefix)}`)
+    this.#prefix = prefix
     this.channel = `${prefix}:events`
     this.#connection = options.connection
     const publisher = connect(options.connection, {}, 'RedisBus')
-    this.#publisher = publisher.client
+    this.#publisher = publisher.client as BusClient
     this.#ownPublisher = publisher.own
+    this.#publisher.defineCommand('taskPublish', { numberOfKeys: 2, lua: publishLua })
+    this.#publisher.defineCommand('taskWatch', { numberOfKeys: 2, lua: watchLua })
+    this.#publisher.defineCommand('taskSince', { numberOfKeys: 2, lua: sinceLua })
+    const history = options.history
+    if (history !== undefined && history.size > 0) {
+      const value = `${Math.floor(history.size)},${Math.floor(history.ttl)}`
+      this.history = {
+        watch: async (uuid) => {
+          await this.#publisher.taskWatch(this.#watchKey(uuid), this.#historyKey(uuid), value, Math.max(history.ttl, liveHistoryTtl))
+        },
+        since: async (uuid, seq) => {
+          const texts = await this.#publisher.taskSince(this.#watchKey(uuid), this.#historyKey(uuid))
+          if (texts === null || texts.length === 0) return undefined
+          const events = texts.map(text => JSON.parse(text) as TaskEvent)
+          const first = events[0] as TaskEvent
+          const last = events.at(-1) as TaskEvent
+          // Every event from the first one on is in the list: it answers for `seq` when
+          // nothing can fall between `seq` and the first.
+          if (seq + 1 < first.seq || seq > last.seq) return undefined
+          return { events: events.filter(event => event.seq > seq), ended: isFinalEvent(last) }
+        },
+        forget: async (uuid) => {
+          await this.#publisher.del(this.#watchKey(uuid), this.#historyKey(uuid))
+        },
+      }
+    }
   }
 
-  /** Subscribes to the channel; resolves once Redis confirmed it (events published from then on arrive). */
-  async start (onError: (err: unknown) => void): Promise<void> {
-    this.#onError = onError
+  #watchKey (uuid: string): string {
+    return `${this.#prefix}:watch:${uuid}`
+  }
+
+  #historyKey (uuid: string): string {
+    return `${this.#prefix}:history:${uuid}`
+  }
+
+  /**
+   * Subscribes to the channel; resolves once Redis confirmed it (events published from
+   * then on arrive). From then on, `hooks.lost` is called when the subscriber loses
+   * Redis, and `hooks.restored` once it listens again.
+   */
+  async start (hooks: BusHooks): Promise<void> {
+    this.#hooks = hooks
     if (this.#subscriber !== undefined) return
     const subscriber = this.#ownPublisher ? connect(this.#connection, { subscriber: true }, 'RedisBus').client : this.#publisher.duplicate({ maxRetriesPerRequest: null })
     this.#subscriber = subscriber
@@ -57,10 +150,25 @@ export class RedisBus implements TaskBus {
       try {
         event = JSON.parse(text) as TaskEvent
       } catch (err) {
-        this.#onError(err)
+        this.#hooks.error(err)
         return
       }
-      this.#local.publish(event, this.#onError)
+      this.#local.publish(event, this.#hooks.error)
+    })
+    subscriber.on('close', () => {
+      if (this.#lost || this.#closing !== undefined) return
+      this.#lost = true
+      this.#hooks.lost?.()
+    })
+    subscriber.on('ready', () => {
+      if (!this.#lost || this.#closing !== undefined) return
+      // ioredis subscribes again by itself; this SUBSCRIBE's answer comes after Redis
+      // took both, so events published from then on arrive.
+      subscriber.subscribe(this.channel).then(() => {
+        if (!this.#lost || this.#closing !== undefined) return
+        this.#lost = false
+        this.#hooks.restored?.()
+      }, () => {})
     })
     await subscriber.subscribe(this.channel)
   }
@@ -70,7 +178,8 @@ export class RedisBus implements TaskBus {
   }
 
   publish (event: TaskEvent, onError: (err: unknown) => void): void {
-    this.#publisher.publish(this.channel, JSON.stringify(event)).catch(onError)
+    const text = JSON.stringify(event)
+    this.#publisher.taskPublish(this.#watchKey(event.uuid), this.#historyKey(event.uuid), this.channel, text, isFinalEvent(event) ? '1' : '0').catch(onError)
   }
 
   /** Other servers may have subscribers: every event is published. */
