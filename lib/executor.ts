@@ -70,11 +70,20 @@ interface ActiveTask {
   /** `shutdown`: stopped by a graceful close over a durable store; it ends as a crash would have it. */
   stopping?: { reason: 'cancel' } | { reason: 'timeout', ms: number } | { reason: 'shutdown' }
   timer?: NodeJS.Timeout
-  /** Called once the task leaves this executor: ended (a final status written), or left pending by a graceful close. */
-  done?: (how: 'ended' | 'unrun') => void
+  /** Called once the task leaves this executor: see `Departure`. */
+  done?: (how: Departure) => void
   /** Left pending for another server by a graceful close. */
   unrun?: boolean
+  /** Left pending for its next attempt, due in this many ms, for the queue to hand out (`deferRetries`). */
+  retryIn?: number
 }
+
+/**
+ * How an adopted task left an executor: `ended` (a final status is written), `unrun` (a
+ * graceful close left it pending, for another worker), or, with `deferRetries`, pending
+ * for its next attempt in `retryIn` ms.
+ */
+export type Departure = 'ended' | 'unrun' | { retryIn: number }
 
 /** What an executor gets from the service around it. */
 export interface ExecutorContext {
@@ -100,6 +109,13 @@ export interface ExecutorOptions extends ExecutorContext {
    * @default true
    */
   recover?: boolean
+  /**
+   * A failed attempt with retries left leaves this executor once its `pending` status is
+   * written, `{ retryIn }` ms before the next attempt is due, instead of waiting here:
+   * the shared queue holds it meanwhile (a delayed job), so the wait takes no worker slot.
+   * @default false
+   */
+  deferRetries?: boolean
 }
 
 /**
@@ -142,10 +158,12 @@ export class LocalExecutor implements Executor {
   readonly #publish: (event: TaskEvent) => void
   readonly #followed: (uuid: string) => boolean
   readonly #recoverAtStart: boolean
+  readonly #deferRetries: boolean
   #closed = false
 
   constructor (options: ExecutorOptions) {
     this.#recoverAtStart = options.recover ?? true
+    this.#deferRetries = options.deferRetries ?? false
     this.#registry = options.registry
     this.#store = options.store
     this.#runner = options.runner
@@ -197,13 +215,13 @@ export class LocalExecutor implements Executor {
    * `running` was interrupted (its worker died): it runs again as a new attempt when it
    * has retries left, otherwise it fails, as restart recovery would have it.
    */
-  async adopt (uuid: string): Promise<'ended' | 'unrun'> {
+  async adopt (uuid: string): Promise<Departure> {
     if (this.#active.has(uuid)) throw new Error(`task ${uuid} is already running in this worker`)
     const record = await this.#store.get(uuid)
     if (record === undefined || finalStatuses.has(record.status)) return 'ended'
     if (!this.#registry.has(record.task)) this.#log.warn({ uuid, task: clip(record.task) }, 'fastify-task-api: a task this worker does not have: failed')
-    let done: (how: 'ended' | 'unrun') => void = () => {}
-    const left = new Promise<'ended' | 'unrun'>((resolve) => { done = resolve })
+    let done: (how: Departure) => void = () => {}
+    const left = new Promise<Departure>((resolve) => { done = resolve })
     if (await this.#resume(record, 'is not registered on this worker', done) === 'failed') return 'ended'
     return await left
   }
@@ -400,7 +418,7 @@ export class LocalExecutor implements Executor {
       }
       if (active.ended && this.#active.get(uuid) === active) {
         this.#active.delete(uuid)
-        active.done?.(active.unrun === true ? 'unrun' : 'ended')
+        active.done?.(active.unrun === true ? 'unrun' : active.retryIn !== undefined ? { retryIn: active.retryIn } : 'ended')
       }
       step = active.steps.shift()
     }
@@ -517,6 +535,14 @@ export class LocalExecutor implements Executor {
     if (active.stopping !== undefined || this.#closed) {
       // Cancelled, or the server is closing.
       this.#unrun(uuid, active, this.#closeStop)
+      return
+    }
+    if (this.#deferRetries && active.done !== undefined) {
+      // The queue waits, not this worker (this runs as one of the task's steps: the
+      // drain that called it sees it ended and lets it go).
+      clearTimeout(active.timer)
+      active.ended = true
+      active.retryIn = delay
       return
     }
     active.retryTimer = setTimeout(() => {

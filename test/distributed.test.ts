@@ -63,6 +63,27 @@ t.test('a task whose module a worker lacks fails with a clear error; the others 
   t.match(await a.tasks.wait(fine.uuid), { status: 'succeeded' })
 })
 
+t.test('a failed attempt waits out its backoff in the queue (a delayed job), not in a worker slot; a cancel meanwhile ends it at once', async (t) => {
+  const tasks = [fixture('retrying.ts'), fixture('basic.ts')]
+  const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+  const worker = await startWorker({ redis: { connection: redis.url, prefix }, tasks, concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200 })
+  t.teardown(() => worker.close())
+  const api = await build(t, { tasks, redis: { connection: redis.url, prefix }, concurrency: 0 })
+  const failing = await api.tasks.submit('failing')
+  await until('the first attempt to fail', async () => (await api.tasks.get(failing.uuid))?.error === 'attempt 1 failed')
+  // The only slot of the only worker is free during the backoff: another task runs now.
+  const other = await api.tasks.submit('hello', { name: 'meanwhile', count: 1 })
+  t.match(await api.tasks.wait(other.uuid), { status: 'succeeded', outputs: { output: 'Hello meanwhile' } })
+  t.match(await api.tasks.get(failing.uuid), { status: 'pending', attempt: 1, error: 'attempt 1 failed' }, 'the other task ended while the failed one still waits for its retry')
+  t.match(await api.tasks.wait(failing.uuid), { status: 'failed', attempt: 2, error: 'attempt 2 failed' }, 'then its retry ran')
+  const cancelled = await api.tasks.submit('failing')
+  await until('the first attempt to fail', async () => (await api.tasks.get(cancelled.uuid))?.error === 'attempt 1 failed')
+  await api.tasks.cancel(cancelled.uuid)
+  t.match(await api.tasks.get(cancelled.uuid), { status: 'cancelled', attempt: 1 }, 'cancelled at once: its delayed job left the queue')
+  await new Promise(resolve => setTimeout(resolve, 4500))
+  t.match(await api.tasks.get(cancelled.uuid), { status: 'cancelled', attempt: 1 }, 'and it never ran again')
+})
+
 t.test('a worker SIGKILLed mid-task: after lockDuration another worker takes the task and ends it as restart recovery would (no retries: failed, interrupted)', async (t) => {
   const prefix = `{dist-${randomUUID().slice(0, 8)}}`
   const a = await apiNode(t, prefix)

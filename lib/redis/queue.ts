@@ -191,11 +191,11 @@ export interface WorkerOptions extends QueueOptions {
  * its own over the shared store). Resolves once it takes jobs.
  */
 export async function startQueueWorker (context: ExecutorContext & { runner: Runner }, options: WorkerOptions): Promise<{ close: () => Promise<void>, executor: LocalExecutor }> {
-  const { Worker, WaitingError } = loadBullMQ()
+  const { Worker, WaitingError, DelayedError } = loadBullMQ()
   const prefix = options.prefix ?? '{fastify-task-api}'
   const concurrency = options.concurrency ?? 1
   const lockDuration = options.lockDuration ?? 30_000
-  const executor = new LocalExecutor({ ...context, recover: false })
+  const executor = new LocalExecutor({ ...context, recover: false, deferRetries: true })
   await executor.start()
   const subscriber = connect(options.connection, { subscriber: true }, 'startWorker').client
   subscriber.on('message', (channel: string, uuid: string) => {
@@ -213,6 +213,12 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
         // Stopped by this worker's graceful close: back to the queue for another worker.
         await job.moveToWait(token)
         throw new WaitingError()
+      }
+      if (typeof how === 'object' && token !== undefined) {
+        // A failed attempt with retries left: the job waits out the backoff in the queue
+        // (delayed), taking no slot of this worker, and any worker makes the next attempt.
+        await job.moveToDelayed(Date.now() + how.retryIn, token)
+        throw new DelayedError()
       }
     })()
     inFlight.add(processing)
