@@ -311,8 +311,10 @@ export class TaskService {
 
   /**
    * The events published after `seq`, when the server still holds all of them (the task
-   * was followed recently); undefined otherwise, and the caller sends a snapshot instead.
-   * Call it right after `subscribe`, in the same tick, so that nothing falls between.
+   * was followed recently: in memory, or in the bus's own history across servers);
+   * undefined otherwise, and the caller sends a snapshot instead. Call it after
+   * `subscribe` (and `keepHistory`), keeping what the listener gets meanwhile, and drop
+   * the events the answer already holds (by seq): nothing falls between.
    */
   async eventsSince (uuid: string, seq: number): Promise<{ events: TaskEvent[], ended: boolean } | undefined> {
     const shared = this.#bus.history
