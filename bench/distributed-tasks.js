@@ -45,15 +45,20 @@ export const ticker = defineTask({
   },
 })
 
-/** `burn(iterations)`; returns when it started and how long the loop took inside the child. */
+/**
+ * `burn(iterations)`; returns when it started, how long the loop took inside the child
+ * (`ms`, wall clock) and the CPU time the child spent meanwhile (`cpuMs`, user + system).
+ */
 export const spin = defineTask({
   name: 'spin',
   inputs: { iterations: Type.Integer({ minimum: 1 }) },
-  outputs: { at: Type.Number(), ms: Type.Number(), x: Type.Integer() },
+  outputs: { at: Type.Number(), ms: Type.Number(), cpuMs: Type.Number(), x: Type.Integer() },
   run ({ iterations }) {
     const at = now()
     const start = performance.now()
+    const cpu = process.cpuUsage()
     const x = burn(iterations)
-    return { at, ms: performance.now() - start, x }
+    const used = process.cpuUsage(cpu)
+    return { at, ms: performance.now() - start, cpuMs: (used.user + used.system) / 1000, x }
   },
 })
