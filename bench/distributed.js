@@ -149,18 +149,37 @@ function kill (pids) {
   }
 }
 
-/** SIGTERM (graceful), then SIGKILL after `timeout`; then any descendant it left. */
+/** Those of `pids` still there, not zombies. */
+function alive (pids) {
+  const table = processTable()
+  return pids.filter(pid => table.get(pid)?.start === seen.get(pid) && table.get(pid)?.state !== 'Z')
+}
+
+/** Processes that outlived a graceful stop of their parent by a second, and what they ran. */
+const orphans = []
+
+/**
+ * SIGTERM (graceful), then SIGKILL after `timeout`; then any descendant it left (a
+ * graceful stop should leave none: those still there a second later are counted).
+ */
 async function stop (child, timeout = 8_000) {
   if (child === undefined) return
-  const pids = tree(child.pid)
+  const pids = tree(child.pid).filter(pid => pid !== child.pid)
   if (!exited(child)) {
     const gone = new Promise(resolve => child.once('exit', resolve))
+    let forced = false
     child.kill('SIGTERM')
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeout)
+    const timer = setTimeout(() => { forced = true; child.kill('SIGKILL') }, timeout)
     await gone
     clearTimeout(timer)
+    for (let i = 0; i < 20 && alive(pids).length > 0; i++) await sleep(50)
+    for (const pid of alive(pids)) {
+      let command = '?'
+      try { command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').slice(0, 120) } catch {}
+      orphans.push(`${pid} (${command}) after ${forced ? 'a SIGKILL' : 'a graceful stop'} of ${child.pid}`)
+    }
   }
-  kill(pids.filter(pid => pid !== child.pid))
+  kill(pids)
 }
 
 /** The last resort (end, error, signal, watchdog): every process started or seen under one. */
@@ -765,7 +784,9 @@ try {
 }
 
 const loadAfter = os.loadavg()
-notes.push(`Processes: the bench started and saw ${seen.size} processes (redis-server, workers, their children, API nodes); ${left.length} left after the cleanup${left.length > 0 ? ` (pids ${left.join(', ')})` : ''}.`)
+notes.push(`Processes: the bench started and saw ${seen.size} processes (redis-server, workers, their children, API nodes); ` +
+  `${orphans.length} outlived their parent's stop by a second and were killed${orphans.length > 0 ? ` (${orphans.slice(0, 3).join('; ')})` : ''}; ` +
+  `${left.length} left after the cleanup${left.length > 0 ? ` (pids ${left.join(', ')})` : ''}.`)
 const output = report.markdown(`fastify-task-api scale-out benchmarks${quick ? ' (BENCH_QUICK=1)' : ''}`, [
   `redis-server ${redis?.version ?? '?'} of the bench's own on 127.0.0.1:${redis?.port ?? '?'} (no persistence), BullMQ ${JSON.parse(readFileSync(new URL('../node_modules/bullmq/package.json', import.meta.url), 'utf8')).version}`,
   `Load average before / after: ${loadBefore.map(x => x.toFixed(2)).join(', ')} / ${loadAfter.map(x => x.toFixed(2)).join(', ')}`,
