@@ -723,6 +723,12 @@ async function benchCpu (throughput) {
     row(`CPU-bound, ${fmt(tasks)} tasks, ${w} worker process${w > 1 ? 'es' : ''} (concurrency 1): tasks/s, scaling vs 1`,
       `${fmt(rate, 2)} tasks/s, ${fmt(factor, 2)}x (runs: ${runs.get(w).map(r => fmt(r.rate, 2)).join(', ')}; loop in the child, medians: ${fmt(median(runs.get(w).map(r => r.taskMs)))} ms wall, ${fmt(median(runs.get(w).map(r => r.taskCpuMs)))} ms CPU; cores the tasks got: ${runs.get(w).map(r => fmt(r.cores, 2)).join(', ')})`, target, verdict)
   }
+  // The machine is shared: how many cores the tasks got varies with the other work on it.
+  // Tasks/s per core they got stays flat if distributing them costs nothing.
+  const perCore = w => median(runs.get(w).map(r => r.rate / r.cores))
+  row(`CPU-bound, tasks/s per core the tasks got, ${workers.join(' / ')} workers (ideal: 1,000 / the task's CPU ms)`,
+    `${workers.map(w => fmt(perCore(w), 2)).join(' / ')} (${workers.slice(1).map(w => `${w}: ${fmt(perCore(w) / perCore(workers[0]), 2)}x of 1`).join(', ')}; ideal ${fmt(1000 / median(runs.get(workers[0]).map(r => r.taskCpuMs)), 2)})`,
+    'info', '-')
   const failed = [...runs.values()].flat().flatMap(r => r.failed)
   if (failed.length > 0) row('CPU-bound tasks failed', `${failed.length} (e.g. ${failed.slice(0, 2).join('; ')})`, '0', 'MISS')
   notes.push(`CPU-bound: each task runs a fixed loop (bench/distributed-tasks.js \`burn\`, ${fmt(iterations)} iterations, calibrated on this process's CPU time to ~${taskMs} ms of CPU) rather than spinning on the clock, so that a task costs the same CPU however the cores are shared; ` +
