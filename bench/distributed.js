@@ -4,9 +4,9 @@
 // Run with `npm run bench:distributed` (builds, then `node --expose-gc bench/distributed.js`);
 // BENCH_QUICK=1 for a short run; `node --expose-gc bench/distributed.js throughput progress cpu`
 // runs only the steps named. BENCH_PROFILE=<dir> runs the workers (and their children) with
-// --cpu-prof into <dir>; BENCH_CHILDREN=<n> gives both stacks of step 1 n children instead of 2
-// (a diagnostic, not the comparison the issue asks for). Targets are not asserted: each line gets a verdict, the process
-// exits 0 either way.
+// --cpu-prof into <dir>; BENCH_CHILDREN=<n> gives both stacks of step 1 n children instead
+// of 2 (a diagnostic, not the comparison the issue asks for). Targets are not asserted:
+// each line gets a verdict, the process exits 0 either way.
 //
 // 1. No-op throughput and submit -> run() latency: our stack (an API node in this process,
 //    the plugin with `redis` and concurrency 0, plus one worker process, `dist/cli.js worker
@@ -320,7 +320,7 @@ function redisDelta (before, after, jobs) {
   for (const [name, n] of after.commands) {
     const d = n - (before.commands.get(name) ?? 0)
     if (d <= 0) continue
-    // INFO and SCAN are the bench's own.
+    // INFO is the bench's own (its SCAN and UNLINK run outside the measured batch).
     if (name === 'info') continue
     calls += d
     commands.push([name, d / jobs])
