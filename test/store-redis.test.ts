@@ -97,12 +97,14 @@ t.test('while Redis is away every call fails fast with StoreUnavailableError; on
 
 t.test('one server per store: a second one waits for the lease, then fails naming the holder; it gets it once the first closes', async (t) => {
   const prefix = `{lease-${randomUUID().slice(0, 8)}}`
-  const first = new RedisStore({ connection: redis.url, prefix, leaseTtl: 300 })
-  const second = new RedisStore({ connection: redis.url, prefix, leaseTtl: 300 })
+  // A lease of 2 s, renewed every 667 ms: a loaded machine may delay a renewal by a few
+  // hundred ms without the lease lapsing (with 300 ms it lapsed under load).
+  const first = new RedisStore({ connection: redis.url, prefix, leaseTtl: 2000 })
+  const second = new RedisStore({ connection: redis.url, prefix, leaseTtl: 2000 })
   t.teardown(async () => { await first.close(); await second.close() })
   await first.open()
   // Longer than the lease's TTL: the first server renews it meanwhile.
-  await new Promise(resolve => setTimeout(resolve, 700))
+  await new Promise(resolve => setTimeout(resolve, 2500))
   await t.rejects(second.open(), { name: 'RedisStoreLockedError', message: new RegExp(`^the Redis store \\{lease-[0-9a-f]{8}\\} is in use by another server \\(${process.pid}@`) })
   await first.close()
   await t.resolves(second.open(), 'free once the first closed')

@@ -49,6 +49,33 @@ local function index (uuid, id, o, s, t, finished)
   end
 end
 
+-- The four index keys whose status part is s: a status change touches only those.
+local function statusKeys (o, s, t)
+  local keys = {}
+  for mask = 0, 3 do
+    local a = (mask % 2 == 1) and o or '*'
+    local c = (math.floor(mask / 2) % 2 == 1) and t or '*'
+    keys[#keys + 1] = p .. ':l:' .. a .. ':' .. s .. ':' .. c
+  end
+  return keys
+end
+
+-- A record's status goes from one value to another (or stays, with a new finished time):
+-- the keys that name neither status are left alone.
+local function reindex (uuid, id, o, from, to, t, finished)
+  if from ~= to then
+    for _, key in ipairs(statusKeys(o, from, t)) do redis.call('ZREM', key, uuid) end
+    for _, key in ipairs(statusKeys(o, to, t)) do redis.call('ZADD', key, id, uuid) end
+  end
+  if live[from] and not live[to] then
+    redis.call('ZREM', p .. ':live', uuid)
+  elseif live[to] and not live[from] then
+    redis.call('ZADD', p .. ':live', id, uuid)
+  end
+  if not live[from] then redis.call('ZREM', p .. ':x:' .. from, uuid) end
+  if not live[to] and finished ~= '' then redis.call('ZADD', p .. ':x:' .. to, finished, uuid) end
+end
+
 local function remove (uuid)
   local key = p .. ':r:' .. uuid
   local f = redis.call('HMGET', key, 'owner', 'status', 'task')
@@ -116,10 +143,9 @@ if #ARGV > 5 + 2 * n then redis.call('RPUSH', mkey, unpack(ARGV, 6 + 2 * n)) end
 local trim = tonumber(ARGV[4])
 if trim > 0 then redis.call('LTRIM', mkey, trim, -1) end
 if status ~= before[2] or ARGV[3] ~= '' then
-  unindex(uuid, before[1], before[2], before[3])
   local finished = ARGV[3]
   if finished == '' then finished = redis.call('HGET', key, 'finishedMs') or '' end
-  index(uuid, before[4], before[1], status, before[3], finished)
+  reindex(uuid, before[4], before[1], before[2], status, before[3], finished)
 end
 if ARGV[3] ~= '' then redis.call('HSET', key, 'finishedMs', ARGV[3]) end
 return read(uuid)
