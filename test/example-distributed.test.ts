@@ -190,7 +190,7 @@ t.test('a task submitted on one API node is followed on the other; SIGTERM stops
   await ended(everything, 30_000)
   t.pass('nothing below them runs either (task processes, the pools\' reapers)')
   t.notOk(existsSync(example.dataDir), 'its redis-server\'s data directory is removed')
-  t.match(example.output(), /^start\.js: SIGTERM: stopping$/m)
+  t.match(example.output(), /^start\.js: SIGTERM: stopping/m)
   t.match(example.output(), /^start\.js: stopped$/m)
 })
 

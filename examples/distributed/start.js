@@ -128,15 +128,19 @@ function stop () {
   return stopped
 }
 
-let signals = 0
+let firstSignal
 for (const signal of ['SIGINT', 'SIGTERM']) {
   process.on(signal, () => {
-    // A second Ctrl-C does not wait: everything left is killed (the workers' pools end their task processes).
-    if (++signals > 1) {
+    if (firstSignal !== undefined) {
+      // One request sent twice at once (to this process and to its group, as `timeout` does) is one request.
+      if (Date.now() - firstSignal < 1000) return
+      // A second Ctrl-C does not wait: everything left is killed (a worker's pool reaper ends its task processes).
+      console.log(`start.js: ${signal} again: killing what is left`)
       for (const entry of processes) if (!entry.exited) entry.child.kill('SIGKILL')
       return
     }
-    console.log(`start.js: ${signal}: stopping`)
+    firstSignal = Date.now()
+    console.log(`start.js: ${signal}: stopping (the same signal again kills what is left)`)
     void stop()
   })
 }
@@ -203,7 +207,20 @@ async function startRedis () {
   return url
 }
 
+/** Whether a TCP connection to the Redis of REDIS_URL opens within 5 s: a clear error now, rather than the API nodes' plugin timeout later. */
+function reachable (url) {
+  const { hostname, port } = new URL(url)
+  return new Promise((resolve) => {
+    const socket = new Socket()
+    const done = (ok) => { socket.destroy(); resolve(ok) }
+    socket.setTimeout(5000, () => done(false))
+    socket.once('error', () => done(false))
+    socket.connect(Number(port || 6379), hostname.replace(/^\[|\]$/g, ''), () => done(true))
+  })
+}
+
 try {
+  if (process.env.REDIS_URL !== undefined && !await reachable(process.env.REDIS_URL)) fail(`cannot reach the Redis of REDIS_URL (${process.env.REDIS_URL})`)
   const url = process.env.REDIS_URL ?? await startRedis()
   const ports = apiPorts.join(',')
   const starting = []
