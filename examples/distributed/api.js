@@ -2,6 +2,7 @@
 // no task itself (`concurrency: 0`: the workers run them), and the example's page.
 // start.js runs two; by hand: REDIS_URL=redis://127.0.0.1:6379 PORT=3001 node api.js
 import { readFile } from 'node:fs/promises'
+import { networkInterfaces } from 'node:os'
 import Fastify from 'fastify'
 import taskApi from 'fastify-task-api'
 
@@ -14,7 +15,10 @@ const name = `api-${ports.indexOf(port) + 1}`
 
 // The page of one node opens WebSockets on the others: a browser sends its page's origin
 // with the upgrade, and the plugin refuses other origins unless `allowedOrigins` lists them.
-const hostnames = new Set(['127.0.0.1', 'localhost', ...(host === '0.0.0.0' || host === '::' ? [] : [host])])
+// The names a browser may use for this machine: with HOST=0.0.0.0, its addresses too.
+const hostnames = new Set(['127.0.0.1', 'localhost'])
+if (host !== '0.0.0.0' && host !== '::') hostnames.add(host)
+else for (const { address, family } of Object.values(networkInterfaces()).flat()) hostnames.add(family === 'IPv6' ? `[${address}]` : address)
 const allowedOrigins = ports.flatMap(p => [...hostnames].map(h => `http://${h}:${p}`))
 
 const app = Fastify({ logger: { level: process.env.LOG_LEVEL ?? 'warn' } })
