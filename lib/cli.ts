@@ -48,6 +48,7 @@ async function main (argv: string[]): Promise<void> {
   if (positionals.length === 0) fail('no task module given')
   const tasks = positionals.map(location => location.startsWith('file:') ? location : pathToFileURL(resolve(location)).href)
   const concurrency = integer('concurrency', values.concurrency)
+  if (concurrency === 0) fail('--concurrency must be at least 1: a worker runs tasks')
   const lockDuration = integer('lock-duration', values['lock-duration'])
   const shutdownTimeout = integer('shutdown-timeout', values['shutdown-timeout'])
   const { startWorker } = await import('./redis/worker.js')

@@ -345,6 +345,11 @@ function normalizeRedis (redis: unknown): RedisOptions | undefined {
   if (typeof connection !== 'string' && (typeof connection !== 'object' || connection === null)) {
     throw new FST_TASK_API_OPT_INVALID('redis.connection', 'a redis:// URL or ioredis options', describe(connection))
   }
+  if (typeof (connection as { defineCommand?: unknown }).defineCommand === 'function') {
+    // Store, bus and BullMQ each need connections with settings of their own (fail fast,
+    // subscriber, blocking): they are made from a URL or options, never shared.
+    throw new FST_TASK_API_OPT_INVALID('redis.connection', 'a redis:// URL or ioredis options, not a client (the plugin makes its own connections: pass client.options)', 'an ioredis client')
+  }
   if (prefix !== undefined && (typeof prefix !== 'string' || prefix === '')) throw new FST_TASK_API_OPT_INVALID('redis.prefix', 'a non-empty string', describe(prefix))
   if (lockDuration !== undefined && (!Number.isInteger(lockDuration) || lockDuration < 100)) {
     throw new FST_TASK_API_OPT_INVALID('redis.lockDuration', 'an integer number of ms, 100 or more', describe(lockDuration))

@@ -42,6 +42,7 @@ t.test('usage errors exit 2, saying what is wrong', async (t) => {
     [['worker', '--redis', redis.url], /^fastify-task-api: no task module given/],
     [['worker', '--redis', redis.url, '--concurrency', 'two', 'a.js'], /^fastify-task-api: --concurrency must be a whole number, got "two"/],
     [['worker', '--redis', redis.url, '--bogus', 'a.js'], /^fastify-task-api: Unknown option '--bogus'/],
+    [['worker', '--redis', redis.url, '--concurrency', '0', 'a.js'], /^fastify-task-api: --concurrency must be at least 1: a worker runs tasks/],
   ]
   for (const [args, message] of cases) {
     const result = run(...args)

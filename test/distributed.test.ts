@@ -118,6 +118,40 @@ t.test('options: redis excludes store, concurrency 0 needs redis, fields are che
   await t.rejects(build(t, { concurrency: 0 }), { code: 'FST_TASK_API_OPT_INVALID', message: /concurrency/ })
   await t.rejects(build(t, { redis: { connection: 42 as never } }), { code: 'FST_TASK_API_OPT_INVALID', message: /redis\.connection/ })
   await t.rejects(build(t, { redis: { connection: redis.url, lockDuration: 5 } }), { code: 'FST_TASK_API_OPT_INVALID', message: /redis\.lockDuration/ })
+  await t.rejects(startWorker({ redis: { connection: redis.url }, tasks: [fixture('basic.ts')], concurrency: 0 }), { name: 'TypeError', message: 'options.concurrency must be an integer >= 1 (a worker runs tasks), got 0' })
+})
+
+t.test('an ioredis client as the connection is refused, saying to pass its options', async (t) => {
+  const { Redis } = await import('ioredis')
+  const client = new Redis(redis.url)
+  t.teardown(() => client.quit())
+  await t.rejects(build(t, { tasks: [fixture('basic.ts')], redis: { connection: client as never }, concurrency: 1 }), { code: 'FST_TASK_API_OPT_INVALID', message: /redis\.connection.*not a client.*client\.options/ })
+  await t.rejects(startWorker({ redis: { connection: client as never }, tasks: [fixture('basic.ts')] }), { code: 'FST_TASK_API_OPT_INVALID', message: /not a client/ })
+  t.equal(await client.ping(), 'PONG', 'the app\'s client is left alone')
+  // Its options work.
+  const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+  const node = await build(t, { tasks: [fixture('basic.ts')], redis: { connection: { ...client.options } as Record<string, unknown>, prefix }, concurrency: 1 })
+  const created = await node.tasks.submit('hello', { name: 'options', count: 1 })
+  t.match(await node.tasks.wait(created.uuid), { status: 'succeeded' })
+})
+
+t.test('Redis at its maxmemory (noeviction): a submission answers 503 with Retry-After, not 500; accepted again once it has room', async (t) => {
+  const own = await startRedis(t)
+  const { Redis } = await import('ioredis')
+  const admin = new Redis(own.url)
+  t.teardown(() => admin.quit())
+  const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+  const node = await build(t, { tasks: [fixture('basic.ts')], redis: { connection: own.url, prefix }, concurrency: 1 })
+  await admin.config('SET', 'maxmemory-policy', 'noeviction')
+  await admin.config('SET', 'maxmemory', '1')
+  const full = await node.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'x', count: 1 } } })
+  t.equal(full.statusCode, 503, full.body)
+  t.match(full.json(), { code: 'FST_TASK_API_STORE_UNAVAILABLE' })
+  t.equal(full.headers['retry-after'], '1')
+  await admin.config('SET', 'maxmemory', '0')
+  const again = await node.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'y', count: 1 } } })
+  t.equal(again.statusCode, 201, again.body)
+  t.match(await node.tasks.wait(again.json().uuid), { status: 'succeeded' })
 })
 
 t.test('Redis stopped, then started again: the API answers 503 fast, never hangs; every task accepted before runs to its end once Redis is back', async (t) => {

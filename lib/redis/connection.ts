@@ -40,7 +40,8 @@ export function connect (connection: RedisConnection, options: { commandTimeout?
 export function isUnavailable (err: unknown): boolean {
   const message = (err as Error | undefined)?.message ?? ''
   const code = (err as { code?: unknown } | undefined)?.code
-  return /Stream isn't writeable|Connection is closed|Command timed out|enableOfflineQueue|ECONNREFUSED|ECONNRESET|EPIPE|LOADING|MaxRetriesPerRequest/.test(message) ||
+  // OOM: Redis is at its maxmemory (with noeviction, as BullMQ needs): writes wait until it has room.
+  return /Stream isn't writeable|Connection is closed|Command timed out|enableOfflineQueue|ECONNREFUSED|ECONNRESET|EPIPE|LOADING|MaxRetriesPerRequest|^OOM /.test(message) ||
     code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ETIMEDOUT'
 }
 

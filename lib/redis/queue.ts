@@ -45,10 +45,11 @@ function loadBullMQ (): typeof import('bullmq') {
  * they give up, so that a close with Redis gone ends and leaves nothing reconnecting.
  */
 function bullConnection (connection: RedisConnection, closing: { closing: boolean }): Record<string, unknown> {
-  // A client that never connects, to read the URL or options as ioredis does; BullMQ makes its own connections.
-  const { client } = connect(connection, { subscriber: true, lazy: true }, 'BullMQ')
+  // A client that never connects, to read the URL or options as ioredis does; BullMQ makes
+  // its own connections. The app's own client gives its options, and is left alone.
+  const { client, own } = connect(connection, { subscriber: true, lazy: true }, 'BullMQ')
   const options = { ...client.options }
-  client.disconnect()
+  if (own) client.disconnect()
   const retryStrategy = (times: number): number | null => closing.closing ? null : Math.min(50 * times, 2000)
   return { ...options, maxRetriesPerRequest: null, enableOfflineQueue: true, lazyConnect: false, retryStrategy }
 }

@@ -34,7 +34,8 @@ export interface TaskWorker {
  */
 export async function startWorker (options: WorkerOptions): Promise<TaskWorker> {
   const { redis, concurrency = 1, logger, ...rest } = options
-  const normalized = normalizeOptions({ ...rest, redis, concurrency: Math.max(1, concurrency) })
+  if (!Number.isInteger(concurrency) || concurrency < 1) throw new TypeError(`options.concurrency must be an integer >= 1 (a worker runs tasks), got ${String(concurrency)}`)
+  const normalized = normalizeOptions({ ...rest, redis, concurrency })
   const log: ServiceLogger = logger ?? {
     warn: (obj, msg) => console.warn(msg, obj),
     error: (obj, msg) => console.error(msg, obj),
