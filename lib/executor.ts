@@ -74,6 +74,8 @@ interface ActiveTask {
   done?: (how: Departure) => void
   /** Left pending for another server by a graceful close. */
   unrun?: boolean
+  /** Another worker took the task over: this one's writes were refused. */
+  takenOver?: boolean
   /** Left pending for its next attempt, due in this many ms, for the queue to hand out (`deferRetries`). */
   retryIn?: number
 }
@@ -116,7 +118,18 @@ export interface ExecutorOptions extends ExecutorContext {
    * @default false
    */
   deferRetries?: boolean
+  /**
+   * Other workers share the store and may take this executor's tasks over (its queue lock
+   * lapsed while it was paused or cut off): every write of a task is fenced by its
+   * attempt (`UpdateFence`), and a task whose write is refused is dropped here, its run
+   * stopped, leaving the record to the worker that has it now.
+   * @default false
+   */
+  fence?: boolean
 }
+
+/** A fenced write was refused: another worker has the task now (or it ended). */
+class TakenOverError extends Error {}
 
 /**
  * The executor port: what the service asks of whatever runs tasks. `LocalExecutor` runs
@@ -159,11 +172,13 @@ export class LocalExecutor implements Executor {
   readonly #followed: (uuid: string) => boolean
   readonly #recoverAtStart: boolean
   readonly #deferRetries: boolean
+  readonly #fence: boolean
   #closed = false
 
   constructor (options: ExecutorOptions) {
     this.#recoverAtStart = options.recover ?? true
     this.#deferRetries = options.deferRetries ?? false
+    this.#fence = options.fence ?? false
     this.#registry = options.registry
     this.#store = options.store
     this.#runner = options.runner
@@ -298,16 +313,23 @@ export class LocalExecutor implements Executor {
       if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: changed.status, task: toState(changed) })
     }
     const registered = this.#registry.get(record.task)
+    // Fenced at the attempt found: if another worker changed the record meanwhile (it
+    // ended, or runs a later attempt), the task is not this worker's to run.
     const fail = async (error: string): Promise<'failed'> => {
-      publish(await this.#write(uuid, { status: 'failed', error, finished: this.#iso(), seq }))
+      publish(await this.#write(uuid, { status: 'failed', error, finished: this.#iso(), seq }, record.attempt))
       return 'failed'
     }
-    if (registered === undefined) return await fail(`task "${clip(record.task)}" ${unregistered}`)
-    const interrupted = record.status === 'running'
-    if (interrupted) {
-      if (record.attempt > registered.task.retries) return await fail(interruptedError)
-      publish(await this.#write(uuid, { status: 'pending', error: interruptedError, progress: null, target: null, seq }))
+    try {
+      if (registered === undefined) return await fail(`task "${clip(record.task)}" ${unregistered}`)
+      if (record.status === 'running') {
+        if (record.attempt > registered.task.retries) return await fail(interruptedError)
+        publish(await this.#write(uuid, { status: 'pending', error: interruptedError, progress: null, target: null, seq }, record.attempt))
+      }
+    } catch (err) {
+      if (err instanceof TakenOverError) return 'failed'
+      throw err
     }
+    const interrupted = record.status === 'running'
     const active: ActiveTask = {
       registered,
       job: { uuid, task: record.task, inputs: record.inputs, attempt: record.attempt + 1 },
@@ -414,7 +436,8 @@ export class LocalExecutor implements Executor {
       try {
         await step(active)
       } catch (err) {
-        this.#log.error({ err, uuid }, 'fastify-task-api: could not record a task event')
+        if (err instanceof TakenOverError) this.#takenOver(uuid, active)
+        else this.#log.error({ err, uuid }, 'fastify-task-api: could not record a task event')
       }
       if (active.ended && this.#active.get(uuid) === active) {
         this.#active.delete(uuid)
@@ -423,6 +446,21 @@ export class LocalExecutor implements Executor {
       step = active.steps.shift()
     }
     active.draining = undefined
+  }
+
+  /**
+   * Another worker has the task now (this one lost its queue lock): its run here stops,
+   * and it leaves this executor without another write.
+   */
+  #takenOver (uuid: string, active: ActiveTask): void {
+    if (active.takenOver === true) return
+    active.takenOver = true
+    this.#log.warn({ uuid, attempt: active.job.attempt }, 'fastify-task-api: another worker took this task over (this one lost its queue lock); its run here is stopped and its changes dropped')
+    if (active.ended) return // its final write was the refused one
+    clearTimeout(active.timer)
+    active.steps.length = 0
+    active.ended = true
+    if (!this.#withdraw(uuid, active)) this.#runner.abort(uuid, this.#execution.cancelGrace)
   }
 
   async #started (uuid: string): Promise<void> {
@@ -583,13 +621,20 @@ export class LocalExecutor implements Executor {
    * While closing, for up to 2 s: a close does not wait a minute for a store that is away
    * (what it could not write is as a crash would leave it, and recovered as such).
    */
-  async #write (uuid: string, patch: RecordPatch): Promise<Readonly<TaskRecord>> {
+  /**
+   * Writes a task's change, again while the store is unavailable. `attempt`: the attempt
+   * the writer runs (or found); with `fence`, the write applies only while the record is
+   * live at no later attempt, else TakenOverError.
+   */
+  async #write (uuid: string, patch: RecordPatch, attempt = this.#active.get(uuid)?.job.attempt): Promise<Readonly<TaskRecord>> {
     let delay = 50
     const start = Date.now()
+    const fence = this.#fence && attempt !== undefined ? { maxAttempt: attempt } : undefined
     for (;;) {
       const deadline = start + (this.#closed ? 2000 : 60_000)
       try {
-        const record = await this.#store.update(uuid, patch)
+        const record = await this.#store.update(uuid, patch, fence)
+        if (record === undefined && fence !== undefined) throw new TakenOverError(`task ${uuid} was taken over by another worker, or ended`)
         if (record === undefined) throw new Error(`the store lost task ${uuid}`)
         return record
       } catch (err) {

@@ -104,6 +104,42 @@ t.test('a worker SIGKILLed mid-task: after lockDuration another worker takes the
   t.match(await a.tasks.wait(task.uuid), { status: 'failed', error: 'interrupted: the server stopped while the task was running', attempt: 1 })
 })
 
+for (const retries of [false, true]) {
+  t.test(`a worker paused past its lock (SIGSTOP) loses its task to another; resumed, it never overwrites the record (${retries ? 'retries: the later attempt\'s outputs stay' : 'no retries: the failed status stays'})`, async (t) => {
+    const { spawn } = await import('node:child_process')
+    const { fileURLToPath } = await import('node:url')
+    const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+    const durable = fixture('durable.ts')
+    const api = await build(t, { tasks: [durable], redis: { connection: redis.url, prefix }, concurrency: 0 })
+    const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url))
+    const first = spawn(process.execPath, [cli, 'worker', '--redis', redis.url, '--prefix', prefix, '--lock-duration', '1000', fileURLToPath(durable)], { stdio: ['ignore', 'pipe', 'pipe'] })
+    t.teardown(() => { first.kill('SIGCONT'); first.kill('SIGKILL') })
+    let log = ''
+    first.stderr?.on('data', (chunk: Buffer) => { log += chunk.toString() })
+    await new Promise<void>((resolve, reject) => {
+      first.stdout?.on('data', (chunk: Buffer) => { if (chunk.toString().includes('running')) resolve() })
+      first.once('exit', code => reject(new Error(`worker 1 exited with ${String(code)}`)))
+    })
+    const { uuid } = await api.tasks.submit(retries ? 'again' : 'once', { n: 7, ms: 3000 })
+    const finals: TaskState[] = []
+    const off = api.tasks.subscribe(uuid, (event) => { if (event.type === 'status' && event.task !== undefined && ['succeeded', 'failed', 'cancelled'].includes(event.status)) finals.push(event.task) })
+    t.teardown(off)
+    await until('worker 1 to run it', async () => (await api.tasks.get(uuid))?.status === 'running')
+    first.kill('SIGSTOP')
+    const second = await startWorker({ redis: { connection: redis.url, prefix, lockDuration: 1000 }, tasks: [durable], execArgv: childExecArgv, shutdownTimeout: 200 })
+    t.teardown(() => second.close())
+    const ended = await api.tasks.wait(uuid)
+    if (retries) t.match(ended, { status: 'succeeded', attempt: 2, outputs: { n: 7, attempt: 2 } }, 'worker 2 ran attempt 2')
+    else t.match(ended, { status: 'failed', attempt: 1, error: /^interrupted/ }, 'worker 2 failed it as interrupted')
+    first.kill('SIGCONT')
+    // Worker 1's child finished attempt 1 long ago; its result reaches worker 1 now, and
+    // its write is refused: worker 1 says so, and drops the task.
+    await until('worker 1 to find its task taken over', () => log.includes('another worker took this task over'), 30_000).catch((err: Error) => { console.error('WORKER1 LOG', log); throw err })
+    t.same(await api.tasks.get(uuid), ended, 'the record is as worker 2 left it')
+    t.equal(finals.length, 1, 'one final event, never a second one')
+  })
+}
+
 t.test('an API node with concurrency > 0 runs tasks itself (an embedded worker); app.close() stops it', async (t) => {
   const prefix = `{dist-${randomUUID().slice(0, 8)}}`
   const node = await build(t, { redis: { connection: redis.url, prefix }, concurrency: 1 })

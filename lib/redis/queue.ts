@@ -196,7 +196,7 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
   const prefix = options.prefix ?? '{fastify-task-api}'
   const concurrency = options.concurrency ?? 1
   const lockDuration = options.lockDuration ?? 30_000
-  const executor = new LocalExecutor({ ...context, recover: false, deferRetries: true })
+  const executor = new LocalExecutor({ ...context, recover: false, deferRetries: true, fence: true })
   await executor.start()
   const subscriber = connect(options.connection, { subscriber: true }, 'startWorker').client
   subscriber.on('message', (channel: string, uuid: string) => {

@@ -118,20 +118,22 @@ return id
 `
 
 /**
- * update: ARGV = prefix, uuid, finished (ms, or ''), trim count, field count n, n
- * field/value pairs, then the messages to append. Answers the record (fields, messages),
- * or false when there is none.
+ * update: ARGV = prefix, uuid, finished (ms, or ''), trim count, fence (the largest
+ * attempt the writer may find, or ''), field count n, n field/value pairs, then the
+ * messages to append. Answers the record (fields, messages), or false when there is none
+ * or the fence holds it back (the record is final, or at a later attempt).
  */
 export const updateScript = `${common}
 local uuid = ARGV[2]
 local key = p .. ':r:' .. uuid
-local before = redis.call('HMGET', key, 'owner', 'status', 'task', 'id')
+local before = redis.call('HMGET', key, 'owner', 'status', 'task', 'id', 'attempt')
 if not before[2] then return false end
-local n = tonumber(ARGV[5])
+if ARGV[5] ~= '' and (not live[before[2]] or tonumber(before[5]) > tonumber(ARGV[5])) then return false end
+local n = tonumber(ARGV[6])
 local status = before[2]
 if n > 0 then
   local fields = {}
-  for i = 6, 5 + 2 * n, 2 do
+  for i = 7, 6 + 2 * n, 2 do
     fields[#fields + 1] = ARGV[i]
     fields[#fields + 1] = ARGV[i + 1]
     if ARGV[i] == 'status' then status = ARGV[i + 1] end
@@ -139,7 +141,7 @@ if n > 0 then
   redis.call('HSET', key, unpack(fields))
 end
 local mkey = p .. ':m:' .. uuid
-if #ARGV > 5 + 2 * n then redis.call('RPUSH', mkey, unpack(ARGV, 6 + 2 * n)) end
+if #ARGV > 6 + 2 * n then redis.call('RPUSH', mkey, unpack(ARGV, 7 + 2 * n)) end
 local trim = tonumber(ARGV[4])
 if trim > 0 then redis.call('LTRIM', mkey, trim, -1) end
 if status ~= before[2] or ARGV[3] ~= '' then

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Redis as RedisClient } from 'ioredis'
 import { bounded, closeClient, closeTimeout, connect, isUnavailable, type RedisConnection } from './connection.js'
-import { finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from '../store/types.js'
+import { finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type UpdateFence } from '../store/types.js'
 import { createScript, deleteScript, expireScript, getScript, listScript, liveScript, updateScript } from './scripts.js'
 
 /** Options of the Redis store. */
@@ -161,7 +161,8 @@ export class RedisStore implements Store {
     return raw === null ? undefined : toRecord(raw)
   }
 
-  async update (uuid: string, patch: RecordPatch): Promise<TaskRecord | undefined> {
+  /** Honours `fence` in the same script as the change: several servers share this store. */
+  async update (uuid: string, patch: RecordPatch, fence?: UpdateFence): Promise<TaskRecord | undefined> {
     const args: Array<string | number> = []
     for (const field of patchFields) {
       if (patch[field] !== undefined) args.push(field, JSON.stringify(patch[field]))
@@ -170,7 +171,7 @@ export class RedisStore implements Store {
     if (patch.status !== undefined && finalStatuses.has(patch.status)) args.push('inputs', '{}')
     const finished = patch.finished === undefined ? '' : finishedMs(patch.finished)
     const trim = patch.trimMessages !== undefined && patch.trimMessages > 0 ? patch.trimMessages : 0
-    const raw = await this.#call(() => this.#client.taskUpdate(this.prefix, uuid, finished, trim, args.length / 2, ...args, ...(patch.messages ?? [])))
+    const raw = await this.#call(() => this.#client.taskUpdate(this.prefix, uuid, finished, trim, fence === undefined ? '' : fence.maxAttempt, args.length / 2, ...args, ...(patch.messages ?? [])))
     return raw === null ? undefined : toRecord(raw)
   }
 

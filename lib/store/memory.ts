@@ -1,5 +1,5 @@
 import BTreeModule from 'sorted-btree'
-import { applyFields, finalStatuses, readCursor, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord } from './types.js'
+import { applyFields, finalStatuses, readCursor, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type UpdateFence } from './types.js'
 
 const BTree = BTreeModule.default
 type Index = InstanceType<typeof BTree<number, TaskRecord>>
@@ -91,9 +91,10 @@ export class MemoryStore implements Store {
     return this.#entries.get(uuid)?.record
   }
 
-  async update (uuid: string, patch: RecordPatch): Promise<TaskRecord | undefined> {
+  async update (uuid: string, patch: RecordPatch, fence?: UpdateFence): Promise<TaskRecord | undefined> {
     const entry = this.#entries.get(uuid)
     if (entry === undefined) return undefined
+    if (fence !== undefined && (finalStatuses.has(entry.record.status) || entry.record.attempt > fence.maxAttempt)) return undefined
     const { record } = entry
     const { messages, trimMessages } = patch
     const before = record.status

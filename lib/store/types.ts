@@ -71,6 +71,16 @@ export interface TaskRecord extends TaskState {
  * A change to a record. `messages` are appended, then the `trimMessages` oldest removed;
  * every other field is replaced.
  */
+/**
+ * A precondition of an update, for a store that several servers share (the Redis store):
+ * the patch applies only while the record is pending or running with an `attempt` of at
+ * most `maxAttempt`; otherwise the update answers undefined and changes nothing. A worker
+ * that lost its task to another (paused or cut off past its queue lock) can then never
+ * overwrite the record of the task's later attempt or its final status. A store only one
+ * server uses (memory, SQLite, which hold a lock) has no such writer and may ignore it.
+ */
+export interface UpdateFence { maxAttempt: number }
+
 export type RecordPatch = Partial<Omit<TaskRecord, 'uuid' | 'task' | 'inputs' | 'owner' | 'created' | 'messages'>> & {
   messages?: string[]
   trimMessages?: number
@@ -100,7 +110,7 @@ export interface Store {
    * Once the promise resolves the change is as durable as the store makes anything (a
    * durable store has committed it): the service publishes it only then.
    */
-  update (uuid: string, patch: RecordPatch): Promise<Readonly<TaskRecord> | undefined>
+  update (uuid: string, patch: RecordPatch, fence?: UpdateFence): Promise<Readonly<TaskRecord> | undefined>
   /**
    * A page of the records matching the filter, newest first (by creation), at most
    * `filter.limit`, after `filter.cursor` when set. `next` is the cursor of the following
