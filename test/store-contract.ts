@@ -433,3 +433,25 @@ export function storeContract (t: Test, name: string, factory: StoreFactory): vo
     await t.resolves(store.close())
   })
 }
+
+/**
+ * `UpdateFence`, for stores several servers share (and the memory store): a fenced
+ * update applies only while the record is live at no later attempt; otherwise it answers
+ * undefined and changes nothing.
+ */
+export function fenceContract (t: Test, name: string, factory: StoreFactory): void {
+  t.test(`${name}: a fenced update applies only while the record is live at no later attempt`, async (t) => {
+    const store = await factory(t)
+    const record = newRecord({ status: 'running', attempt: 2 })
+    await store.create(record)
+    t.match(await store.update(record.uuid, { progress: 1, seq: 1 }, { maxAttempt: 2 }), { progress: 1 }, 'its own attempt: applied')
+    t.match(await store.update(record.uuid, { progress: 2, seq: 2 }, { maxAttempt: 3 }), { progress: 2 }, 'the next attempt starting: applied')
+    t.equal(await store.update(record.uuid, { progress: 9, seq: 9 }, { maxAttempt: 1 }), undefined, 'an earlier attempt: refused')
+    t.match(await store.get(record.uuid), { progress: 2, seq: 2 }, 'and nothing changed')
+    await store.update(record.uuid, { status: 'succeeded', finished: new Date().toISOString(), seq: 3 })
+    t.equal(await store.update(record.uuid, { status: 'failed', error: 'late', seq: 4 }, { maxAttempt: 2 }), undefined, 'a final record: refused')
+    t.match(await store.get(record.uuid), { status: 'succeeded', error: null, seq: 3 })
+    t.equal(await store.update(randomUUID(), { progress: 1 }, { maxAttempt: 1 }), undefined, 'no record: undefined')
+    t.match(await store.update(record.uuid, { seq: 5 }), { seq: 5 }, 'without a fence: applied as ever')
+  })
+}

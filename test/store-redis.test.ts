@@ -4,7 +4,7 @@ import t, { type Test } from 'tap'
 import { RedisStore } from '../dist/redis/index.js'
 import type { TaskRecord } from '../dist/index.js'
 import { startRedis } from './redis-server.js'
-import { newRecord, storeContract } from './store-contract.js'
+import { fenceContract, newRecord, storeContract } from './store-contract.js'
 
 // The Redis store: the contract, against a real redis-server of the test's own, each test
 // under a prefix of its own; then what Redis adds: keys under the prefix only, a client
@@ -22,6 +22,7 @@ function openStore (t: Test, options: Partial<ConstructorParameters<typeof Redis
 }
 
 storeContract(t, 'RedisStore', t => openStore(t))
+fenceContract(t, 'RedisStore', t => openStore(t))
 
 t.test('every key is under the prefix, and a removed record leaves no key behind', async (t) => {
   const store = openStore(t)
