@@ -96,6 +96,13 @@ export const FST_TASK_API_CURSOR_INVALID = createError(
 export const FST_TASK_API_STORE_UNAVAILABLE = createError(
   'FST_TASK_API_STORE_UNAVAILABLE', 'the task store is busy: try again later', 503)
 
+/**
+ * Not an HTTP answer: the `code` of the frame an open event stream gets when its API node
+ * lost Redis (a deployment on Redis); the stream catches up by itself once it is back.
+ */
+export const FST_TASK_API_EVENTS_INTERRUPTED = createError(
+  'FST_TASK_API_EVENTS_INTERRUPTED', 'live events are interrupted: this server lost its connection to Redis; the stream catches up by itself once it is back', 503)
+
 /** Every error code, for documentation and tests. */
 export const codes = {
   FST_TASK_API_OPT_INVALID,
@@ -120,4 +127,5 @@ export const codes = {
   FST_TASK_API_TASK_LIVE,
   FST_TASK_API_CURSOR_INVALID,
   FST_TASK_API_STORE_UNAVAILABLE,
+  FST_TASK_API_EVENTS_INTERRUPTED,
 } as const

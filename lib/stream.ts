@@ -5,6 +5,7 @@ import type { WebSocket } from 'ws'
 import { Access, redactedRequest } from './access.js'
 import { closeSocket, Heartbeat, sseChannel, StreamCounter, whenGone, wsChannel, type Channel } from './channel.js'
 import {
+  FST_TASK_API_EVENTS_INTERRUPTED,
   FST_TASK_API_STREAM_LIMIT,
   FST_TASK_API_STREAM_NOT_ACCEPTABLE,
   FST_TASK_API_STREAM_UPGRADE_REQUIRED,
@@ -102,9 +103,9 @@ interface Sink {
   end (failed?: boolean): void
 }
 
-const interruptedMessage = 'live events are interrupted: this server lost its connection to Redis; the stream catches up by itself once it is back'
+const interrupted = new FST_TASK_API_EVENTS_INTERRUPTED()
 const interruptedFrame = (uuid: string): string =>
-  JSON.stringify({ type: 'error', uuid, code: 'FST_TASK_API_EVENTS_INTERRUPTED', message: interruptedMessage })
+  JSON.stringify({ type: 'error', uuid, code: interrupted.code, message: interrupted.message })
 
 // Each event is serialized once, whatever the number of subscribers: the same bytes go to all.
 const wsFrames = new WeakMap<TaskEvent, Buffer>()
