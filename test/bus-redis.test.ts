@@ -194,3 +194,44 @@ t.test('a bus tells its server when it loses Redis and when it listens again; ev
   }, 20_000)
   t.ok(got.length > 0)
 })
+
+t.test('history in Redis answers nothing across a gap in seqs (an event that could not be published)', async (t) => {
+  const prefix = `{bus-${randomUUID().slice(0, 8)}}`
+  const follower = new RedisBus({ connection: redis.url, prefix, history: { size: 100, ttl: 3000 } })
+  t.teardown(() => follower.close())
+  const history = follower.history
+  if (history === undefined) throw new Error('a bus with history options has a history')
+  const worker = await openBus(t, prefix)
+  const uuid = randomUUID()
+  await history.watch(uuid)
+  for (const seq of [1, 2, 4, 5]) worker.publish(progress(uuid, seq), err => t.error(err))
+  await until('four events kept', async () => (await history.since(uuid, 4))?.events.length === 1)
+  t.equal(await history.since(uuid, 0), undefined, 'from 0: event 3 is missing')
+  t.equal(await history.since(uuid, 2), undefined, 'from 2: the same')
+  t.same((await history.since(uuid, 3))?.events.map(event => event.seq), [4, 5], 'from 3: nothing missing')
+})
+
+t.test('an event published while Redis is away is sent again once it is back, in order with the task\'s next ones', async (t) => {
+  const own = await startRedis(t, { persist: true })
+  const prefix = `{bus-${randomUUID().slice(0, 8)}}`
+  const follower = new RedisBus({ connection: own.url, prefix, history: { size: 100, ttl: 60_000 } })
+  t.teardown(() => follower.close())
+  const history = follower.history
+  if (history === undefined) throw new Error('a bus with history options has a history')
+  const publisher = new RedisBus({ connection: own.url, prefix })
+  t.teardown(() => publisher.close())
+  const uuid = randomUUID()
+  // The follower's connection is fail-fast: the watch waits until it is connected.
+  await until('the watch', async () => history.watch(uuid).then(() => true, () => false))
+  publisher.publish(progress(uuid, 1), err => t.error(err))
+  await until('event 1 kept', async () => (await history.since(uuid, 0))?.events.length === 1)
+  await own.stop('term')
+  const errors: unknown[] = []
+  for (let seq = 2; seq <= 4; seq++) publisher.publish(progress(uuid, seq), err => errors.push(err))
+  await new Promise(resolve => setTimeout(resolve, 300))
+  await own.start()
+  publisher.publish(progress(uuid, 5), err => errors.push(err))
+  await until('every event kept', async () => (await history.since(uuid, 0).catch(() => undefined))?.events.length === 5, 20_000)
+  t.same((await history.since(uuid, 0))?.events.map(event => event.seq), [1, 2, 3, 4, 5], 'all of them, in order')
+  t.same(errors, [], 'none given up')
+})

@@ -1,6 +1,6 @@
 import type { Redis as RedisClient } from 'ioredis'
 import { EventBus, isFinalEvent, type BusHistory, type BusHooks, type TaskBus, type TaskEvent, type TaskListener } from '../events.js'
-import { closeClient, connect, type RedisConnection } from './connection.js'
+import { bounded, closeClient, closeTimeout, connect, isUnavailable, type RedisConnection } from './connection.js'
 
 /** Options of the Redis event bus. */
 export interface RedisBusOptions {
@@ -22,6 +22,9 @@ export interface RedisBusOptions {
  * last one; once it has ended, `history.ttl`.
  */
 const liveHistoryTtl = 15 * 60_000
+
+/** How long (ms) an event is sent again while Redis is unavailable, before it is given up. */
+const publishRetry = 60_000
 
 /*
  * A task's history is two keys under the prefix: `watch:<uuid>` ("<size>,<ttl>", set by
@@ -86,6 +89,8 @@ export class RedisBus implements TaskBus {
   /** The subscriber lost its connection and has not listened again since. */
   #lost = false
   #closing: Promise<void> | undefined
+  /** Per task, the publishing under way: a task's events go out one after another, in order. */
+  readonly #sending = new Map<string, Promise<void>>()
 
   constructor (options: RedisBusOptions) {
     if (typeof options !== 'object' || options === null) throw new TypeError(`options must be an object with a connection, got ${String(options)}`)
@@ -116,7 +121,11 @@ export class RedisBus implements TaskBus {
           // Every event from the first one on is in the list: it answers for `seq` when
           // nothing can fall between `seq` and the first.
           if (seq + 1 < first.seq || seq > last.seq) return undefined
-          return { events: events.filter(event => event.seq > seq), ended: isFinalEvent(last) }
+          const missed = events.filter(event => event.seq > seq)
+          // A task's events on a Redis deployment have consecutive seqs: a gap is an event
+          // that could not be published (Redis was away past the retries). Then it cannot tell.
+          if (missed.some((event, i) => event.seq !== seq + 1 + i)) return undefined
+          return { events: missed, ended: isFinalEvent(last) }
         },
         forget: async (uuid) => {
           await this.#publisher.del(this.#watchKey(uuid), this.#historyKey(uuid))
@@ -177,9 +186,36 @@ export class RedisBus implements TaskBus {
     return this.#local.subscribe(uuid, listener)
   }
 
+  /**
+   * Publishes the event (and keeps it in the task's history when followed). A task's
+   * events go out in order; while Redis is unavailable each is sent again (for up to a
+   * minute, not once the bus is closing), so that an event whose record was written is
+   * not lost to a reconnecting publisher. `onError` gets what could not be sent.
+   */
   publish (event: TaskEvent, onError: (err: unknown) => void): void {
-    const text = JSON.stringify(event)
-    this.#publisher.taskPublish(this.#watchKey(event.uuid), this.#historyKey(event.uuid), this.channel, text, isFinalEvent(event) ? '1' : '0').catch(onError)
+    const { uuid } = event
+    const args = [this.#watchKey(uuid), this.#historyKey(uuid), this.channel, JSON.stringify(event), isFinalEvent(event) ? '1' : '0'] as const
+    const send = async (): Promise<void> => {
+      const start = Date.now()
+      for (let delay = 50; ; delay = Math.min(delay * 2, 1000)) {
+        try {
+          await this.#publisher.taskPublish(...args)
+          return
+        } catch (err) {
+          if (!isUnavailable(err) || this.#closing !== undefined || Date.now() + delay > start + publishRetry) {
+            onError(err)
+            return
+          }
+          await new Promise(resolve => setTimeout(resolve, delay))
+        }
+      }
+    }
+    const previous = this.#sending.get(uuid)
+    const sending = previous === undefined ? send() : previous.then(send)
+    this.#sending.set(uuid, sending)
+    void sending.then(() => {
+      if (this.#sending.get(uuid) === sending) this.#sending.delete(uuid)
+    })
   }
 
   /** Other servers may have subscribers: every event is published. */
@@ -193,6 +229,8 @@ export class RedisBus implements TaskBus {
 
   async close (): Promise<void> {
     this.#closing ??= (async () => {
+      // What is being published gets its chance (bounded: Redis may be gone).
+      await bounded(Promise.allSettled([...this.#sending.values()]), closeTimeout)
       if (this.#subscriber !== undefined) await closeClient(this.#subscriber)
       if (this.#ownPublisher) await closeClient(this.#publisher)
     })()
