@@ -76,6 +76,7 @@ export class TaskService {
   readonly #bus: TaskBus
   readonly #history: EventHistory
   readonly #busWatchers = new Set<{ lost (): void, restored (): void }>()
+  #busLost = false
   readonly #execution: ExecutionOptions
   readonly #inputLimits: InputLimits
   readonly #now: () => number
@@ -136,10 +137,12 @@ export class TaskService {
     await this.#bus.start?.({
       error: err => this.#log.error({ err }, 'fastify-task-api: a task event listener threw'),
       lost: () => {
+        this.#busLost = true
         this.#log.warn({}, 'fastify-task-api: events from other servers are interrupted (the connection to Redis is lost); streams catch up when it is back')
         for (const watcher of this.#busWatchers) watcher.lost()
       },
       restored: () => {
+        this.#busLost = false
         this.#log.info?.({}, 'fastify-task-api: events from other servers arrive again')
         for (const watcher of this.#busWatchers) watcher.restored()
       },
@@ -335,6 +338,11 @@ export class TaskService {
     await this.#bus.history?.watch(uuid).catch((err: unknown) => {
       this.#log.warn({ err, uuid }, 'fastify-task-api: the event history could not be started; a reconnecting client gets a snapshot')
     })
+  }
+
+  /** True while the bus has lost its connection (events from other servers may be missed). */
+  get eventsInterrupted (): boolean {
+    return this.#busLost
   }
 
   /**

@@ -149,7 +149,14 @@ class Subscription {
   #timer: NodeJS.Timeout | undefined
   #unsubscribe: (() => void) | undefined
   #stopped = false
-  /** Events were missed while this subscription was starting: it catches up once live. */
+  /** Reading what the client is missing, before going live for the first time. */
+  #starting = true
+  /**
+   * Events from other servers are not arriving (the bus lost Redis): what does arrive is
+   * held in #buffer, not sent, since events before it may be missing; `resync` sends.
+   */
+  #held: boolean
+  /** The bus came back while this subscription was starting: it catches up once it has read. */
   #resyncDue = false
 
   constructor (service: TaskService, uuid: string, sink: Sink, options: SubscriptionOptions) {
@@ -158,6 +165,7 @@ class Subscription {
     this.#sink = sink
     this.#options = options
     this.#pace = new Pace(options.progressInterval)
+    this.#held = service.eventsInterrupted
   }
 
   /**
@@ -214,35 +222,46 @@ class Subscription {
     this.#pending = undefined
   }
 
+  /**
+   * Sends what was read (`first`), then what arrived meanwhile, and goes live. Not while
+   * events are held (the bus lost Redis, or came back during the read): what arrived stays
+   * held, since events before it may be missing, and `resync` reads on from the last seq sent.
+   */
   #goLive (first: TaskEvent[]): void {
+    for (const event of first) this.#deliver(event)
+    this.#starting = false
+    if (this.#held || this.#resyncDue) {
+      if (!this.#held && !this.#stopped) void this.resync()
+      return
+    }
     const buffered = this.#buffer ?? []
     this.#buffer = undefined
-    for (const event of first) this.#deliver(event)
     for (const event of buffered) this.#deliver(event)
-    if (this.#resyncDue && !this.#stopped) {
-      this.#resyncDue = false
-      void this.resync()
-    }
   }
 
-  /** Events from other servers stopped arriving: the client is told. */
+  /** Events from other servers stopped arriving: the client is told, and what arrives is held. */
   interrupted (): void {
-    if (!this.#stopped && !this.#sink.notice(interruptedFrame(this.#uuid))) this.stop()
+    if (this.#stopped) return
+    this.#held = true
+    this.#buffer ??= []
+    if (!this.#sink.notice(interruptedFrame(this.#uuid))) this.stop()
   }
 
   /**
    * Events arrive again, and those published meanwhile were missed: sends them from the
    * history, else a snapshot when the task changed, then goes on live. A subscription
-   * still starting does it once it is live (what it read may predate the gap).
+   * still starting does it once it has read (what it read may predate the gap).
    */
   async resync (): Promise<void> {
+    this.#held = false
     if (this.#stopped) return
-    if (this.#buffer !== undefined) {
+    if (this.#starting) {
       this.#resyncDue = true
       return
     }
+    this.#resyncDue = false
     this.#flushPending()
-    this.#buffer = []
+    this.#buffer ??= []
     try {
       const missed = await this.#service.eventsSince(this.#uuid, this.#lastSeq)
       if (this.#stopped) return

@@ -145,3 +145,45 @@ for (const historySize of [512, 0]) {
     t.match(client.frames.at(-1), { type: 'status', status: 'succeeded' })
   })
 }
+
+t.test('a node whose pub/sub connection is cut again and again (every 100 to 300 ms) still gives its clients every message once and the final status', async (t) => {
+  const redis = await startRedis(t)
+  const prefix = `{streams-${randomUUID().slice(0, 8)}}`
+  const worker = await startWorker({ redis: { connection: redis.url, prefix }, tasks: [fixture('stream.ts')], concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200 })
+  t.teardown(() => worker.close())
+  const a = await serve(t, { redis: { connection: redis.url, prefix }, concurrency: 0, streams: { historySize: 64 } })
+  const gate = gatePath()
+  t.teardown(() => import('node:fs').then(fs => fs.rmSync(gate, { force: true })))
+  const steps = 150
+  const { uuid } = await a.app.tasks.submit('steps', { steps, delay: 15, gate })
+  const single = follow(`ws://${a.base}/tasks/${uuid}/events`)
+  const many = follow(`ws://${a.base}/tasks/events`)
+  await new Promise(resolve => many.socket.once('open', resolve))
+  many.socket.send(JSON.stringify({ type: 'subscribe', uuid }))
+  await until('both snapshots', () => single.frames.length > 0 && many.frames.length > 0)
+  writeFileSync(gate, '')
+  const { Redis } = await import('ioredis')
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.quit())
+  let kills = 0
+  let ended = false
+  void single.closed.then(() => { ended = true })
+  while (!ended) {
+    await new Promise(resolve => setTimeout(resolve, 100 + Math.random() * 200))
+    if (!ended) {
+      await admin.client('KILL', 'TYPE', 'pubsub')
+      kills++
+    }
+  }
+  await until('the final status on the multiplexed socket', () => many.frames.some(frame => frame.type === 'status' && frame.status === 'succeeded'), 30_000)
+  many.socket.close()
+  t.ok(kills >= 3, `the connection was cut ${kills} times`)
+  for (const [name, frames] of [['single', single.frames], ['multiplexed', many.frames]] as const) {
+    const seqs = frames.filter(frame => frame.seq !== undefined).map(frame => frame.seq as number)
+    t.same(seqs, [...seqs].sort((x, y) => x - y), `${name}: seqs only grow`)
+    const lastSnapshot = frames.findLastIndex(frame => frame.type === 'snapshot')
+    const known = [...((frames[lastSnapshot] as { task?: TaskState } | undefined)?.task?.messages ?? []), ...messagesOf(frames.slice(lastSnapshot + 1))]
+    t.same(known, Array.from({ length: steps }, (_, i) => `step ${i + 1}`), `${name}: every message, once`)
+    t.match(frames.findLast(frame => frame.type === 'status'), { status: 'succeeded' })
+  }
+})

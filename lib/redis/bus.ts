@@ -28,7 +28,8 @@ const publishRetry = 60_000
 
 /*
  * A task's history is two keys under the prefix: `watch:<uuid>` ("<size>,<ttl>", set by
- * a server whose stream follows the task) and `history:<uuid>`, a list of the events
+ * a server whose stream follows the task, for `ttl`; each event of the running task
+ * extends it to `liveHistoryTtl`, the final one sets it to `ttl`) and `history:<uuid>`, a list of the events
  * published while the watch existed, oldest first, at most <size>. Events are appended
  * only while the watch exists, and a watch made anew empties the list, so the list never
  * has a hole: it holds every event from its first one on. Publishing and appending are
@@ -89,6 +90,8 @@ export class RedisBus implements TaskBus {
   /** The subscriber lost its connection and has not listened again since. */
   #lost = false
   #closing: Promise<void> | undefined
+  /** The publisher was connected once: from then on a command fails fast while Redis is away. */
+  #wasReady = false
   /** Per task, the publishing under way: a task's events go out one after another, in order. */
   readonly #sending = new Map<string, Promise<void>>()
 
@@ -110,9 +113,11 @@ export class RedisBus implements TaskBus {
       const value = `${Math.floor(history.size)},${Math.floor(history.ttl)}`
       this.history = {
         watch: async (uuid) => {
-          await this.#publisher.taskWatch(this.#watchKey(uuid), this.#historyKey(uuid), value, Math.max(history.ttl, liveHistoryTtl))
+          await this.#connected()
+          await this.#publisher.taskWatch(this.#watchKey(uuid), this.#historyKey(uuid), value, Math.floor(history.ttl))
         },
         since: async (uuid, seq) => {
+          await this.#connected()
           const texts = await this.#publisher.taskSince(this.#watchKey(uuid), this.#historyKey(uuid))
           if (texts === null || texts.length === 0) return undefined
           const events = texts.map(text => JSON.parse(text) as TaskEvent)
@@ -128,10 +133,21 @@ export class RedisBus implements TaskBus {
           return { events: missed, ended: isFinalEvent(last) }
         },
         forget: async (uuid) => {
+          await this.#connected()
           await this.#publisher.del(this.#watchKey(uuid), this.#historyKey(uuid))
         },
       }
     }
+  }
+
+  /**
+   * Resolves once the publisher's connection is up, or after 2 s: made at construction, a
+   * fail-fast connection would refuse the first commands of a server just started.
+   */
+  async #connected (): Promise<void> {
+    if (this.#publisher.status === 'ready' || this.#wasReady) return
+    await bounded(new Promise(resolve => this.#publisher.once('ready', resolve)), 2000)
+    this.#wasReady = (this.#publisher.status as string) === 'ready'
   }
 
   #watchKey (uuid: string): string {
