@@ -2,7 +2,7 @@ import type { TaskEvent } from './events.js'
 import { cut, encodeResult, maxDetailLength, maxErrorLength, type MessageLimits, type ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { Job, JobResult, Runner, RunnerEvents } from './runner/types.js'
-import { finalStatuses, type RecordPatch, type Store, type TaskRecord } from './store/types.js'
+import { finalStatuses, type RecordPatch, type Store, type TaskRecord, type UpdateFence } from './store/types.js'
 import { toState } from './state.js'
 import { backoffDelay, describe } from './task.js'
 import { clip } from './text.js'
@@ -76,6 +76,8 @@ interface ActiveTask {
   unrun?: boolean
   /** Another worker took the task over: this one's writes were refused. */
   takenOver?: boolean
+  /** The record's status and attempt as this executor last wrote or read them: what a fenced write expects. */
+  expected?: UpdateFence
   /** Left pending for its next attempt, due in this many ms, for the queue to hand out (`deferRetries`). */
   retryIn?: number
 }
@@ -313,17 +315,18 @@ export class LocalExecutor implements Executor {
       if (this.#followed(uuid)) this.#publish({ type: 'status', uuid, seq, status: changed.status, task: toState(changed) })
     }
     const registered = this.#registry.get(record.task)
-    // Fenced at the attempt found: if another worker changed the record meanwhile (it
-    // ended, or runs a later attempt), the task is not this worker's to run.
+    // Fenced at the status and attempt found: if another worker changed the record
+    // meanwhile, the task is not this worker's to run.
+    const found = record.status === 'pending' || record.status === 'running' ? { status: record.status, attempt: record.attempt } : undefined
     const fail = async (error: string): Promise<'failed'> => {
-      publish(await this.#write(uuid, { status: 'failed', error, finished: this.#iso(), seq }, record.attempt))
+      publish(await this.#write(uuid, { status: 'failed', error, finished: this.#iso(), seq }, found))
       return 'failed'
     }
     try {
       if (registered === undefined) return await fail(`task "${clip(record.task)}" ${unregistered}`)
       if (record.status === 'running') {
         if (record.attempt > registered.task.retries) return await fail(interruptedError)
-        publish(await this.#write(uuid, { status: 'pending', error: interruptedError, progress: null, target: null, seq }, record.attempt))
+        publish(await this.#write(uuid, { status: 'pending', error: interruptedError, progress: null, target: null, seq }, found))
       }
     } catch (err) {
       if (err instanceof TakenOverError) return 'failed'
@@ -339,6 +342,7 @@ export class LocalExecutor implements Executor {
       dropped: record.messagesDropped,
       steps: [],
       draining: undefined,
+      expected: { status: 'pending', attempt: record.attempt },
       ...(done === undefined ? {} : { done }),
     }
     this.#active.set(uuid, active)
@@ -621,21 +625,21 @@ export class LocalExecutor implements Executor {
    * While closing, for up to 2 s: a close does not wait a minute for a store that is away
    * (what it could not write is as a crash would leave it, and recovered as such).
    */
-  /**
-   * Writes a task's change, again while the store is unavailable. `attempt`: the attempt
-   * the writer runs (or found); with `fence`, the write applies only while the record is
-   * live at no later attempt, else TakenOverError.
-   */
-  async #write (uuid: string, patch: RecordPatch, attempt = this.#active.get(uuid)?.job.attempt): Promise<Readonly<TaskRecord>> {
+  async #write (uuid: string, patch: RecordPatch, expected = this.#active.get(uuid)?.expected): Promise<Readonly<TaskRecord>> {
     let delay = 50
     const start = Date.now()
-    const fence = this.#fence && attempt !== undefined ? { maxAttempt: attempt } : undefined
+    // With `fence`: only over the record as this executor last wrote or read it (else another
+    // worker has the task: TakenOverError).
+    const fence = this.#fence ? expected : undefined
+    if (this.#fence && fence === undefined) throw new TakenOverError(`task ${uuid} is not live here any more`)
     for (;;) {
       const deadline = start + (this.#closed ? 2000 : 60_000)
       try {
         const record = await this.#store.update(uuid, patch, fence)
         if (record === undefined && fence !== undefined) throw new TakenOverError(`task ${uuid} was taken over by another worker, or ended`)
         if (record === undefined) throw new Error(`the store lost task ${uuid}`)
+        const active = this.#active.get(uuid)
+        if (active !== undefined) active.expected = record.status === 'pending' || record.status === 'running' ? { status: record.status, attempt: record.attempt } : undefined
         return record
       } catch (err) {
         if ((err as { storeUnavailable?: unknown }).storeUnavailable !== true || Date.now() + delay > deadline) throw err

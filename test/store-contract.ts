@@ -436,22 +436,24 @@ export function storeContract (t: Test, name: string, factory: StoreFactory): vo
 
 /**
  * `UpdateFence`, for stores several servers share (and the memory store): a fenced
- * update applies only while the record is live at no later attempt; otherwise it answers
- * undefined and changes nothing.
+ * update applies only while the record has the fence's status and attempt; otherwise it
+ * answers undefined and changes nothing.
  */
 export function fenceContract (t: Test, name: string, factory: StoreFactory): void {
-  t.test(`${name}: a fenced update applies only while the record is live at no later attempt`, async (t) => {
+  t.test(`${name}: a fenced update applies only while the record has the status and attempt it expects`, async (t) => {
     const store = await factory(t)
-    const record = newRecord({ status: 'running', attempt: 2 })
+    const record = newRecord({ status: 'pending', attempt: 1 })
     await store.create(record)
-    t.match(await store.update(record.uuid, { progress: 1, seq: 1 }, { maxAttempt: 2 }), { progress: 1 }, 'its own attempt: applied')
-    t.match(await store.update(record.uuid, { progress: 2, seq: 2 }, { maxAttempt: 3 }), { progress: 2 }, 'the next attempt starting: applied')
-    t.equal(await store.update(record.uuid, { progress: 9, seq: 9 }, { maxAttempt: 1 }), undefined, 'an earlier attempt: refused')
-    t.match(await store.get(record.uuid), { progress: 2, seq: 2 }, 'and nothing changed')
-    await store.update(record.uuid, { status: 'succeeded', finished: new Date().toISOString(), seq: 3 })
-    t.equal(await store.update(record.uuid, { status: 'failed', error: 'late', seq: 4 }, { maxAttempt: 2 }), undefined, 'a final record: refused')
+    t.equal(await store.update(record.uuid, { status: 'running', attempt: 2, seq: 1 }, { status: 'running', attempt: 1 }), undefined, 'another status: refused')
+    t.equal(await store.update(record.uuid, { status: 'running', attempt: 2, seq: 1 }, { status: 'pending', attempt: 0 }), undefined, 'another attempt: refused')
+    t.match(await store.get(record.uuid), { status: 'pending', attempt: 1, seq: 0 }, 'and nothing changed')
+    t.match(await store.update(record.uuid, { status: 'running', attempt: 2, seq: 1 }, { status: 'pending', attempt: 1 }), { status: 'running', attempt: 2 }, 'as expected: applied')
+    t.equal(await store.update(record.uuid, { progress: 5, seq: 2 }, { status: 'pending', attempt: 1 }), undefined, 'a second writer that started from the same pending record: refused')
+    t.match(await store.update(record.uuid, { progress: 1, seq: 2 }, { status: 'running', attempt: 2 }), { progress: 1 }, 'the writer that started it: applied')
+    await store.update(record.uuid, { status: 'succeeded', finished: new Date().toISOString(), seq: 3 }, { status: 'running', attempt: 2 })
+    t.equal(await store.update(record.uuid, { status: 'failed', error: 'late', seq: 4 }, { status: 'running', attempt: 2 }), undefined, 'a final record: refused')
     t.match(await store.get(record.uuid), { status: 'succeeded', error: null, seq: 3 })
-    t.equal(await store.update(randomUUID(), { progress: 1 }, { maxAttempt: 1 }), undefined, 'no record: undefined')
+    t.equal(await store.update(randomUUID(), { progress: 1 }, { status: 'running', attempt: 1 }), undefined, 'no record: undefined')
     t.match(await store.update(record.uuid, { seq: 5 }), { seq: 5 }, 'without a fence: applied as ever')
   })
 }

@@ -118,17 +118,17 @@ return id
 `
 
 /**
- * update: ARGV = prefix, uuid, finished (ms, or ''), trim count, fence (the largest
- * attempt the writer may find, or ''), field count n, n field/value pairs, then the
- * messages to append. Answers the record (fields, messages), or false when there is none
- * or the fence holds it back (the record is final, or at a later attempt).
+ * update: ARGV = prefix, uuid, finished (ms, or ''), trim count, fence (the status and
+ * attempt the record must have, `<status JSON>:<attempt JSON>` as stored, or ''), field
+ * count n, n field/value pairs, then the messages to append. Answers the record (fields,
+ * messages), or false when there is none or the fence holds it back.
  */
 export const updateScript = `${common}
 local uuid = ARGV[2]
 local key = p .. ':r:' .. uuid
 local before = redis.call('HMGET', key, 'owner', 'status', 'task', 'id', 'attempt')
 if not before[2] then return false end
-if ARGV[5] ~= '' and (not live[before[2]] or tonumber(before[5]) > tonumber(ARGV[5])) then return false end
+if ARGV[5] ~= '' and ARGV[5] ~= before[2] .. ':' .. tostring(before[5]) then return false end
 local n = tonumber(ARGV[6])
 local status = before[2]
 if n > 0 then

@@ -171,7 +171,7 @@ export class RedisStore implements Store {
     if (patch.status !== undefined && finalStatuses.has(patch.status)) args.push('inputs', '{}')
     const finished = patch.finished === undefined ? '' : finishedMs(patch.finished)
     const trim = patch.trimMessages !== undefined && patch.trimMessages > 0 ? patch.trimMessages : 0
-    const raw = await this.#call(() => this.#client.taskUpdate(this.prefix, uuid, finished, trim, fence === undefined ? '' : fence.maxAttempt, args.length / 2, ...args, ...(patch.messages ?? [])))
+    const raw = await this.#call(() => this.#client.taskUpdate(this.prefix, uuid, finished, trim, fence === undefined ? '' : `${JSON.stringify(fence.status)}:${JSON.stringify(fence.attempt)}`, args.length / 2, ...args, ...(patch.messages ?? [])))
     return raw === null ? undefined : toRecord(raw)
   }
 

@@ -94,7 +94,7 @@ export class MemoryStore implements Store {
   async update (uuid: string, patch: RecordPatch, fence?: UpdateFence): Promise<TaskRecord | undefined> {
     const entry = this.#entries.get(uuid)
     if (entry === undefined) return undefined
-    if (fence !== undefined && (finalStatuses.has(entry.record.status) || entry.record.attempt > fence.maxAttempt)) return undefined
+    if (fence !== undefined && (entry.record.status !== fence.status || entry.record.attempt !== fence.attempt)) return undefined
     const { record } = entry
     const { messages, trimMessages } = patch
     const before = record.status

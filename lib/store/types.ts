@@ -73,13 +73,15 @@ export interface TaskRecord extends TaskState {
  */
 /**
  * A precondition of an update, for a store that several servers share (the Redis store):
- * the patch applies only while the record is pending or running with an `attempt` of at
- * most `maxAttempt`; otherwise the update answers undefined and changes nothing. A worker
- * that lost its task to another (paused or cut off past its queue lock) can then never
- * overwrite the record of the task's later attempt or its final status. A store only one
- * server uses (memory, SQLite, which hold a lock) has no such writer and may ignore it.
+ * the patch applies only while the record still has this `status` and `attempt` (what
+ * the writer last wrote or read); otherwise the update answers undefined and changes
+ * nothing. Every take-over changes one of the two (an adopting worker writes `pending`
+ * over `running`, or `running` at the next attempt over `pending`), so a worker that lost
+ * its task to another (paused or cut off past its queue lock) can never write over the
+ * record again. A store only one server uses (memory, SQLite, which hold a lock) has no
+ * such writer and may ignore it.
  */
-export interface UpdateFence { maxAttempt: number }
+export interface UpdateFence { status: 'pending' | 'running', attempt: number }
 
 export type RecordPatch = Partial<Omit<TaskRecord, 'uuid' | 'task' | 'inputs' | 'owner' | 'created' | 'messages'>> & {
   messages?: string[]
