@@ -56,6 +56,9 @@ function bullConnection (connection: RedisConnection, closing: { closing: boolea
 
 const cancelChannel = (prefix: string): string => `${prefix}:cancel`
 
+/** How long (ms) a worker still takes cancels for a task whose job it delayed (a retry's backoff). */
+const handBackGrace = 5000
+
 /** How long (ms) a submission waits for its job to be queued. */
 const dispatchTimeout = 2000
 
@@ -139,25 +142,8 @@ export class BullMQExecutor implements Executor {
     const job = await this.#queue.getJob(uuid) as BullJob<JobData> | undefined
     if (job === undefined) return false
     const state = await job.getState()
-    if (state === 'waiting' || state === 'delayed' || state === 'prioritized') {
-      let removed = false
-      try {
-        await job.remove()
-        removed = true
-      } catch {
-        // A worker took it meanwhile: it is running, and the workers are asked below.
-      }
-      if (removed) {
-        const { store, publish, now } = this.#context
-        const record = await store.get(uuid)
-        if (record !== undefined && !finalStatuses.has(record.status)) {
-          const seq = record.seq + 1
-          const cancelled = await store.update(uuid, { status: 'cancelled', finished: new Date(now()).toISOString(), seq, error: record.error })
-          if (cancelled !== undefined) publish({ type: 'status', uuid, seq, status: 'cancelled', task: toState(cancelled) })
-        }
-        return true
-      }
-    }
+    // A worker that takes it meanwhile is asked below.
+    if ((state === 'waiting' || state === 'delayed' || state === 'prioritized') && await cancelWaiting(job, this.#context)) return true
     await this.#publisher.publish(cancelChannel(this.#prefix), uuid)
     return true
   }
@@ -171,6 +157,33 @@ export class BullMQExecutor implements Executor {
     if (await bounded(this.#queue.close().then(() => true), closeTimeout) !== true) await bounded(this.#queue.disconnect().catch(() => {}), closeTimeout)
     await closeClient(this.#publisher)
   }
+}
+
+/**
+ * Cancels a task whose job waits in the queue (delayed or waiting): removes the job, then
+ * ends the task `cancelled` (unless it ended meanwhile). False when a worker took it first.
+ */
+async function cancelWaiting (job: BullJob<JobData>, context: ExecutorContext): Promise<boolean> {
+  try {
+    await job.remove()
+  } catch {
+    // A worker took it meanwhile: it is running.
+    return false
+  }
+  const { store, publish, now } = context
+  const { uuid } = job.data
+  const record = await store.get(uuid)
+  if (record !== undefined && !finalStatuses.has(record.status)) {
+    const seq = record.seq + 1
+    const cancelled = await store.update(uuid, { status: 'cancelled', finished: new Date(now()).toISOString(), seq, error: record.error })
+    if (cancelled !== undefined) publish({ type: 'status', uuid, seq, status: 'cancelled', task: toState(cancelled) })
+  }
+  return true
+}
+
+/** A cancel that reached a worker while it handed its task's job back: done now that the job is delayed. */
+async function cancelDelayed (job: BullJob<JobData>, context: ExecutorContext): Promise<void> {
+  await cancelWaiting(job, context).catch((err: unknown) => context.log.error({ err, uuid: job.data.uuid }, 'fastify-task-api: a cancel could not be done'))
 }
 
 /** Options of a worker. */
@@ -199,8 +212,22 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
   const executor = new LocalExecutor({ ...context, recover: false, deferRetries: true, fence: true })
   await executor.start()
   const subscriber = connect(options.connection, { subscriber: true }, 'startWorker').client
+  /**
+   * Tasks this worker handed back to the queue (a retry's backoff) lately: no longer live
+   * in the executor, their job being delayed, or delayed a moment ago. A cancel for one
+   * (the API node saw its job still active) is done here: noted until the job is delayed,
+   * then by removing it; kept `handBackGrace` ms, for a cancel already on its way.
+   */
+  const handingBack = new Map<string, { job: BullJob<JobData>, delayed: boolean, cancelled: boolean }>()
   subscriber.on('message', (channel: string, uuid: string) => {
-    if (executor.isLive(uuid)) void executor.cancel(uuid)
+    if (executor.isLive(uuid)) {
+      void executor.cancel(uuid)
+      return
+    }
+    const handing = handingBack.get(uuid)
+    if (handing === undefined || handing.cancelled) return
+    handing.cancelled = true
+    if (handing.delayed) void cancelDelayed(handing.job, context)
   })
   await subscriber.subscribe(cancelChannel(prefix))
   let closing = false
@@ -218,7 +245,20 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
       if (typeof how === 'object' && token !== undefined) {
         // A failed attempt with retries left: the job waits out the backoff in the queue
         // (delayed), taking no slot of this worker, and any worker makes the next attempt.
-        await job.moveToDelayed(Date.now() + how.retryIn, token)
+        const { uuid } = job.data
+        const handing = { job, delayed: false, cancelled: false }
+        handingBack.set(uuid, handing)
+        const forget = (): void => { if (handingBack.get(uuid) === handing) handingBack.delete(uuid) }
+        try {
+          await job.moveToDelayed(Date.now() + how.retryIn, token)
+        } catch (err) {
+          forget()
+          throw err
+        }
+        handing.delayed = true
+        setTimeout(forget, handBackGrace).unref()
+        // Cancelled while it was being handed back: the cancel the API node could not do.
+        if (handing.cancelled) await cancelDelayed(job, context)
         throw new DelayedError()
       }
     })()
