@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import type { TaskEvent } from './events.js'
 import { cut, encodeResult, maxDetailLength, maxErrorLength, type MessageLimits, type ProgressUpdate } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
@@ -234,7 +235,7 @@ export class LocalExecutor implements Executor {
    */
   async adopt (uuid: string): Promise<Departure> {
     if (this.#active.has(uuid)) throw new Error(`task ${uuid} is already running in this worker`)
-    const record = await this.#store.get(uuid)
+    const record = await this.#retrying(async () => await this.#store.get(uuid), uuid)
     if (record === undefined || finalStatuses.has(record.status)) return 'ended'
     if (!this.#registry.has(record.task)) this.#log.warn({ uuid, task: clip(record.task) }, 'fastify-task-api: a task this worker does not have: failed')
     let done: (how: Departure) => void = () => {}
@@ -626,21 +627,27 @@ export class LocalExecutor implements Executor {
    * (what it could not write is as a crash would leave it, and recovered as such).
    */
   async #write (uuid: string, patch: RecordPatch, expected = this.#active.get(uuid)?.expected): Promise<Readonly<TaskRecord>> {
+    // With `fence`: only over the record as this executor last wrote or read it (else another
+    // worker has the task: TakenOverError). A fenced write carries an id, the same when it is
+    // sent again: a write whose answer was lost (Redis went away) is not applied twice.
+    const fence = this.#fence && expected !== undefined ? { ...expected, write: randomUUID() } : undefined
+    if (this.#fence && fence === undefined) throw new TakenOverError(`task ${uuid} is not live here any more`)
+    const record = await this.#retrying(async () => await this.#store.update(uuid, patch, fence), uuid)
+    if (record === undefined && fence !== undefined) throw new TakenOverError(`task ${uuid} was taken over by another worker, or ended`)
+    if (record === undefined) throw new Error(`the store lost task ${uuid}`)
+    const active = this.#active.get(uuid)
+    if (active !== undefined) active.expected = record.status === 'pending' || record.status === 'running' ? { status: record.status, attempt: record.attempt } : undefined
+    return record
+  }
+
+  /** Runs a store call, again while the store is unavailable (up to a minute; 2 s while closing). */
+  async #retrying<T> (call: () => Promise<T>, uuid: string): Promise<T> {
     let delay = 50
     const start = Date.now()
-    // With `fence`: only over the record as this executor last wrote or read it (else another
-    // worker has the task: TakenOverError).
-    const fence = this.#fence ? expected : undefined
-    if (this.#fence && fence === undefined) throw new TakenOverError(`task ${uuid} is not live here any more`)
     for (;;) {
       const deadline = start + (this.#closed ? 2000 : 60_000)
       try {
-        const record = await this.#store.update(uuid, patch, fence)
-        if (record === undefined && fence !== undefined) throw new TakenOverError(`task ${uuid} was taken over by another worker, or ended`)
-        if (record === undefined) throw new Error(`the store lost task ${uuid}`)
-        const active = this.#active.get(uuid)
-        if (active !== undefined) active.expected = record.status === 'pending' || record.status === 'running' ? { status: record.status, attempt: record.attempt } : undefined
-        return record
+        return await call()
       } catch (err) {
         if ((err as { storeUnavailable?: unknown }).storeUnavailable !== true || Date.now() + delay > deadline) throw err
         this.#log.warn({ uuid, delay, err: (err as Error).message }, 'fastify-task-api: the store is unavailable; the task\'s change is written again')

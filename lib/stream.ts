@@ -668,8 +668,13 @@ export function registerStreams (
         const found = await subscription.start(typeof since === 'number' && Number.isInteger(since) && since >= 0 ? since : undefined)
         if (!found && following.get(uuid) === subscription) refuse(notFound)
       }).catch((err: unknown) => {
-        request.log.error({ err }, 'fastify-task-api: event stream failed')
         drop(uuid, subscription)
+        if ((err as { storeUnavailable?: unknown }).storeUnavailable === true) {
+          // The store is away for now (Redis down): the client may subscribe again.
+          channel.write(JSON.stringify({ type: 'error', uuid, code: 'FST_TASK_API_STORE_UNAVAILABLE', message: 'the task store cannot be reached right now: subscribe again' }))
+          return
+        }
+        request.log.error({ err }, 'fastify-task-api: event stream failed')
         error('internal error', uuid)
       })
     })

@@ -457,3 +457,25 @@ export function fenceContract (t: Test, name: string, factory: StoreFactory): vo
     t.match(await store.update(record.uuid, { seq: 5 }), { seq: 5 }, 'without a fence: applied as ever')
   })
 }
+
+/**
+ * A fenced write sent again with the same id (its first answer was lost: Redis went away
+ * after applying it) is not applied twice, and is not refused by its own first application.
+ */
+export function writeIdContract (t: Test, name: string, factory: StoreFactory): void {
+  t.test(`${name}: a fenced write sent again with its id is applied once`, async (t) => {
+    const store = await factory(t)
+    const record = newRecord({ status: 'pending', attempt: 0 })
+    await store.create(record)
+    const start = { status: 'running' as const, attempt: 1, seq: 1 }
+    const fence = { status: 'pending' as const, attempt: 0, write: randomUUID() }
+    t.match(await store.update(record.uuid, start, fence), { status: 'running', attempt: 1, seq: 1 })
+    t.match(await store.update(record.uuid, start, fence), { status: 'running', attempt: 1, seq: 1 }, 'sent again: the record, not a refusal')
+    const step = { messages: ['step 1'], seq: 2 }
+    const again = { status: 'running' as const, attempt: 1, write: randomUUID() }
+    await store.update(record.uuid, step, again)
+    t.match(await store.update(record.uuid, step, again), { messages: ['step 1'], seq: 2 }, 'a message sent again is not appended twice')
+    t.equal(await store.update(record.uuid, { seq: 3 }, { status: 'pending', attempt: 0, write: randomUUID() }), undefined, 'another write with a stale fence: refused')
+    t.same((await store.get(record.uuid))?.messages, ['step 1'])
+  })
+}

@@ -4,7 +4,7 @@ import t, { type Test } from 'tap'
 import { RedisStore } from '../dist/redis/index.js'
 import type { TaskRecord } from '../dist/index.js'
 import { startRedis } from './redis-server.js'
-import { fenceContract, newRecord, storeContract } from './store-contract.js'
+import { fenceContract, newRecord, storeContract, writeIdContract } from './store-contract.js'
 
 // The Redis store: the contract, against a real redis-server of the test's own, each test
 // under a prefix of its own; then what Redis adds: keys under the prefix only, a client
@@ -23,6 +23,7 @@ function openStore (t: Test, options: Partial<ConstructorParameters<typeof Redis
 
 storeContract(t, 'RedisStore', t => openStore(t))
 fenceContract(t, 'RedisStore', t => openStore(t))
+writeIdContract(t, 'RedisStore', t => openStore(t))
 
 t.test('every key is under the prefix, and a removed record leaves no key behind', async (t) => {
   const store = openStore(t)
@@ -135,4 +136,13 @@ t.test('a SIGKILLed server\'s lease expires: the next server gets the store with
 
 t.test('leaseTtl is checked', async (t) => {
   t.throws(() => new RedisStore({ connection: redis.url, leaseTtl: 50 }), { name: 'TypeError', message: 'options.leaseTtl must be an integer >= 100 (ms), got 50' })
+})
+
+t.test('every ioredis error of a connection that is away counts as "unavailable" (503, writes retried)', async (t) => {
+  const { isUnavailable } = await import('../dist/redis/connection.js')
+  const errors = await import('ioredis/built/errors/index.js') as unknown as { MaxRetriesPerRequestError: new (n: number) => Error }
+  t.ok(isUnavailable(new errors.MaxRetriesPerRequestError(1)), 'MaxRetriesPerRequestError (its message names no error class)')
+  t.ok(isUnavailable(new Error('Connection is closed.')))
+  t.ok(isUnavailable(new Error('OOM command not allowed when used memory > \'maxmemory\'.')))
+  t.notOk(isUnavailable(new Error('ERR wrong number of arguments')), 'a command error is not')
 })

@@ -41,7 +41,9 @@ export function isUnavailable (err: unknown): boolean {
   const message = (err as Error | undefined)?.message ?? ''
   const code = (err as { code?: unknown } | undefined)?.code
   // OOM: Redis is at its maxmemory (with noeviction, as BullMQ needs): writes wait until it has room.
-  return /Stream isn't writeable|Connection is closed|Command timed out|enableOfflineQueue|ECONNREFUSED|ECONNRESET|EPIPE|LOADING|MaxRetriesPerRequest|^OOM /.test(message) ||
+  // ioredis's MaxRetriesPerRequestError says "Reached the max retries per request limit".
+  if ((err as Error | undefined)?.name === 'MaxRetriesPerRequestError') return true
+  return /Stream isn't writeable|Connection is closed|Command timed out|enableOfflineQueue|ECONNREFUSED|ECONNRESET|EPIPE|LOADING|max retries per request|^OOM /.test(message) ||
     code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE' || code === 'ETIMEDOUT'
 }
 

@@ -119,21 +119,25 @@ return id
 
 /**
  * update: ARGV = prefix, uuid, finished (ms, or ''), trim count, fence (the status and
- * attempt the record must have, `<status JSON>:<attempt JSON>` as stored, or ''), field
- * count n, n field/value pairs, then the messages to append. Answers the record (fields,
- * messages), or false when there is none or the fence holds it back.
+ * attempt the record must have, `<status JSON>:<attempt JSON>` as stored, or ''), write id
+ * (or ''), field count n, n field/value pairs, then the messages to append. Answers the
+ * record (fields, messages), or false when there is none or the fence holds it back. A
+ * write id the record already took (its field `w`) answers the record unchanged: the
+ * same write sent again after its answer was lost.
  */
 export const updateScript = `${common}
 local uuid = ARGV[2]
 local key = p .. ':r:' .. uuid
-local before = redis.call('HMGET', key, 'owner', 'status', 'task', 'id', 'attempt')
+local before = redis.call('HMGET', key, 'owner', 'status', 'task', 'id', 'attempt', 'w')
 if not before[2] then return false end
+if ARGV[6] ~= '' and before[6] == ARGV[6] then return read(uuid) end
 if ARGV[5] ~= '' and ARGV[5] ~= before[2] .. ':' .. tostring(before[5]) then return false end
-local n = tonumber(ARGV[6])
+if ARGV[6] ~= '' then redis.call('HSET', key, 'w', ARGV[6]) end
+local n = tonumber(ARGV[7])
 local status = before[2]
 if n > 0 then
   local fields = {}
-  for i = 7, 6 + 2 * n, 2 do
+  for i = 8, 7 + 2 * n, 2 do
     fields[#fields + 1] = ARGV[i]
     fields[#fields + 1] = ARGV[i + 1]
     if ARGV[i] == 'status' then status = ARGV[i + 1] end
@@ -141,7 +145,7 @@ if n > 0 then
   redis.call('HSET', key, unpack(fields))
 end
 local mkey = p .. ':m:' .. uuid
-if #ARGV > 6 + 2 * n then redis.call('RPUSH', mkey, unpack(ARGV, 7 + 2 * n)) end
+if #ARGV > 7 + 2 * n then redis.call('RPUSH', mkey, unpack(ARGV, 8 + 2 * n)) end
 local trim = tonumber(ARGV[4])
 if trim > 0 then redis.call('LTRIM', mkey, trim, -1) end
 if status ~= before[2] or ARGV[3] ~= '' then

@@ -171,7 +171,7 @@ export class RedisStore implements Store {
     if (patch.status !== undefined && finalStatuses.has(patch.status)) args.push('inputs', '{}')
     const finished = patch.finished === undefined ? '' : finishedMs(patch.finished)
     const trim = patch.trimMessages !== undefined && patch.trimMessages > 0 ? patch.trimMessages : 0
-    const raw = await this.#call(() => this.#client.taskUpdate(this.prefix, uuid, finished, trim, fence === undefined ? '' : `${JSON.stringify(fence.status)}:${JSON.stringify(fence.attempt)}`, args.length / 2, ...args, ...(patch.messages ?? [])))
+    const raw = await this.#call(() => this.#client.taskUpdate(this.prefix, uuid, finished, trim, fence === undefined ? '' : `${JSON.stringify(fence.status)}:${JSON.stringify(fence.attempt)}`, fence?.write ?? '', args.length / 2, ...args, ...(patch.messages ?? [])))
     return raw === null ? undefined : toRecord(raw)
   }
 
@@ -269,7 +269,7 @@ function toRecord (raw: RawRecord): TaskRecord {
   const record: Record<string, unknown> = {}
   for (let i = 0; i < flat.length; i += 2) {
     const field = flat[i] as string
-    if (field === 'id' || field === 'finishedMs') continue
+    if (field === 'id' || field === 'finishedMs' || field === 'w') continue
     record[field] = JSON.parse(flat[i + 1] as string)
   }
   record.messages = messages

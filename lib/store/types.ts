@@ -81,7 +81,16 @@ export interface TaskRecord extends TaskState {
  * record again. A store only one server uses (memory, SQLite, which hold a lock) has no
  * such writer and may ignore it.
  */
-export interface UpdateFence { status: 'pending' | 'running', attempt: number }
+export interface UpdateFence {
+  status: 'pending' | 'running'
+  attempt: number
+  /**
+   * The write's id, the same each time it is sent again: a store that has applied it
+   * answers the record as it is (and checks nothing), so a write whose answer was lost
+   * is never applied twice.
+   */
+  write?: string
+}
 
 export type RecordPatch = Partial<Omit<TaskRecord, 'uuid' | 'task' | 'inputs' | 'owner' | 'created' | 'messages'>> & {
   messages?: string[]
