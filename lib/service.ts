@@ -386,9 +386,20 @@ export class TaskService {
   /** Resolves with the task's final state once it has succeeded, failed or been cancelled. */
   async wait (uuid: string): Promise<TaskState> {
     let unsubscribe: (() => void) | undefined
+    let unwatch: (() => void) | undefined
     const ended = new Promise<TaskState>((resolve) => {
       unsubscribe = this.subscribe(uuid, (event: TaskEvent) => {
         if (event.type === 'status' && event.task !== undefined && finalStatuses.has(event.status)) resolve(event.task)
+      })
+      // The final event may have been published while the bus had lost Redis: read again
+      // once it is back.
+      unwatch = this.watchBus({
+        lost: () => {},
+        restored: () => {
+          this.get(uuid).then((state) => {
+            if (state !== undefined && finalStatuses.has(state.status)) resolve(state)
+          }, () => {})
+        },
       })
     })
     try {
@@ -398,6 +409,7 @@ export class TaskService {
       return await ended
     } finally {
       unsubscribe?.()
+      unwatch?.()
     }
   }
 

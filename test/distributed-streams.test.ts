@@ -187,3 +187,30 @@ t.test('a node whose pub/sub connection is cut again and again (every 100 to 300
     t.match(frames.findLast(frame => frame.type === 'status'), { status: 'succeeded' })
   }
 })
+
+t.test('app.tasks.wait() on an API node resolves even when the final event came while its pub/sub connection was cut', async (t) => {
+  const redis = await startRedis(t)
+  const prefix = `{streams-${randomUUID().slice(0, 8)}}`
+  const worker = await startWorker({ redis: { connection: redis.url, prefix }, tasks: [fixture('stream.ts')], concurrency: 2, execArgv: childExecArgv, shutdownTimeout: 200 })
+  t.teardown(() => worker.close())
+  const a = await serve(t, { redis: { connection: redis.url, prefix }, concurrency: 0 })
+  const { Redis } = await import('ioredis')
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.quit())
+  // Tasks end while the node's subscriber is cut every 10 to 40 ms: some final events
+  // are published while it is away.
+  let cutting = true
+  const cutter = (async () => {
+    while (cutting) {
+      await admin.client('KILL', 'TYPE', 'pubsub').catch(() => {})
+      await new Promise(resolve => setTimeout(resolve, 10 + Math.random() * 30))
+    }
+  })()
+  const ends = await Promise.all(Array.from({ length: 20 }, async (_, i) => {
+    const { uuid } = await a.app.tasks.submit('steps', { steps: 2, delay: 20 + i * 10 })
+    return await Promise.race([a.app.tasks.wait(uuid), new Promise(resolve => setTimeout(() => resolve('still waiting after 30 s'), 30_000).unref())])
+  }))
+  cutting = false
+  await cutter
+  t.same(ends.map(end => (end as TaskState).status ?? end), Array.from({ length: 20 }, () => 'succeeded'))
+})
