@@ -26,6 +26,14 @@ async function deployment (t: Test, redis: TestRedis): Promise<{ a: Awaited<Retu
 
 const messagesOf = (frames: Frame[]): unknown[] => frames.filter(frame => frame.type === 'message').map(frame => frame.message)
 
+/** What a client knows at the end: the messages of its last snapshot, then those of the frames after it. */
+function knownMessages (frames: Frame[]): unknown[] {
+  const lastSnapshot = frames.findLastIndex(frame => frame.type === 'snapshot')
+  return [...((frames[lastSnapshot] as { task?: TaskState } | undefined)?.task?.messages ?? []), ...messagesOf(frames.slice(lastSnapshot + 1))]
+}
+
+const steps = (count: number): string[] => Array.from({ length: count }, (_, i) => `step ${i + 1}`)
+
 t.test('a WebSocket client that reconnects to another API node with ?since= gets exactly the events it missed, no snapshot', async (t) => {
   const redis = await startRedis(t)
   const { a, b } = await deployment(t, redis)
@@ -48,7 +56,7 @@ t.test('a WebSocket client that reconnects to another API node with ?since= gets
   t.equal(second.frames[0]?.seq, lastSeq + 1, 'the first frame is the first event missed')
   const seqs = second.frames.map(frame => frame.seq ?? -1)
   t.same(seqs, [...seqs].sort((x, y) => x - y), 'in seq order')
-  t.same([...messagesOf(first.frames), ...messagesOf(second.frames)], Array.from({ length: 8 }, (_, i) => `step ${i + 1}`), 'every message exactly once across the two nodes')
+  t.same([...messagesOf(first.frames), ...messagesOf(second.frames)], steps(8), 'every message exactly once across the two nodes')
   t.match(second.frames.at(-1), { type: 'status', status: 'succeeded', task: { outputs: { done: 8 } } })
 })
 
@@ -74,7 +82,7 @@ t.test('SSE Last-Event-ID on another API node resumes the same way', async (t) =
   const frames = text.split('\n\n').flatMap(block => block.split('\n').filter(line => line.startsWith('data: ')).map(line => JSON.parse(line.slice(6)) as Frame))
   t.notOk(frames.some(frame => frame.type === 'snapshot'), 'no snapshot')
   t.equal(frames[0]?.seq, lastSeq + 1)
-  t.same([...messagesOf(onA.frames), ...messagesOf(frames)], Array.from({ length: 6 }, (_, i) => `step ${i + 1}`))
+  t.same([...messagesOf(onA.frames), ...messagesOf(frames)], steps(6))
   t.match(frames.at(-1), { type: 'status', status: 'succeeded' })
 })
 
@@ -106,9 +114,7 @@ t.test('Redis stopped and started under followed tasks: the streams say so, then
     const final = frames.findLast(frame => frame.type === 'status') as { task: TaskState } | undefined
     t.match(final?.task, { status: 'succeeded', outputs: { done: 30 } }, `${name}: the final record`)
     // What the client knows at the end is the whole run: frames, or a snapshot that caught up.
-    const lastSnapshot = frames.findLastIndex(frame => frame.type === 'snapshot')
-    const known = [...((frames[lastSnapshot] as { task?: TaskState } | undefined)?.task?.messages ?? []), ...messagesOf(frames.slice(lastSnapshot + 1))]
-    t.same(known, Array.from({ length: 30 }, (_, i) => `step ${i + 1}`), `${name}: every message, once`)
+    t.same(knownMessages(frames), steps(30), `${name}: every message, once`)
   }
 })
 
@@ -139,9 +145,7 @@ for (const historySize of [512, 0]) {
     t.same(seqs, [...seqs].sort((x, y) => x - y), 'seqs only grow')
     const snapshots = client.frames.filter(frame => frame.type === 'snapshot').length
     if (historySize > 0) t.equal(snapshots, 1, 'only the first snapshot: the missed events came from the history')
-    const lastSnapshot = client.frames.findLastIndex(frame => frame.type === 'snapshot')
-    const known = [...((client.frames[lastSnapshot] as { task?: TaskState } | undefined)?.task?.messages ?? []), ...messagesOf(client.frames.slice(lastSnapshot + 1))]
-    t.same(known, Array.from({ length: 40 }, (_, i) => `step ${i + 1}`), 'every message, once')
+    t.same(knownMessages(client.frames), steps(40), 'every message, once')
     t.match(client.frames.at(-1), { type: 'status', status: 'succeeded' })
   })
 }
@@ -154,8 +158,8 @@ t.test('a node whose pub/sub connection is cut again and again (every 100 to 300
   const a = await serve(t, { redis: { connection: redis.url, prefix }, concurrency: 0, streams: { historySize: 64 } })
   const gate = gatePath()
   t.teardown(() => import('node:fs').then(fs => fs.rmSync(gate, { force: true })))
-  const steps = 150
-  const { uuid } = await a.app.tasks.submit('steps', { steps, delay: 15, gate })
+  const stepCount = 150
+  const { uuid } = await a.app.tasks.submit('steps', { steps: stepCount, delay: 15, gate })
   const single = follow(`ws://${a.base}/tasks/${uuid}/events`)
   const many = follow(`ws://${a.base}/tasks/events`)
   await new Promise(resolve => many.socket.once('open', resolve))
@@ -181,9 +185,7 @@ t.test('a node whose pub/sub connection is cut again and again (every 100 to 300
   for (const [name, frames] of [['single', single.frames], ['multiplexed', many.frames]] as const) {
     const seqs = frames.filter(frame => frame.seq !== undefined).map(frame => frame.seq as number)
     t.same(seqs, [...seqs].sort((x, y) => x - y), `${name}: seqs only grow`)
-    const lastSnapshot = frames.findLastIndex(frame => frame.type === 'snapshot')
-    const known = [...((frames[lastSnapshot] as { task?: TaskState } | undefined)?.task?.messages ?? []), ...messagesOf(frames.slice(lastSnapshot + 1))]
-    t.same(known, Array.from({ length: steps }, (_, i) => `step ${i + 1}`), `${name}: every message, once`)
+    t.same(knownMessages(frames), steps(stepCount), `${name}: every message, once`)
     t.match(frames.findLast(frame => frame.type === 'status'), { status: 'succeeded' })
   }
 })
