@@ -250,6 +250,11 @@ export class LocalExecutor implements Executor {
     return this.#active.has(uuid)
   }
 
+  /** The uuids of the tasks live here. */
+  liveTasks (): string[] {
+    return [...this.#active.keys()]
+  }
+
   /** The seq of the last event published for a task live here. */
   seqOf (uuid: string): number | undefined {
     return this.#active.get(uuid)?.seq

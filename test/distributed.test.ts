@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import type { TaskEvent, TaskState } from '../dist/index.js'
 import { startWorker, type TaskWorker } from '../dist/redis/index.js'
@@ -52,6 +53,32 @@ t.test('cancel from another node: a waiting task ends cancelled at once, a runni
   t.match(await a.tasks.wait(running[0]!.uuid), { status: 'cancelled' }, 'the running one, through its worker')
   await b.tasks.cancel(running[1]!.uuid)
   t.match(await a.tasks.wait(running[1]!.uuid), { status: 'cancelled' })
+})
+
+t.test('a cancel published while the worker\'s cancel subscriber is cut is not lost: the worker finds its mark', async (t) => {
+  const { prefix } = await deployment(t)
+  const a = await apiNode(t, prefix)
+  const admin = new Redis(redis.url)
+  t.teardown(() => admin.quit())
+  const subscriberId = async (): Promise<string | undefined> => {
+    const line = (await admin.client('LIST') as string).split('\n').find(entry => / name=fastify-task-api:worker-cancels /.test(entry))
+    return /^id=(\d+) /.exec(line ?? '')?.[1]
+  }
+  const outcomes: string[] = []
+  for (let i = 0; i < 3; i++) {
+    const task = await a.tasks.submit('cooperative')
+    await until('it to run', async () => (await a.tasks.get(task.uuid))?.status === 'running', 30_000)
+    const id = await subscriberId()
+    t.ok(id, 'the worker\'s cancel subscriber is named in CLIENT LIST')
+    // ioredis reconnects 50 ms or more after the cut: the cancel is published meanwhile.
+    await admin.client('KILL', 'ID', id!)
+    t.match(await a.tasks.cancel(task.uuid), { status: 'running' }, 'the cancel is taken')
+    t.not(await subscriberId(), id, 'the subscriber was cut when the cancel was published')
+    const end = await Promise.race([a.tasks.wait(task.uuid), new Promise<undefined>(resolve => setTimeout(resolve, 10_000))])
+    outcomes.push(end?.status ?? 'still running after 10 s')
+    await until('the subscriber to be back', async () => (await subscriberId()) !== undefined, 10_000)
+  }
+  t.same(outcomes, ['cancelled', 'cancelled', 'cancelled'])
 })
 
 t.test('a task whose module a worker lacks fails with a clear error; the others run', async (t) => {

@@ -14,7 +14,7 @@ export function loadDriver (who: string): typeof import('ioredis').Redis {
   }
 }
 
-export function connect (connection: RedisConnection, options: { commandTimeout?: number, subscriber?: boolean, lazy?: boolean }, who: string): { client: RedisClient, own: boolean } {
+export function connect (connection: RedisConnection, options: { commandTimeout?: number, subscriber?: boolean, lazy?: boolean, name?: string }, who: string): { client: RedisClient, own: boolean } {
   if (typeof connection === 'object' && connection !== null && typeof (connection as RedisClient).defineCommand === 'function') {
     return { client: connection as RedisClient, own: false }
   }
@@ -27,6 +27,8 @@ export function connect (connection: RedisConnection, options: { commandTimeout?
     : { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: options.commandTimeout ?? 2000 }
   // Lazy: no connection until the first command (a client made only to read its options).
   if (options.lazy === true) settings.lazyConnect = true
+  // Named in CLIENT LIST, for operators (and tests) to tell the connections apart.
+  if (options.name !== undefined) settings.connectionName = options.name
   let client: RedisClient
   if (typeof connection === 'string') client = new Redis(connection, settings)
   else if (typeof connection === 'object' && connection !== null) client = new Redis({ ...settings, ...(connection as RedisOptions) })

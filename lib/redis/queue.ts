@@ -13,7 +13,8 @@ import { bounded, closeClient, closeTimeout, connect, type RedisConnection } fro
  * uuid; the job carries the uuid only, the record is in the Redis store), and workers
  * anywhere take them and run them in their own pools (a LocalExecutor each), writing the
  * record and publishing the events as a single server does. Cancels of running tasks go
- * to every worker over a channel; the one running the task stops it.
+ * to every worker over a channel, and are kept as marks the workers look for each second
+ * (a channel message is lost while a subscriber reconnects); the one running the task stops it.
  */
 
 /** The BullMQ queue every node of a deployment shares, under the store's prefix. */
@@ -55,6 +56,17 @@ function bullConnection (connection: RedisConnection, closing: { closing: boolea
 }
 
 const cancelChannel = (prefix: string): string => `${prefix}:cancel`
+
+/**
+ * A cancel of a running task is also kept as a key, `<prefix>:cancel:<uuid>`, for a day:
+ * a worker whose pub/sub connection was reconnecting when it was published, or that had
+ * taken the job but not yet started the task, finds it at its next look.
+ */
+const cancelKey = (prefix: string, uuid: string): string => `${prefix}:cancel:${uuid}`
+const cancelMarkTtl = 86_400_000
+
+/** How often (ms) a worker looks for cancel marks of the tasks it has (and at once on reconnecting). */
+const cancelCheckInterval = 1000
 
 /** How long (ms) a worker still takes cancels for a task whose job it delayed (a retry's backoff). */
 const handBackGrace = 5000
@@ -144,7 +156,8 @@ export class BullMQExecutor implements Executor {
     const state = await job.getState()
     // A worker that takes it meanwhile is asked below.
     if ((state === 'waiting' || state === 'delayed' || state === 'prioritized') && await cancelWaiting(job, this.#context)) return true
-    await this.#publisher.publish(cancelChannel(this.#prefix), uuid)
+    // Running (or taken by a worker that has not started it): the mark, then the news.
+    await this.#publisher.multi().set(cancelKey(this.#prefix, uuid), '1', 'PX', cancelMarkTtl).publish(cancelChannel(this.#prefix), uuid).exec()
     return true
   }
 
@@ -211,7 +224,8 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
   const lockDuration = options.lockDuration ?? 30_000
   const executor = new LocalExecutor({ ...context, recover: false, deferRetries: true, fence: true })
   await executor.start()
-  const subscriber = connect(options.connection, { subscriber: true }, 'startWorker').client
+  const subscriber = connect(options.connection, { subscriber: true, name: 'fastify-task-api:worker-cancels' }, 'startWorker').client
+  const marks = connect(options.connection, { name: 'fastify-task-api:worker-marks' }, 'startWorker').client
   /**
    * Tasks this worker handed back to the queue (a retry's backoff) lately: no longer live
    * in the executor, their job being delayed, or delayed a moment ago. A cancel for one
@@ -219,7 +233,7 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
    * then by removing it; kept `handBackGrace` ms, for a cancel already on its way.
    */
   const handingBack = new Map<string, { job: BullJob<JobData>, delayed: boolean, cancelled: boolean }>()
-  subscriber.on('message', (channel: string, uuid: string) => {
+  const cancelHere = (uuid: string): void => {
     if (executor.isLive(uuid)) {
       void executor.cancel(uuid)
       return
@@ -228,9 +242,29 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
     if (handing === undefined || handing.cancelled) return
     handing.cancelled = true
     if (handing.delayed) void cancelDelayed(handing.job, context)
-  })
-  await subscriber.subscribe(cancelChannel(prefix))
+  }
+  subscriber.on('message', (_channel: string, uuid: string) => cancelHere(uuid))
   let closing = false
+  // The marks catch the cancels that pub/sub missed: one MGET a look, only while tasks are here.
+  let looking = false
+  const lookForCancels = async (): Promise<void> => {
+    const uuids = [...executor.liveTasks(), ...[...handingBack].filter(([, handing]) => !handing.cancelled).map(([uuid]) => uuid)]
+    if (looking || closing || uuids.length === 0) return
+    looking = true
+    try {
+      const found = await marks.mget(uuids.map(uuid => cancelKey(prefix, uuid)))
+      found.forEach((mark, i) => { if (mark !== null) cancelHere(uuids[i]!) })
+    } catch {
+      // Redis is away: the next look.
+    } finally {
+      looking = false
+    }
+  }
+  const cancelTimer = setInterval(() => { void lookForCancels() }, cancelCheckInterval)
+  cancelTimer.unref()
+  // Resubscribed after a cut: what was published meanwhile is looked for at once.
+  subscriber.on('ready', () => { void lookForCancels() })
+  await subscriber.subscribe(cancelChannel(prefix))
   const connectionState = { closing: false }
   /** Processors under way: a close lets them finish their last Redis calls. */
   const inFlight = new Set<Promise<unknown>>()
@@ -293,7 +327,9 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
       await bounded(Promise.allSettled([...inFlight]), closeTimeout)
       connectionState.closing = true
       await bounded(worker.close(true).catch(() => {}), closeTimeout)
+      clearInterval(cancelTimer)
       await closeClient(subscriber)
+      await closeClient(marks)
     },
   }
 }
