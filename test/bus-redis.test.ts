@@ -195,6 +195,35 @@ t.test('a bus tells its server when it loses Redis and when it listens again; ev
   t.ok(got.length > 0)
 })
 
+t.test('a bus made while Redis is away: many callers wait for its first connection without piling up listeners, then work', async (t) => {
+  const own = await startRedis(t)
+  await own.stop('kill')
+  const warnings: string[] = []
+  const onWarning = (warning: Error): void => { warnings.push(`${warning.name}: ${warning.message}`) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const prefix = `{bus-${randomUUID().slice(0, 8)}}`
+  const bus = new RedisBus({ connection: own.url, prefix, history: { size: 10, ttl: 3000 } })
+  t.teardown(() => bus.close())
+  const uuid = randomUUID()
+  // 30 callers while nothing listens on the port: each waits for the first connection
+  // (2 s at most), then fails fast.
+  const outcomes = await Promise.allSettled(Array.from({ length: 30 }, async () => await bus.history!.watch(uuid)))
+  t.equal(outcomes.filter(outcome => outcome.status === 'rejected').length, 30, 'every call failed: Redis is away')
+  await new Promise(resolve => setImmediate(resolve))
+  t.same(warnings.filter(warning => /MaxListeners/.test(warning)), [], 'no MaxListenersExceededWarning')
+  await own.start()
+  await until('the history to answer once Redis is there', async () => {
+    try {
+      await bus.history!.watch(uuid)
+      return true
+    } catch {
+      return false
+    }
+  }, 20_000)
+  t.equal(await bus.history!.since(uuid, 0), undefined, 'an empty history answers nothing')
+})
+
 t.test('history in Redis answers nothing across a gap in seqs (an event that could not be published)', async (t) => {
   const prefix = `{bus-${randomUUID().slice(0, 8)}}`
   const follower = new RedisBus({ connection: redis.url, prefix, history: { size: 100, ttl: 3000 } })

@@ -92,6 +92,8 @@ export class RedisBus implements TaskBus {
   #closing: Promise<void> | undefined
   /** The publisher was connected once: from then on a command fails fast while Redis is away. */
   #wasReady = false
+  /** Resolves at the publisher's first connection. */
+  #firstReady: Promise<void> | undefined
   /** Per task, the publishing under way: a task's events go out one after another, in order. */
   readonly #sending = new Map<string, Promise<void>>()
 
@@ -146,8 +148,15 @@ export class RedisBus implements TaskBus {
    */
   async #connected (): Promise<void> {
     if (this.#publisher.status === 'ready' || this.#wasReady) return
-    await bounded(new Promise(resolve => this.#publisher.once('ready', resolve)), 2000)
-    this.#wasReady = (this.#publisher.status as string) === 'ready'
+    // One listener for every caller: a listener per call piled up while Redis was away
+    // (MaxListenersExceededWarning on an API node started during a Redis restart).
+    this.#firstReady ??= new Promise<void>((resolve) => {
+      this.#publisher.once('ready', () => {
+        this.#wasReady = true
+        resolve()
+      })
+    })
+    await bounded(this.#firstReady, 2000)
   }
 
   #watchKey (uuid: string): string {
