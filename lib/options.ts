@@ -122,6 +122,12 @@ export interface TaskApiOptions extends AccessOptions {
    */
   maxInputDepth?: number
   /**
+   * Inputs a task does not declare: `'reject'` answers 400 `FST_TASK_API_INPUT_INVALID`
+   * naming them (a typo shows), `'strip'` drops them silently (the seed's way).
+   * @default 'reject'
+   */
+  undeclaredInputs?: 'reject' | 'strip'
+  /**
    * Serves `GET {prefix}` (a page of task summaries). With `owner` or `auth` set, it is on
    * unless false; without either it is off unless true, since every client could then
    * see every task.
@@ -209,7 +215,7 @@ export interface NormalizedOptions {
   maxOldGenerationSizeMb: number | undefined
   ackTimeout: number
   childPerTask: boolean
-  inputLimits: { maxInputSize: number, maxInputDepth: number }
+  inputLimits: { maxInputSize: number, maxInputDepth: number, undeclaredInputs: 'reject' | 'strip' }
   list: boolean
   retention: Retention
   clock: () => number
@@ -217,7 +223,7 @@ export interface NormalizedOptions {
 
 const known = new Set(['tasks', 'prefix', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'redis', 'execArgv', 'env', 'streams',
   'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength',
-  'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask', 'maxInputSize', 'maxInputDepth', 'list', 'retention', 'clock'])
+  'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask', 'maxInputSize', 'maxInputDepth', 'undeclaredInputs', 'list', 'retention', 'clock'])
 
 /** Checks the options and fills in defaults; throws FST_TASK_API_OPT_INVALID naming the option and the value. */
 export function normalizeOptions (options: Partial<TaskApiOptions> & Record<string, unknown>): NormalizedOptions {
@@ -296,7 +302,10 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   if (typeof childPerTask !== 'boolean') {
     throw new FST_TASK_API_OPT_INVALID('childPerTask', 'a boolean', describe(childPerTask))
   }
-  const inputLimits = { maxInputSize: options.maxInputSize ?? 256 * 1024, maxInputDepth: options.maxInputDepth ?? 32 }
+  const inputLimits = { maxInputSize: options.maxInputSize ?? 256 * 1024, maxInputDepth: options.maxInputDepth ?? 32, undeclaredInputs: options.undeclaredInputs ?? 'reject' }
+  if (inputLimits.undeclaredInputs !== 'reject' && inputLimits.undeclaredInputs !== 'strip') {
+    throw new FST_TASK_API_OPT_INVALID('undeclaredInputs', "'reject' or 'strip'", describe(inputLimits.undeclaredInputs))
+  }
   if (typeof inputLimits.maxInputSize !== 'number' || !Number.isInteger(inputLimits.maxInputSize) || inputLimits.maxInputSize < 1) {
     throw new FST_TASK_API_OPT_INVALID('maxInputSize', 'a positive integer number of bytes', describe(inputLimits.maxInputSize))
   }

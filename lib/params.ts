@@ -17,13 +17,21 @@ const addFormats = addFormatsModule as unknown as (ajv: Ajv) => Ajv
 
 /** A compiled checker: converts in place where the seed converts, then validates. */
 export interface CompiledSchema {
-  /** Returns the converted value, or throws-free error text naming the field. */
+  /**
+   * Returns the converted value, or error text naming every field that fails (the first
+   * `maxReported`, then how many more), one per field.
+   */
   check (value: Record<string, unknown>): { value: Record<string, unknown>, error?: undefined } | { error: string }
 }
 
+/** How many failing fields an error names before it says "and N more". */
+export const maxReported = 5
+
 function newAjv (): Ajv {
   const ajv = new Ajv({
-    allErrors: false,
+    // Every failing field is reported, not only the first; inputs are bounded in size and
+    // depth before they get here (measureInputs), so the extra work is bounded too.
+    allErrors: true,
     useDefaults: true,
     coerceTypes: false,
     removeAdditional: false,
@@ -59,33 +67,54 @@ export function compileParameters (properties: TProperties, label: string, conve
   const validate = ajv.compile(schema)
   return {
     check (value) {
-      const converted = convert ? convertObject(properties, value) : value
+      const changed: Conversions = new Map()
+      const converted = convert ? convertObject(properties, value, changed) : value
       if (validate(converted)) return { value: converted }
-      return { error: formatError(validate, label) }
+      return { error: formatErrors(validate, label, changed) }
     },
   }
 }
 
-function formatError (validate: ValidateFunction, label: string): string {
-  const error = (validate.errors as ErrorObject[])[0] as ErrorObject
-  if (error.keyword === 'required') {
-    return `${label}${error.instancePath}/${String(error.params.missingProperty)} is required`
+/**
+ * Where a conversion changed a value's JSON type in a way that can fail later (a number
+ * made a string, a single value made a list): JSON pointer -> the type given and the type
+ * wanted. A failure there or below is the client's wrong type, and is reported as such
+ * rather than as the converted value's failure ("must match format" for the number 5).
+ */
+type Conversions = Map<string, { given: string, wanted: string }>
+
+/** One message per failing field, in the order Ajv found them, capped at `maxReported`. */
+function formatErrors (validate: ValidateFunction, label: string, changed: Conversions): string {
+  const messages = new Map<string, string>()
+  for (const error of validate.errors as ErrorObject[]) {
+    const [path, message] = describeError(error, changed)
+    // A union's branches each report the same field: its first branch speaks for it.
+    if (!messages.has(path)) messages.set(path, `${label}${path} ${message}`)
   }
-  if (error.keyword === 'additionalProperties') {
-    return `${label}${error.instancePath}/${String(error.params.additionalProperty)} is not allowed`
+  const all = [...messages.values()]
+  const shown = all.slice(0, maxReported).join('; ')
+  return all.length > maxReported ? `${shown}; and ${all.length - maxReported} more` : shown
+}
+
+function describeError (error: ErrorObject, changed: Conversions): [string, string] {
+  for (const [pointer, change] of changed) {
+    if (error.instancePath === pointer || error.instancePath.startsWith(`${pointer}/`)) return [pointer, `must be ${change.wanted}, got ${change.given}`]
   }
-  return `${label}${error.instancePath} ${error.message ?? 'is invalid'}`
+  if (error.keyword === 'required') return [`${error.instancePath}/${String(error.params.missingProperty)}`, 'is required']
+  if (error.keyword === 'additionalProperties') return [`${error.instancePath}/${String(error.params.additionalProperty)}`, 'is not allowed']
+  // anyOf / oneOf: the branches' own errors came first and named the field.
+  return [error.instancePath, error.message ?? 'is invalid']
 }
 
 /**
  * A union converts with its first branch that can take the value: a value that already
  * has one of the branches' types is kept as it is (5 stays 5 for String | Number).
  */
-function convertUnion (branches: TSchema[], value: unknown): unknown {
+function convertUnion (branches: TSchema[], value: unknown, pointer: string, changed: Conversions): unknown {
   const type = jsonType(value)
   if (branches.some(branch => types(branch).some(kind => kind === type || (kind === 'number' && type === 'integer')))) return value
   for (const branch of branches) {
-    const converted = convertValue(branch, value)
+    const converted = convertValue(branch, value, pointer, changed)
     if (converted !== value) return converted
   }
   return value
@@ -117,32 +146,41 @@ function types (schema: TSchema): string[] {
 }
 
 /** Builds a new object with only the declared keys, each converted. Never mutates the input. */
-function convertObject (properties: TProperties, value: Record<string, unknown>): Record<string, unknown> {
+function convertObject (properties: TProperties, value: Record<string, unknown>, changed: Conversions): Record<string, unknown> {
   const out: Record<string, unknown> = {}
   for (const key of Object.keys(properties)) {
     if (!Object.hasOwn(value, key)) continue
     const item = value[key]
     // Keys come from the schema, never from the client: a client's "__proto__" cannot land here.
-    out[key] = convertValue(properties[key] as TSchema, item)
+    out[key] = convertValue(properties[key] as TSchema, item, `/${escapePointer(key)}`, changed)
   }
   return out
+}
+
+/** A key as a JSON pointer segment, as Ajv writes instancePath. */
+function escapePointer (key: string): string {
+  return key.replace(/~/g, '~0').replace(/\//g, '~1')
 }
 
 /**
  * The seed's conversions, one schema level at a time. A value that cannot be converted
  * is returned unchanged so that validation reports it against its schema.
  */
-function convertValue (schema: TSchema, value: unknown): unknown {
+function convertValue (schema: TSchema, value: unknown, pointer: string, changed: Conversions): unknown {
   if (value === undefined || value === null) return value
   const branches = (schema as { anyOf?: unknown }).anyOf ?? (schema as { oneOf?: unknown }).oneOf
-  if (Array.isArray(branches)) return convertUnion(branches as TSchema[], value)
+  if (Array.isArray(branches)) return convertUnion(branches as TSchema[], value, pointer, changed)
   const kinds = types(schema)
   if (kinds.length === 0) return value
   if (kinds.includes('array')) {
-    const list = Array.isArray(value) ? value : [value]
+    let list = value as unknown[]
+    if (!Array.isArray(value)) {
+      changed.set(pointer, { given: value === null ? 'null' : typeof value === 'object' ? 'object' : typeof value, wanted: 'array' })
+      list = [value]
+    }
     const items = (schema as { items?: unknown }).items
     if (typeof items === 'object' && items !== null && !Array.isArray(items)) {
-      return list.map(item => convertValue(items as TSchema, item))
+      return list.map((item, i) => convertValue(items as TSchema, item, `${pointer}/${i}`, changed))
     }
     return list
   }
@@ -152,7 +190,10 @@ function convertValue (schema: TSchema, value: unknown): unknown {
     case 'number':
       return typeof value === 'string' ? toNumber(value) : value
     case 'string':
-      if (typeof value === 'number' && Number.isFinite(value)) return String(value)
+      if (typeof value === 'number' && Number.isFinite(value)) {
+        changed.set(pointer, { given: 'number', wanted: 'string' })
+        return String(value)
+      }
       return value
     case 'boolean':
       if (value === 'true' || value === 1) return true
@@ -165,7 +206,7 @@ function convertValue (schema: TSchema, value: unknown): unknown {
       const out: Record<string, unknown> = {}
       for (const key of Object.keys(source)) {
         const sub = (properties as Record<string, TSchema>)[key]
-        const converted = sub !== undefined && Object.hasOwn(properties, key) ? convertValue(sub, source[key]) : source[key]
+        const converted = sub !== undefined && Object.hasOwn(properties, key) ? convertValue(sub, source[key], `${pointer}/${escapePointer(key)}`, changed) : source[key]
         Object.defineProperty(out, key, { value: converted, enumerable: true, writable: true, configurable: true })
       }
       return out

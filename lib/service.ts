@@ -11,7 +11,7 @@ import {
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_TASK_UNKNOWN,
 } from './errors.js'
-import { measureInputs } from './params.js'
+import { maxReported, measureInputs } from './params.js'
 import { LocalExecutor, type ExecutionOptions, type Executor, type ExecutorContext, type Recovery, type ServiceLogger } from './executor.js'
 import type { MessageLimits } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
@@ -50,6 +50,8 @@ export interface InputLimits {
   maxInputSize: number
   /** Nesting of objects and arrays; the inputs object is level 1. */
   maxInputDepth: number
+  /** Inputs the task does not declare: refused (400 naming them) or dropped. @default 'reject' */
+  undeclaredInputs?: 'reject' | 'strip'
 }
 
 
@@ -240,7 +242,10 @@ export class TaskService {
       throw new FST_TASK_API_INPUT_INVALID(`${path} must be a finite number`)
     }
     const checked = registered.inputs.check(inputs as Record<string, unknown>)
-    if (checked.error !== undefined) throw new FST_TASK_API_INPUT_INVALID(checked.error)
+    const undeclared = this.#inputLimits.undeclaredInputs === 'strip' ? [] : undeclaredInputs(registered, inputs as Record<string, unknown>)
+    if (checked.error !== undefined || undeclared.length > 0) {
+      throw new FST_TASK_API_INPUT_INVALID([checked.error, ...undeclared].filter(part => part !== undefined).join('; '))
+    }
     return checked.value
   }
 
@@ -453,4 +458,21 @@ export class TaskService {
     this.#history.record(event)
     this.#bus.publish(event, err => this.#log.error({ err, uuid: event.uuid }, 'fastify-task-api: a task event listener threw'))
   }
+}
+
+/**
+ * The inputs a task does not declare, as error text (a typo is refused, not dropped):
+ * `inputs/nmae is not a declared input of "hello" (it declares: name, count)`, the first
+ * few named, then how many more.
+ */
+function undeclaredInputs (registered: RegisteredTask, inputs: Record<string, unknown>): string[] {
+  const declared = registered.task.inputs
+  const extra = Object.keys(inputs).filter(key => !Object.hasOwn(declared, key))
+  if (extra.length === 0) return []
+  const names = Object.keys(declared)
+  const declares = names.length === 0 ? 'it declares no input' : `it declares: ${clip(names.slice(0, 20).join(', '), 400)}${names.length > 20 ? ', …' : ''}`
+  const shown = extra.slice(0, maxReported).map(key => `inputs/${clip(key, 64)}`)
+  const more = extra.length > maxReported ? ` (and ${extra.length - maxReported} more)` : ''
+  const verb = extra.length === 1 ? 'is not a declared input' : 'are not declared inputs'
+  return [`${shown.join(', ')}${more} ${verb} of "${clip(registered.name, 64)}" (${declares})`]
 }

@@ -105,8 +105,21 @@ t.test('Object: declared properties are converted and checked', async (t) => {
   await rejected(t, { point: { x: 'left', y: 1 } }, 'inputs/point/x must be number')
 })
 
-t.test('required and optional; undeclared inputs are dropped; defaults apply', async (t) => {
-  const res = await submit(app, 'echo', { int: 1, extra: 'dropped', __proto__: 'x' })
+t.test('required and optional; undeclared inputs are refused, naming them; defaults apply', async (t) => {
+  const typo = await submit(app, 'required', { tset: 'x' })
+  t.equal(typo.statusCode, 400)
+  t.same(typo.json(), {
+    statusCode: 400,
+    code: 'FST_TASK_API_INPUT_INVALID',
+    error: 'Bad Request',
+    message: 'inputs/test is required; inputs/tset is not a declared input of "required" (it declares: test, optional)',
+  }, 'a typo shows: the missing input and the undeclared one')
+  const many = await submit(app, 'echo', { int: 1, a: 1, b: 2, c: 3, d: 4, e: 5, f: 6, g: 7 })
+  t.equal(many.statusCode, 400)
+  t.match(many.json().message, /^inputs\/a, inputs\/b, inputs\/c, inputs\/d, inputs\/e \(and 2 more\) are not declared inputs of "echo" \(it declares: int, number, /, 'the first five named, then how many more')
+  await t.rejects(app.tasks.submit('required', { test: 'x', extra: 1 }), { code: 'FST_TASK_API_INPUT_INVALID', message: 'inputs/extra is not a declared input of "required" (it declares: test, optional)' }, 'app.tasks.submit refuses them too')
+
+  const res = await submit(app, 'echo', { int: 1 })
   t.equal(res.statusCode, 201)
   const done = await app.tasks.wait(res.json().uuid)
   t.same(done.outputs.inputs, { int: 1, withDefault: 7 })
@@ -118,4 +131,36 @@ t.test('required and optional; undeclared inputs are dropped; defaults apply', a
   const required = await submit(app, 'required', { optional: 'x' })
   t.equal(required.statusCode, 400)
   t.equal(required.json().message, 'inputs/test is required')
+})
+
+t.test('every failing input is reported, one message each, the first five then how many more', async (t) => {
+  await rejected(t, { int: 'x', number: 'y' }, 'inputs/int must be integer; inputs/number must be number')
+  const required = await submit(app, 'required', { optional: true })
+  t.equal(required.json().message, 'inputs/test is required; inputs/optional must be string', 'a missing one and a wrong one')
+  await rejected(t, { numbers: ['1', 'two', 3, 'four'] }, 'inputs/numbers/1 must be integer; inputs/numbers/3 must be integer')
+  await rejected(t, { int: 'a', number: 'b', float: 'c', boolean: 'd', point: { x: 'e', y: 'f' }, nullable: 'g' },
+    'inputs/int must be integer; inputs/number must be number; inputs/float must be number; inputs/boolean must be boolean; inputs/point/x must be number; and 2 more')
+  // A union: its first branch speaks for the field, once.
+  await rejected(t, { nullable: 'three' }, 'inputs/nullable must be integer')
+})
+
+t.test('a wrong JSON type is reported as a type error, not as the failure of the converted value', async (t) => {
+  // The seed turns a number into a string for a string input: kept, when the string passes.
+  t.same(await converted({ string: 5, email: 'a@b.co' }), { string: '5', email: 'a@b.co' })
+  await rejected(t, { email: 5 }, 'inputs/email must be string, got number')
+  // A single value becomes a list of one: kept when it passes, a type error when it does not.
+  t.same(await converted({ numbers: '7' }), { numbers: [7] })
+  await rejected(t, { numbers: 'seven' }, 'inputs/numbers must be array, got string')
+  // A numeric string stays a number's way of being written: its range errors stay range errors.
+  await rejected(t, { point: { x: 1, y: true } }, 'inputs/point/y must be number')
+})
+
+t.test('undeclaredInputs: \'strip\' drops them (the seed\'s way); other values are refused', async (t) => {
+  const stripping = await build(t, { tasks: [fixture('params.ts')], concurrency: 1, undeclaredInputs: 'strip' })
+  const res = await submit(stripping, 'echo', { int: 1, extra: 'dropped', __proto__: 'x' })
+  t.equal(res.statusCode, 201)
+  const done = await stripping.tasks.wait(res.json().uuid)
+  t.same(done.outputs.inputs, { int: 1, withDefault: 7 })
+  t.same(done.outputs.keys, ['int', 'withDefault'])
+  await t.rejects(build(t, { tasks: [fixture('params.ts')], undeclaredInputs: 'drop' as never }), { code: 'FST_TASK_API_OPT_INVALID', message: /undeclaredInputs/ })
 })
