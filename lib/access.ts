@@ -121,8 +121,10 @@ export class Access {
           resolve()
           return
         }
-        const error = err as Error & { statusCode?: number }
+        const error = err as Error & { statusCode?: number, code?: unknown }
         if (typeof error.statusCode !== 'number' || error.statusCode < 400) error.statusCode = 401
+        // Every error body carries a code: the strategy's own, else ours.
+        if (typeof error.code !== 'string' || error.code === '') error.code = 'FST_TASK_API_UNAUTHENTICATED'
         reject(error)
       })
     })

@@ -72,6 +72,13 @@ export const FST_TASK_API_FORBIDDEN = createError(
 export const FST_TASK_API_ORIGIN_FORBIDDEN = createError<[string]>(
   'FST_TASK_API_ORIGIN_FORBIDDEN', 'requests from %s are not allowed here (see allowedOrigins)', 403)
 
+/**
+ * An `auth` strategy refused the request. The code a refusal carries when the strategy's
+ * error has none of its own; the message is the strategy's.
+ */
+export const FST_TASK_API_UNAUTHENTICATED = createError(
+  'FST_TASK_API_UNAUTHENTICATED', 'authentication is required', 401)
+
 /** A stream token that is malformed, expired, or minted for another task. */
 export const FST_TASK_API_TOKEN_INVALID = createError(
   'FST_TASK_API_TOKEN_INVALID', 'the stream token is invalid or expired', 401)
@@ -121,6 +128,7 @@ export const codes = {
   FST_TASK_API_STREAM_UPGRADE_REQUIRED,
   FST_TASK_API_FORBIDDEN,
   FST_TASK_API_ORIGIN_FORBIDDEN,
+  FST_TASK_API_UNAUTHENTICATED,
   FST_TASK_API_TOKEN_INVALID,
   FST_TASK_API_QUEUE_FULL,
   FST_TASK_API_STREAM_LIMIT,

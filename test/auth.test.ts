@@ -95,12 +95,13 @@ async function eventStream (url: string, headers: Record<string, string> = {}): 
 t.test('POST /tasks', async (t) => {
   const { app } = await world(t)
   const post = (headers: Record<string, string>, task = 'hello') =>
-    app.inject({ method: 'POST', url: '/tasks', headers, payload: { task, inputs: { name: 'x' } } })
+    app.inject({ method: 'POST', url: '/tasks', headers, payload: { task, inputs: task === 'hello' ? { name: 'x' } : {} } })
   const countTasks = async () => (await app.inject({ url: '/tasks', headers: bearer('token-alice') })).json().tasks.length as number
   const before = await countTasks()
   const none = await post({})
   t.equal(none.statusCode, 401, 'no credentials')
   t.equal(none.json().message, 'missing or unknown bearer token')
+  t.same(none.json(), { statusCode: 401, code: 'FST_TASK_API_UNAUTHENTICATED', error: 'Unauthorized', message: 'missing or unknown bearer token' }, 'the body carries a code')
   t.equal((await post(bearer('token-nobody'))).statusCode, 401, 'bad credentials')
   t.equal((await post(bearer('token-bob'), 'no-such-task')).statusCode, 400, 'an authenticated user gets validation errors')
   t.equal((await post(bearer('token-bob'))).statusCode, 201, 'the right user')
@@ -157,7 +158,9 @@ t.test('GET /tasks/:uuid/token', async (t) => {
 t.test('WebSocket GET /tasks/:uuid/events', async (t) => {
   const { app, base, shared, forbidden } = await world(t)
   const url = (uuid: string, query = '') => `ws://${base}/tasks/${uuid}/events${query}`
-  t.equal((await upgrade(url(shared))).status, 401, 'no credentials: refused before the 101')
+  const refused = await upgrade(url(shared))
+  t.equal(refused.status, 401, 'no credentials: refused before the 101')
+  t.match(JSON.parse(refused.body ?? '{}'), { statusCode: 401, code: 'FST_TASK_API_UNAUTHENTICATED', message: 'missing or unknown bearer token' }, 'a JSON body with a code')
   t.equal((await upgrade(url(shared), bearer('token-nobody'))).status, 401, 'bad credentials')
   const foreign = await upgrade(url(shared), bearer('token-mallory'))
   const unknown = await upgrade(url(missing), bearer('token-mallory'))
@@ -183,7 +186,9 @@ t.test('WebSocket GET /tasks/:uuid/events', async (t) => {
 t.test('SSE GET /tasks/:uuid/events', async (t) => {
   const { app, base, shared, forbidden } = await world(t)
   const url = (uuid: string, query = '') => `http://${base}/tasks/${uuid}/events${query}`
-  t.equal((await eventStream(url(shared))).status, 401, 'no credentials')
+  const refused = await eventStream(url(shared))
+  t.equal(refused.status, 401, 'no credentials')
+  t.match(JSON.parse(refused.body), { statusCode: 401, code: 'FST_TASK_API_UNAUTHENTICATED' }, 'a JSON body with a code')
   t.equal((await eventStream(url(shared), bearer('token-nobody'))).status, 401, 'bad credentials')
   const foreign = await eventStream(url(shared), bearer('token-mallory'))
   const unknown = await eventStream(url(missing), bearer('token-mallory'))
@@ -310,4 +315,22 @@ t.test('without auth options the API stays open, and owner alone scopes by owner
   t.equal((await app.tasks.get(uuid))?.uuid, uuid, 'server code is not scoped')
   const mine = await app.tasks.submit('hello', { name: 'y' }, { owner: 'ben' })
   t.equal((await app.inject({ url: `/tasks/${mine.uuid}`, headers: { 'x-user': 'ben' } })).statusCode, 200, 'app.tasks.submit takes an owner')
+})
+
+t.test('a refusal keeps the code the strategy\'s error carries; one without gets FST_TASK_API_UNAUTHENTICATED', async (t) => {
+  const app = Fastify({ pluginTimeout })
+  t.teardown(() => app.close())
+  await app.register(taskApi, {
+    tasks: [fixture('basic.ts')],
+    concurrency: 1,
+    execArgv: childExecArgv,
+    auth: [async (request) => {
+      if (request.headers.authorization === undefined) throw Object.assign(new Error('no authorization header'), { code: 'APP_NO_HEADER' })
+      throw new Error('wrong token')
+    }],
+  })
+  const coded = await app.inject({ url: `/tasks/${missing}` })
+  t.same(coded.json(), { statusCode: 401, code: 'APP_NO_HEADER', error: 'Unauthorized', message: 'no authorization header' })
+  const plain = await app.inject({ url: `/tasks/${missing}`, headers: bearer('x') })
+  t.same(plain.json(), { statusCode: 401, code: 'FST_TASK_API_UNAUTHENTICATED', error: 'Unauthorized', message: 'wrong token' })
 })
