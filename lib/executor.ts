@@ -69,7 +69,7 @@ interface ActiveTask {
   draining: Promise<void> | undefined
   /** Why the task is being stopped, once it is: its final status follows from it. */
   /** `shutdown`: stopped by a graceful close over a durable store; it ends as a crash would have it. */
-  stopping?: { reason: 'cancel' } | { reason: 'timeout', ms: number } | { reason: 'shutdown' }
+  stopping?: { reason: 'cancel' } | { reason: 'timeout', ms: number, at: number } | { reason: 'shutdown' }
   timer?: NodeJS.Timeout
   /** Called once the task leaves this executor: see `Departure`. */
   done?: (how: Departure) => void
@@ -478,7 +478,7 @@ export class LocalExecutor implements Executor {
     const seq = ++active.seq
     const { attempt } = active.job
     const timeout = active.registered.task.timeout ?? this.#execution.timeout
-    if (timeout > 0) active.timer = setTimeout(() => this.#stop(uuid, active, { reason: 'timeout', ms: timeout }), timeout)
+    if (timeout > 0) active.timer = setTimeout(() => this.#stop(uuid, active, { reason: 'timeout', ms: timeout, at: this.#now() - timeout }), timeout)
     await this.#write(uuid, { status: 'running', started: this.#iso(), attempt, seq })
     this.#publish({ type: 'status', uuid, seq, status: 'running' })
   }
@@ -523,14 +523,19 @@ export class LocalExecutor implements Executor {
     const { registered, stopping } = active
     clearTimeout(active.timer)
     let patch: RecordPatch
+    // A task that did not end on its signal was stopped after cancelGrace: its record says
+    // so, and how long it took in all.
+    const forced = !result.ok && result.forced === true
+      ? `it did not end on its signal, so its process was stopped after cancelGrace (${this.#execution.cancelGrace} ms)`
+      : undefined
     if (stopping?.reason === 'cancel') {
-      patch = { status: 'cancelled' }
+      patch = forced === undefined ? { status: 'cancelled' } : { status: 'cancelled', error: `cancelled; ${forced}` }
     } else if (stopping?.reason === 'shutdown' && !result.ok) {
       // Stopped by a graceful close over a durable store: as restart recovery would end it.
       // (One that ended well as it was being stopped keeps its outputs.)
       patch = { status: 'failed', error: interruptedError }
     } else if (stopping?.reason === 'timeout') {
-      patch = { status: 'failed', error: `timed out after ${stopping.ms} ms` }
+      patch = { status: 'failed', error: forced === undefined ? `timed out after ${stopping.ms} ms` : `timed out after ${stopping.ms} ms; ${forced}: ${Math.round(this.#now() - stopping.at)} ms in all` }
     } else if (result.ok) {
       const outputs = this.#outputs(registered, result.value)
       patch = 'error' in outputs

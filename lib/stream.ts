@@ -129,7 +129,8 @@ function sseFrame (event: TaskEvent): Buffer {
   return frame
 }
 
-const snapshotJson = (seq: number, task: TaskState): string => JSON.stringify({ type: 'snapshot', seq, task })
+// `uuid` at the top like every other frame (a multiplexed socket's client routes by it).
+const snapshotJson = (seq: number, task: TaskState): string => JSON.stringify({ type: 'snapshot', uuid: task.uuid, seq, task })
 
 interface SubscriptionOptions {
   progressInterval: number

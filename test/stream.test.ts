@@ -104,6 +104,7 @@ t.test('one task per socket: snapshot, progress, messages, final status, close 1
   t.equal(last.task.progress, 8)
   t.ok(frames.some(frame => frame.type === 'progress' && frame.uuid === task.uuid && frame.target === 8), 'progress frames carry uuid and target')
   t.same((frames[0] as unknown as { task: { messages: string[] } }).task.messages, [], 'the snapshot came before the first step')
+  t.equal(frames[0]?.uuid, task.uuid, 'the snapshot frame carries uuid')
 })
 
 t.test('a finished task: the snapshot, then close', async (t) => {
@@ -160,7 +161,10 @@ t.test('many tasks per socket: two tasks at once, the socket stays open', async 
   start.open()
   const ended = (uuid: string) => frames.some(frame => frame.type === 'status' && frame.uuid === uuid && frame.task !== undefined)
   await waitFor(() => ended(a.uuid) && ended(b.uuid))
-  const of = (uuid: string) => frames.filter(frame => frame.uuid === uuid || (frame.type === 'snapshot' && (frame.task as { uuid: string }).uuid === uuid))
+  const snapshots = frames.filter(frame => frame.type === 'snapshot')
+  t.same(snapshots.map(frame => frame.uuid).sort(), [a.uuid, b.uuid].sort(), 'each snapshot frame carries its task\'s uuid at the top, like every other frame')
+  t.ok(snapshots.every(frame => frame.uuid === (frame.task as { uuid: string }).uuid), 'the same as its task\'s')
+  const of = (uuid: string) => frames.filter(frame => frame.uuid === uuid)
   checkStream(t, of(a.uuid), ['step 1', 'step 2', 'step 3', 'step 4', 'step 5'])
   checkStream(t, of(b.uuid), ['step 1', 'step 2', 'step 3'])
   t.equal(socket.readyState, WebSocket.OPEN, 'the socket stays open after both tasks ended')

@@ -11,6 +11,8 @@ export type { ProgressEvent, MessageEvent, StatusEvent } from '../events.js'
 /** The first frame of a stream: the task's state and the seq of the last event it reflects. */
 export interface SnapshotFrame {
   type: 'snapshot'
+  /** The task's uuid, as on every frame (also `task.uuid`). */
+  uuid: string
   seq: number
   task: TaskState
 }

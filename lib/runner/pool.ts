@@ -68,6 +68,8 @@ interface Worker {
   tasks: number
   /** The end of what the child wrote to stderr: tells an out-of-memory death from others. */
   stderrTail: string
+  /** An abort's grace ran out: the pool is stopping the child (SIGTERM, then SIGKILL). */
+  forced?: boolean
   /** Why the pool ended this child, when it did: what its job's failure says. */
   ending?: { error: string, retry: boolean, detail?: string }
   ended: boolean
@@ -149,6 +151,7 @@ export class ProcessPool implements Runner {
       // real: SIGTERM to its group after the grace period, SIGKILL if that is ignored too.
       worker.timers.push(
         setTimeout(() => {
+          worker.forced = true
           signal(worker.child, 'SIGTERM')
           signal(worker.child, 'SIGCONT') // a stopped child handles its SIGTERM
         }, grace).unref(),
@@ -249,6 +252,7 @@ export class ProcessPool implements Runner {
         const { error, retry, detail } = worker.ending ?? { error: `the child process running the task ${how}`, retry: true }
         const result: JobResult = { ok: false, error, retry }
         if (detail !== undefined) result.detail = detail
+        if (worker.forced === true) result.forced = true
         this.#events?.finished(job.uuid, result)
       }
     }

@@ -16,7 +16,11 @@ export type JobResult =
    * `retry: false`: the task must not be retried after this failure, whatever its `retries`.
    * `error` goes into the record; `stack` and `detail` only into the server log.
    */
-  | { ok: false, error: string, stack?: string, detail?: string, retry?: boolean }
+  | {
+    ok: false, error: string, stack?: string, detail?: string, retry?: boolean,
+    /** The runner stopped the task's process after an abort's grace: it did not end on its signal. */
+    forced?: boolean
+  }
 
 /** What a runner reports back, in order, for each job. */
 export interface RunnerEvents {
