@@ -155,13 +155,75 @@ t.test('polling ends after three network failures in a row, with the last one\'s
   const err = await new Promise<Error>((resolve, reject) => {
     client.subscribe(uuid, { onError: resolve, onEnd: () => reject(new Error('ended')) })
   })
-  t.equal(err.name, 'TypeError', 'the network error itself')
-  t.match(err, { message: 'fetch failed', cause: { code: 'ECONNREFUSED' } })
+  t.ok(err instanceof TaskApiError, 'a TaskApiError, never a bare "fetch failed"')
+  t.match(err, { statusCode: 0, uuid, message: /^the task API could not be reached \(GET http:\/\/127\.0\.0\.1:\d+\/tasks\/[0-9a-f-]+\): ECONNREFUSED$/, cause: { name: 'TypeError', message: 'fetch failed', cause: { code: 'ECONNREFUSED' } } })
   t.same(flaky.seen, ['ok', 'fail', 'fail', 'fail'])
   await new Promise(resolve => setTimeout(resolve, 200)) // 20 poll intervals: none may come
   t.equal(flaky.seen.length, 4, 'no poll after the third failure')
   const run = await createClient({ baseURL: server.base, transports: ['poll'], pollInterval: 10, fetch: flakyFetch(await deadPort(), () => 'fail').fetch })
     .run('hello', { name: 'x' }).catch((err: unknown) => err)
-  t.match(run, { name: 'TypeError', message: 'fetch failed' }, 'run rejects with it')
+  t.match(run, { name: 'TaskApiError', statusCode: 0, message: /^the task API could not be reached \(GET http:\/\/127\.0\.0\.1:\d+\/tasks\/[0-9a-f-]+\): ECONNREFUSED$/, cause: { message: 'fetch failed' } }, 'run rejects with it')
   await server.app.tasks.cancel(uuid)
+})
+
+t.test('seed style: with an errback, a failure reaches it and never also becomes an unhandled rejection', async (t) => {
+  const server = await serve(t)
+  const unhandled: unknown[] = []
+  const onUnhandled = (reason: unknown): void => { unhandled.push(reason) }
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => { process.off('unhandledRejection', onUnhandled) })
+  TaskAPI.options.baseURL = server.base
+  t.teardown(() => { TaskAPI.options.baseURL = '/tasks' })
+  const errors = await Promise.all([
+    new Promise<Error>((resolve) => { void TaskAPI.run('no-such-task', {}, null, null, resolve) }),
+    new Promise<Error>((resolve) => { void createClient({ baseURL: server.base }).run('no-such-task', {}, null, null, resolve) }),
+    new Promise<Error>((resolve) => { void TaskAPI.run('hello', { name: 'x', count: 'many' }, null, null, resolve) }),
+  ])
+  t.same(errors.map(err => (err as TaskApiError).statusCode), [400, 400, 400], 'each errback got the refusal')
+  // Unhandled rejections are reported after the microtasks of the turn: give them two turns.
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.same(unhandled, [], 'no unhandled rejection')
+  const late = await TaskAPI.run('no-such-task', {}, null, null, () => {}).catch((err: unknown) => err)
+  t.match(late, { name: 'TaskApiError', statusCode: 400 }, 'the promise still rejects for a caller that awaits it')
+})
+
+t.test('onProgress never hears (null, null) nor the same pair twice; the seed\'s progressCallback never gets an unchanged record', async (t) => {
+  const server = await serve(t)
+  const client = createClient({ baseURL: server.base, transports: ['poll'], pollInterval: 5 })
+  const progress: Array<[number | null, number | null]> = []
+  const records: string[] = []
+  const running = server.app.tasks.submit('cooperative')
+  const { uuid } = await running
+  const final = new Promise<TaskState>((resolve, reject) => {
+    client.subscribe(uuid, { onProgress: (p, target) => progress.push([p, target]), onUpdate: task => records.push(JSON.stringify(task)), onEnd: resolve, onError: reject })
+  })
+  await untilRunning(server.app, uuid)
+  // About 60 polls of an unchanged running task.
+  await new Promise(resolve => setTimeout(resolve, 300))
+  await server.app.tasks.cancel(uuid)
+  t.equal((await final).status, 'cancelled')
+  t.same(progress.filter(([p, target]) => p === null && target === null), [], 'never (null, null)')
+  t.ok(progress.every((pair, i) => i === 0 || JSON.stringify(pair) !== JSON.stringify(progress[i - 1])), `no pair twice in a row: ${JSON.stringify(progress)}`)
+  t.ok(records.every((record, i) => i === 0 || record !== records[i - 1]), 'no unchanged record twice in a row')
+  t.ok(records.length <= 4, `one update per change, not per poll: ${records.length}`)
+  const seed: string[] = []
+  const seeded = await createClient({ baseURL: server.base, transports: ['poll'], pollInterval: 5 })
+    .run('sleep', { ms: 200 }, task => { seed.push(JSON.stringify(task)) })
+  t.match(seeded, { pid: Number }, 'resolved with the outputs')
+  t.ok(seed.every((record, i) => i === 0 || record !== seed[i - 1]) && seed.length <= 4, `progressCallback: one call per change (${seed.length})`)
+})
+
+t.test('following a task that is gone (404) ends with an error carrying the uuid and the status; nothing stays pending', async (t) => {
+  const server = await serve(t)
+  const ended = await server.app.tasks.submit('hello', { name: 'x' })
+  await server.app.tasks.wait(ended.uuid)
+  t.equal((await server.app.inject({ method: 'DELETE', url: `/tasks/${ended.uuid}` })).statusCode, 204)
+  for (const uuid of [ended.uuid, '3f2a1b6e-8c4d-4e5f-9a0b-1c2d3e4f5a6b']) {
+    const client = createClient({ baseURL: server.base, transports: ['poll'], pollInterval: 10 })
+    const err = await new Promise<Error>((resolve, reject) => {
+      client.subscribe(uuid, { onError: resolve, onEnd: () => reject(new Error('ended')) })
+    })
+    t.ok(err instanceof TaskApiError)
+    t.match(err, { statusCode: 404, uuid, code: 'FST_TASK_API_TASK_NOT_FOUND' })
+  }
 })

@@ -338,7 +338,8 @@ t.test('falls back to polling without WebSocket or EventSource', async (t) => {
   t.same(got.seqs, [], 'polling has no frames')
   t.same(got.progress.at(-1), [6, 6])
   t.equal(got.statuses.at(-1), 'succeeded')
-  t.equal(seen.filter(line => /^GET \/tasks\/[0-9a-f-]+$/.test(line)).length, updates, 'polled GET /tasks/:uuid, each poll an update')
+  const polls = seen.filter(line => /^GET \/tasks\/[0-9a-f-]+$/.test(line)).length
+  t.ok(updates >= 2 && updates <= polls, `polled GET /tasks/:uuid (${polls} polls), an update for each that changed something (${updates})`)
   t.notOk(seen.some(line => /^GET .*\/events/.test(line)), 'no SSE without an EventSource')
 })
 

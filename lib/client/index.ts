@@ -11,18 +11,25 @@ import type {
 
 export type * from './types.js'
 
-/** The server refused a request: carries its status and Fastify's error body. */
+/**
+ * The server refused a request (its status and Fastify's error body), or could not be
+ * reached (`statusCode` 0, the network error as `cause`). Errors of a followed task carry
+ * its `uuid`.
+ */
 export class TaskApiError extends Error {
-  /** The HTTP status. */
+  /** The HTTP status; 0 when no answer came (a network failure: see `cause`). */
   readonly statusCode: number
   /** The error code, such as `FST_TASK_API_INPUT_INVALID`. */
   readonly code: string | undefined
+  /** The task the request was about, when there was one. */
+  readonly uuid: string | undefined
 
-  constructor (statusCode: number, body: { message?: string, code?: string } | undefined) {
-    super(body?.message ?? `the task API answered ${statusCode}`)
+  constructor (statusCode: number, body: { message?: string, code?: string } | undefined, details: { uuid?: string, cause?: unknown } = {}) {
+    super(body?.message ?? `the task API answered ${statusCode}`, details.cause === undefined ? undefined : { cause: details.cause })
     this.name = 'TaskApiError'
     this.statusCode = statusCode
     this.code = body?.code
+    this.uuid = details.uuid
   }
 }
 
@@ -56,7 +63,7 @@ function parseFrame (data: unknown, uuid: string): Frame | undefined {
 }
 
 interface Connection {
-  request<T> (method: string, path: string, body?: unknown): Promise<T>
+  request<T> (method: string, path: string, body?: unknown, uuid?: string): Promise<T>
   url (path: string, scheme?: 'ws'): string
   options: ClientOptions
 }
@@ -89,14 +96,22 @@ function connection (options: ClientOptions): Connection {
       if (scheme === 'ws') url.protocol = url.protocol.replace('http', 'ws')
       return url.href
     },
-    async request (method, path, body) {
-      const response = await fetchFn(this.url(path), {
-        method,
-        headers: body === undefined ? headers() : { ...headers(), 'content-type': 'application/json' },
-        body: body === undefined ? null : JSON.stringify(body),
-      })
+    async request (method, path, body, uuid) {
+      const url = this.url(path)
+      let response: Response
+      try {
+        response = await fetchFn(url, {
+          method,
+          headers: body === undefined ? headers() : { ...headers(), 'content-type': 'application/json' },
+          body: body === undefined ? null : JSON.stringify(body),
+        })
+      } catch (err) {
+        // Never a bare "fetch failed": what was asked, of what, and why.
+        const why = (err as { cause?: { code?: unknown } } | null)?.cause?.code ?? (err as Error | null)?.message ?? String(err)
+        throw new TaskApiError(0, { message: `the task API could not be reached (${method} ${url}): ${String(why)}` }, { uuid, cause: err })
+      }
       const json = await response.json().catch(() => undefined)
-      if (!response.ok) throw new TaskApiError(response.status, json)
+      if (!response.ok) throw new TaskApiError(response.status, json, { uuid })
       return json
     },
   }
@@ -146,18 +161,27 @@ function follow (connection: Connection, uuid: string, given: SubscribeHandlers)
     timer = setTimeout(resolve, ms)
   })
 
-  // A whole state (snapshot or poll): tell what changed since the last one.
-  const applyState = (next: TaskState): void => {
+  // onProgress hears of progress only: never (null, null), never the same pair twice.
+  const progressed = (progress: number | null, target: number | null, previous: TaskState | undefined, task: TaskState): void => {
+    if (progress === null && target === null) return
+    if (previous !== undefined && previous.progress === progress && previous.target === target) return
+    handlers.onProgress?.(progress, target, task)
+  }
+
+  // A whole state (snapshot or poll): tell what changed since the last one. True when
+  // anything did (a poll or a snapshot after a reconnect often brings nothing new).
+  const applyState = (next: TaskState): boolean => {
     const previous = record
     record = next
     const known = previous === undefined ? 0 : messageCount(previous)
     if (previous?.status !== next.status) handlers.onStatus?.(next.status, next)
-    if (previous === undefined || previous.progress !== next.progress || previous.target !== next.target) {
-      handlers.onProgress?.(next.progress, next.target, next)
-    }
+    progressed(next.progress, next.target, previous, next)
     next.messages.forEach((message, index) => {
       if (next.messagesDropped + index >= known) handlers.onMessage?.(message, next)
     })
+    return previous === undefined || previous.status !== next.status || previous.progress !== next.progress ||
+      previous.target !== next.target || known !== messageCount(next) || previous.attempt !== next.attempt ||
+      previous.error !== next.error || JSON.stringify(previous.outputs) !== JSON.stringify(next.outputs)
   }
 
   const applyFrame = (frame: Frame): void => {
@@ -166,22 +190,26 @@ function follow (connection: Connection, uuid: string, given: SubscribeHandlers)
     seq = frame.seq
     handlers.onEvent?.(frame)
     const task = record as TaskState
+    let changed = true
     if (frame.type === 'snapshot') {
-      applyState(frame.task)
+      changed = applyState(frame.task)
     } else if (frame.type === 'progress') {
+      const before = { ...task }
+      changed = task.progress !== frame.progress || task.target !== frame.target
       task.progress = frame.progress
       task.target = frame.target
-      handlers.onProgress?.(frame.progress, frame.target, task)
+      progressed(frame.progress, frame.target, before, task)
     } else if (frame.type === 'message') {
       task.messages.push(frame.message)
       handlers.onMessage?.(frame.message, task)
     } else if (frame.task !== undefined) {
-      applyState(frame.task)
+      changed = applyState(frame.task)
     } else {
+      changed = task.status !== frame.status
       task.status = frame.status
-      handlers.onStatus?.(frame.status, task)
+      if (changed) handlers.onStatus?.(frame.status, task)
     }
-    updated()
+    if (changed) updated()
   }
 
   const updated = (): void => {
@@ -197,7 +225,7 @@ function follow (connection: Connection, uuid: string, given: SubscribeHandlers)
     const query = new URLSearchParams()
     if (record !== undefined) query.set('since', String(seq))
     if (options.streamToken === true) {
-      query.set('token', (await connection.request<{ token: string }>('GET', `/${uuid}/token`)).token)
+      query.set('token', (await connection.request<{ token: string }>('GET', `/${uuid}/token`, undefined, uuid)).token)
     }
     const search = String(query)
     return connection.url(`/${uuid}/events`) + (search === '' ? '' : `?${search}`)
@@ -244,14 +272,13 @@ function follow (connection: Connection, uuid: string, given: SubscribeHandlers)
       let failures = 0
       while (!stopped) {
         try {
-          const state = await connection.request<TaskState>('GET', `/${uuid}`)
+          const state = await connection.request<TaskState>('GET', `/${uuid}`, undefined, uuid)
           failures = 0
           if (stopped) break
-          applyState(state)
-          updated()
+          if (applyState(state)) updated()
         } catch (err) {
-          // Refusals are final; the network gets two more tries.
-          if (err instanceof TaskApiError || ++failures > 2) throw err
+          // Refusals are final; the network (no answer: status 0) gets two more tries.
+          if ((err instanceof TaskApiError && err.statusCode !== 0) || ++failures > 2) throw err
         }
         if (!stopped) await sleep(options.pollInterval ?? 1000)
       }
@@ -263,7 +290,7 @@ function follow (connection: Connection, uuid: string, given: SubscribeHandlers)
     let index = 0
     while (!stopped) {
       const kind = transports[index]
-      if (kind === undefined) throw new Error(`no transport could follow task ${uuid} (tried: ${transports.join(', ') || 'none'})`)
+      if (kind === undefined) throw new TaskApiError(0, { message: `no transport could follow task ${uuid} (tried: ${transports.join(', ') || 'none'})` }, { uuid })
       let delivered = false
       try {
         delivered = await connect[kind]()
@@ -305,8 +332,8 @@ export function createClient<T = unknown> (options: ClientOptions = {}): Client<
     list: (query = {}) => api.request('GET', listPath(query)),
     delete: async (uuid) => { await api.request('DELETE', `/${uuid}`) },
     subscribe,
-    run: async (task: string, inputs?: Record<string, unknown>, optionsOrProgress?: RunOptions | ProgressCallback | null, callback?: ((task: TaskState) => void) | null, errback?: ((error: Error) => void) | null) =>
-      await settle(runToEnd(client, task, inputs, optionsOrProgress), callback, errback).then(final => final.outputs),
+    run: (task: string, inputs?: Record<string, unknown>, optionsOrProgress?: RunOptions | ProgressCallback | null, callback?: ((task: TaskState) => void) | null, errback?: ((error: Error) => void) | null) =>
+      handled(settle(runToEnd(client, task, inputs, optionsOrProgress), callback, errback).then(final => final.outputs), errback),
   }
   return client as never
 }
@@ -339,17 +366,25 @@ async function runToEnd (client: Client, task: string, inputs: Record<string, un
   }
 }
 
-/** Calls the seed's callback or errback too; with an errback, a failure is handled there (no unhandled rejection). */
+/** Calls the seed's callback or errback too. */
 function settle (promise: Promise<TaskState>, callback?: ((task: TaskState) => void) | null, errback?: ((error: Error) => void) | null): Promise<TaskState> {
-  const settled = promise.then((final) => {
+  return handled(promise.then((final) => {
     callback?.(final)
     return final
   }, (err: Error) => {
     errback?.(err)
     throw err
-  })
-  if (typeof errback === 'function') settled.catch(() => {})
-  return settled
+  }), errback)
+}
+
+/**
+ * The promise itself, marked handled when an errback takes its failure: it still rejects
+ * for a caller that awaits it, and one that does not gets no unhandled rejection (which
+ * ends a Node process). Returned as is: an async wrapper would make a new, unhandled one.
+ */
+function handled<T> (promise: Promise<T>, errback?: ((error: Error) => void) | null): Promise<T> {
+  if (typeof errback === 'function') promise.catch(() => {})
+  return promise
 }
 
 /** django-task-api's `TaskAPI.options`: read at each call, so they can be changed at any time. */
@@ -372,7 +407,7 @@ export interface SeedOptions {
  */
 export const TaskAPI: { options: SeedOptions, run (task: string, inputs?: Record<string, unknown>, progressCallback?: ProgressCallback | null, callback?: ((task: TaskState) => void) | null, errback?: ((error: Error) => void) | null): Promise<TaskState> } = {
   options: { baseURL: '/tasks', csrfCookieName: 'csrftoken', csrfHeaderName: 'X-CSRFToken', headers: {} },
-  async run (task, inputs, progressCallback, callback, errback) {
+  run (task, inputs, progressCallback, callback, errback) {
     const { options } = TaskAPI
     const client = createClient({
       baseURL: options.baseURL,
@@ -382,7 +417,7 @@ export const TaskAPI: { options: SeedOptions, run (task: string, inputs?: Record
         return cookie === undefined ? options.headers : { ...options.headers, [options.csrfHeaderName]: decodeURIComponent(cookie.slice(prefix.length)) }
       },
     })
-    return await settle(runToEnd(client, task, inputs, progressCallback), callback, errback)
+    return settle(runToEnd(client, task, inputs, progressCallback), callback, errback)
   },
 }
 
