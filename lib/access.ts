@@ -13,13 +13,17 @@ export type AuthStrategy = (request: FastifyRequest, reply: FastifyReply, done: 
 
 /** What `authorize` is asked about. */
 export interface AuthorizeContext {
-  /** `submit` for POST /tasks; `read` for fetching, listing and following a task; `cancel`; `delete` for DELETE /tasks/:uuid. */
-  action: 'submit' | 'read' | 'cancel' | 'delete'
+  /**
+   * `submit` for POST /tasks; `read` for fetching, listing and following a task; `cancel`;
+   * `delete` for DELETE /tasks/:uuid; `catalog` for each task `GET {prefix}/catalog`
+   * would show (no inputs, no record: may this user run this task at all?).
+   */
+  action: 'submit' | 'read' | 'cancel' | 'delete' | 'catalog'
   /** The task's name. */
   task: string
-  /** The converted inputs (of the submission, or of the stored task). */
+  /** The converted inputs (of the submission, or of the stored task); `{}` for `catalog`. */
   inputs: Readonly<Record<string, unknown>>
-  /** The stored record, for `read`; undefined for `submit`. */
+  /** The stored record, for `read`, `cancel` and `delete`; undefined for `submit` and `catalog`. */
   record: Readonly<TaskRecord> | undefined
 }
 

@@ -46,7 +46,7 @@ function newAjv (): Ajv {
 const ajv = newAjv()
 
 /** The object schema that holds a set of named parameters; required unless Optional. */
-function objectSchema (properties: TProperties): TSchema {
+export function objectSchema (properties: TProperties): TSchema {
   const required = Object.entries(properties)
     .filter(([, schema]) => !isOptional(schema))
     .map(([key]) => key)

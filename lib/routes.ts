@@ -208,6 +208,51 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
       return access.token(record.uuid)
     })
 
+  // The catalog: the tasks this user may run, as a UI builds its forms from them. A
+  // static path: it wins over `/:uuid` (no uuid reads "catalog").
+  for (const url of paths(app, `${prefix}/catalog`)) {
+    app.route({
+      method: 'GET',
+      url,
+      logSerializers: { req: redactedRequest },
+      schema: {
+        response: {
+          200: {
+            type: 'object',
+            properties: {
+              tasks: {
+                type: 'array',
+                items: {
+                  type: 'object',
+                  properties: {
+                    name: { type: 'string' },
+                    description: { type: ['string', 'null'] },
+                    inputs: { type: 'object', additionalProperties: true },
+                    outputs: { type: 'object', additionalProperties: true },
+                    timeout: { type: ['integer', 'null'] },
+                    retries: { type: 'integer' },
+                  },
+                },
+              },
+            },
+          },
+          '4xx': errorSchema,
+          '5xx': errorSchema,
+        },
+      },
+      ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
+      handler: async (request, reply) => {
+        const tasks = []
+        for (const entry of service.catalog()) {
+          if (await access.authorize(request, { action: 'catalog', task: entry.name, inputs: {}, record: undefined })) tasks.push(entry)
+        }
+        // Per user when there is authentication or authorize: never in a shared cache.
+        void reply.header('cache-control', access.hook !== undefined || access.authorizes ? 'private, no-cache' : 'no-cache')
+        return { tasks }
+      },
+    })
+  }
+
   // Listing is a way to see tasks that a uuid alone never gave: without owner or auth it
   // would show every client every task, so then it exists only when asked for.
   if (!options.list) return

@@ -11,7 +11,7 @@ import {
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_TASK_UNKNOWN,
 } from './errors.js'
-import { maxReported, measureInputs } from './params.js'
+import { maxReported, measureInputs, objectSchema } from './params.js'
 import { LocalExecutor, type ExecutionOptions, type Executor, type ExecutorContext, type Recovery, type ServiceLogger } from './executor.js'
 import type { MessageLimits } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
@@ -45,6 +45,26 @@ export interface TaskStats {
 
 
 /** Bounds on a submission's inputs, checked before anything else sees them. */
+/** A task as `GET {prefix}/catalog` shows it. */
+export interface CatalogEntry {
+  name: string
+  /** The task's `description`, or null. */
+  description: string | null
+  /** JSON Schema of the submission's `inputs`: `{ type: 'object', properties, required }`. */
+  inputs: Record<string, unknown>
+  /** JSON Schema of a succeeded task's `outputs`. */
+  outputs: Record<string, unknown>
+  /** Milliseconds a run may take (the task's own, else the plugin's `timeout`); null for no limit. */
+  timeout: number | null
+  /** How many more runs after a failed one. */
+  retries: number
+}
+
+/** A schema as JSON: TypeBox's symbol keys (Kind, Optional) and functions left out. */
+function plainSchema (schema: unknown): Record<string, unknown> {
+  return JSON.parse(JSON.stringify(schema)) as Record<string, unknown>
+}
+
 export interface InputLimits {
   /** Bytes of the inputs as JSON. */
   maxInputSize: number
@@ -212,6 +232,22 @@ export class TaskService {
   /** The registered task with this name, or undefined. */
   task (name: string): RegisteredTask | undefined {
     return this.#registry.get(name)
+  }
+
+  /**
+   * Every registered task as a UI needs it to build a form: its name, description, the
+   * JSON Schemas of its inputs and outputs, its timeout (its own, else the plugin's; null
+   * for none) and retries. In registration order; `GET {prefix}/catalog` filters it.
+   */
+  catalog (): CatalogEntry[] {
+    return [...this.#registry.values()].map(({ task }) => ({
+      name: task.name,
+      description: task.description ?? null,
+      inputs: plainSchema(objectSchema(task.inputs)),
+      outputs: plainSchema(objectSchema(task.outputs)),
+      timeout: task.timeout ?? (this.#execution.timeout > 0 ? this.#execution.timeout : null),
+      retries: task.retries,
+    }))
   }
 
   /**

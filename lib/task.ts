@@ -102,6 +102,8 @@ export type TaskOutputs<O extends TProperties> = Static<TObject<O>>
 export interface TaskOptions<I extends TProperties, O extends TProperties, N extends string = string> {
   /** The name clients submit the task by. Unique among the registered tasks. */
   name: N
+  /** What the task does, for people: shown by `GET {prefix}/catalog` (and UIs built on it). */
+  description?: string
   /** The input schemas, keyed by input name. Inputs are required unless wrapped in `Type.Optional`. */
   inputs?: I
   /** The output schemas, keyed by output name. */
@@ -128,6 +130,7 @@ export interface TaskOptions<I extends TProperties, O extends TProperties, N ext
 export interface TaskDefinition<I extends TProperties = TProperties, O extends TProperties = TProperties, N extends string = string> {
   readonly [kTask]: 'definition'
   readonly name: N
+  readonly description: string | undefined
   readonly inputs: I
   readonly outputs: O
   readonly timeout: number | undefined
@@ -157,6 +160,7 @@ export function defineTask<const I extends TProperties = {}, const O extends TPr
   return Object.freeze({
     [kTask]: 'definition' as const,
     name: options.name,
+    description: options.description,
     inputs: options.inputs ?? ({} as I),
     outputs: options.outputs ?? ({} as O),
     timeout: options.timeout,
@@ -183,6 +187,8 @@ export abstract class Task {
   static readonly [kTask] = 'class'
   /** The name clients submit the task by. */
   abstract name: string
+  /** What the task does, for people; see {@link TaskOptions.description}. */
+  description: string | undefined = undefined
   /** The input schemas, keyed by input name. */
   inputs: TProperties = {}
   /** The output schemas, keyed by output name. */
@@ -225,6 +231,7 @@ type TaskClass = (abstract new () => Task) & { [kTask]: 'class' }
 /** A task as the runners use it, whichever form it was written in. */
 export interface LoadedTask {
   name: string
+  description: string | undefined
   inputs: TProperties
   outputs: TProperties
   timeout: number | undefined
@@ -257,6 +264,7 @@ export function loadTask (exported: unknown, exportName: string): LoadedTask {
     checkShape(probe, exportName)
     return {
       name: probe.name,
+      description: probe.description,
       inputs: probe.inputs ?? {},
       outputs: probe.outputs ?? {},
       timeout: probe.timeout,
@@ -273,6 +281,7 @@ export function loadTask (exported: unknown, exportName: string): LoadedTask {
   checkShape(definition, exportName)
   return {
     name: definition.name,
+    description: definition.description,
     inputs: definition.inputs,
     outputs: definition.outputs,
     timeout: definition.timeout,
@@ -287,7 +296,10 @@ const defaultBackoff: Backoff = { type: 'exponential', delay: 1000 }
 const isMs = (value: unknown, min: number): boolean =>
   typeof value === 'number' && Number.isInteger(value) && value >= min && value <= 2 ** 31 - 1
 
-function checkShape (task: { name: unknown, inputs: unknown, outputs: unknown, run: unknown, timeout?: unknown, retries?: unknown, backoff?: unknown }, exportName: string): void {
+function checkShape (task: { name: unknown, description?: unknown, inputs: unknown, outputs: unknown, run: unknown, timeout?: unknown, retries?: unknown, backoff?: unknown }, exportName: string): void {
+  if (task.description !== undefined && typeof task.description !== 'string') {
+    throw new Error(`export "${exportName}": description must be a string, got ${describe(task.description)}`)
+  }
   if (task.timeout !== undefined && !isMs(task.timeout, 1)) {
     throw new Error(`export "${exportName}": timeout must be a positive number of milliseconds, got ${describe(task.timeout)}`)
   }

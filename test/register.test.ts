@@ -62,6 +62,7 @@ t.test('register fails naming the module or option and the value received', asyn
     ['a tiny heap limit', { tasks: [fixture('plain.js')], resourceLimits: { maxOldGenerationSizeMb: 1 } }, 'FST_TASK_API_OPT_INVALID', /^options\.resourceLimits\.maxOldGenerationSizeMb must be an integer number of MB, 16 or more, got 1$/],
     ['an unknown resource limit', { tasks: [fixture('plain.js')], resourceLimits: { stackSizeMb: 4 } }, 'FST_TASK_API_OPT_INVALID', /^options\.resourceLimits\.stackSizeMb must be a known option/],
     ['a task with negative retries', { tasks: [fixture('bad-retries.ts')] }, 'FST_TASK_API_TASK_MODULE', /bad-retries\.js: export "default": retries must be an integer from 0 to 1000, got -2$/],
+    ['a task whose description is not a string', { tasks: [fixture('bad-description.ts')] }, 'FST_TASK_API_TASK_MODULE', /bad-description\.js: export "default": description must be a string, got 42$/],
     ['a misspelt option', { tasks: [fixture('plain.js')], concurency: 2 }, 'FST_TASK_API_OPT_INVALID', /^options\.concurency must be a known option/],
   ]
   for (const [name, options, code, message] of cases) {

@@ -1,5 +1,5 @@
 import type {
-  Client, ClientOptions, ClientTasks, EventSourceConstructor, Frame, ProgressCallback, RunOptions,
+  CatalogEntry, Client, ClientOptions, ClientTasks, EventSourceConstructor, Frame, ProgressCallback, RunOptions,
   ListQuery, SubscribeHandlers, TaskState, Transport, WebSocketConstructor,
 } from './types.js'
 
@@ -331,6 +331,7 @@ export function createClient<T = unknown> (options: ClientOptions = {}): Client<
     cancel,
     list: (query = {}) => api.request('GET', listPath(query)),
     delete: async (uuid) => { await api.request('DELETE', `/${uuid}`) },
+    catalog: async () => (await api.request<{ tasks: CatalogEntry[] }>('GET', '/catalog')).tasks,
     subscribe,
     run: (task: string, inputs?: Record<string, unknown>, optionsOrProgress?: RunOptions | ProgressCallback | null, callback?: ((task: TaskState) => void) | null, errback?: ((error: Error) => void) | null) =>
       handled(settle(runToEnd(client, task, inputs, optionsOrProgress), callback, errback).then(final => final.outputs), errback),

@@ -17,6 +17,21 @@ export interface SnapshotFrame {
   task: TaskState
 }
 
+/** A task as `GET {prefix}/catalog` lists it. */
+export interface CatalogEntry {
+  name: string
+  /** The task's `description`, or null. */
+  description: string | null
+  /** JSON Schema of its `inputs`: `{ type: 'object', properties, required }`. */
+  inputs: Record<string, unknown>
+  /** JSON Schema of a succeeded task's `outputs`. */
+  outputs: Record<string, unknown>
+  /** Milliseconds a run may take; null for no limit. */
+  timeout: number | null
+  /** How many more runs after a failed one. */
+  retries: number
+}
+
 /** Any frame of a task's event stream. */
 export type Frame = SnapshotFrame | TaskEvent
 
@@ -183,6 +198,11 @@ export interface Client<M = TaskTypeMap> {
    * 409 (`FST_TASK_API_TASK_LIVE`) while the task is pending or running: cancel it first.
    */
   delete (uuid: string): Promise<void>
+  /**
+   * The tasks the caller may run (GET /tasks/catalog): name, description, the JSON
+   * Schemas of their inputs and outputs, timeout and retries; what a form is built from.
+   */
+  catalog (): Promise<CatalogEntry[]>
   /**
    * Follows a task: over a WebSocket, reconnecting with resume; else SSE; else polling.
    * Returns the function that stops following.
