@@ -79,6 +79,13 @@ export const FST_TASK_API_ORIGIN_FORBIDDEN = createError<[string]>(
 export const FST_TASK_API_UNAUTHENTICATED = createError(
   'FST_TASK_API_UNAUTHENTICATED', 'authentication is required', 401)
 
+/**
+ * Something failed inside the server (a store, an authorize or owner callback that
+ * threw): the code of a 5xx whose error had none; the detail is in the log, never sent.
+ */
+export const FST_TASK_API_INTERNAL = createError(
+  'FST_TASK_API_INTERNAL', 'Internal Server Error', 500)
+
 /** A stream token that is malformed, expired, or minted for another task. */
 export const FST_TASK_API_TOKEN_INVALID = createError(
   'FST_TASK_API_TOKEN_INVALID', 'the stream token is invalid or expired', 401)
@@ -129,6 +136,7 @@ export const codes = {
   FST_TASK_API_FORBIDDEN,
   FST_TASK_API_ORIGIN_FORBIDDEN,
   FST_TASK_API_UNAUTHENTICATED,
+  FST_TASK_API_INTERNAL,
   FST_TASK_API_TOKEN_INVALID,
   FST_TASK_API_QUEUE_FULL,
   FST_TASK_API_STREAM_LIMIT,

@@ -1,6 +1,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, FastifySchemaValidationError, onRequestHookHandler } from 'fastify'
 import { TaskStateSchema } from './events.js'
+import { documented, errorResponses, recordSchema, stringifyCompiler, submissionSchema } from './openapi.js'
 import { codes, FST_TASK_API_BODY_INVALID, FST_TASK_API_CURSOR_INVALID, FST_TASK_API_FORBIDDEN, FST_TASK_API_STORE_UNAVAILABLE, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
 import { redactedRequest, type Access } from './access.js'
 import { toState, type TaskService } from './service.js'
@@ -13,22 +14,18 @@ interface Submission {
   inputs: Record<string, unknown>
 }
 
-const errorSchema = {
-  type: 'object',
-  properties: {
-    statusCode: { type: 'integer' },
-    code: { type: 'string' },
-    error: { type: 'string' },
-    message: { type: 'string' },
-  },
-}
-
 /** Both spellings of a path, unless the server already treats them as one. */
 export function paths (app: FastifyInstance, path: string): string[] {
   const config = app.initialConfig as { ignoreTrailingSlash?: boolean, routerOptions?: { ignoreTrailingSlash?: boolean } }
   if (config.ignoreTrailingSlash === true || config.routerOptions?.ignoreTrailingSlash === true) return [path]
   return path.endsWith('/') ? [path] : [path, path + '/']
 }
+
+/**
+ * The second spelling of a path (with the trailing slash) is left out of documents
+ * (`hide`, as @fastify/swagger reads it): an OpenAPI document lists each route once.
+ */
+export const docOnce = (url: string, all: string[]): { hide?: true } => url === all[0] ? {} : { hide: true }
 
 /** Characters of a failed task's error a list summary keeps. */
 const summaryErrorLength = 200
@@ -79,7 +76,8 @@ function hideInternalErrors (error: FastifyError, request: FastifyRequest, reply
   request.log.error({ err: error }, 'fastify-task-api: internal error')
   const generic = new Error(STATUS_CODES[status] ?? 'Internal Server Error') as FastifyError
   generic.statusCode = status
-  if (typeof code === 'string') generic.code = code
+  // Every error body carries a code: the error's own, else ours.
+  generic.code = typeof code === 'string' && code !== '' ? code : 'FST_TASK_API_INTERNAL'
   throw generic
 }
 
@@ -125,20 +123,23 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
     }
   }
 
-  for (const url of paths(app, prefix === '' ? '/' : prefix)) {
+  // For documents (openapi.ts): the body and the record as oneOfs over the tasks.
+  const record = recordSchema(service.registered)
+  const submission = submissionSchema(service.registered)
+  const rootPaths = paths(app, prefix === '' ? '/' : prefix)
+  for (const url of rootPaths) {
     app.route<{ Body: Submission }>({
       method: 'POST',
       url,
       logSerializers: { req: redactedRequest },
-      schema: {
-        body: {
-          type: 'object',
-          required: ['task'],
-          properties: { task: { type: 'string' }, inputs: { type: 'object' } },
-        },
-        response: { 201: TaskStateSchema, '4xx': errorSchema, '5xx': errorSchema },
-      },
+      schema: documented({
+        ...docOnce(url, rootPaths),
+        summary: 'Submit a task',
+        body: submission,
+        response: { 201: { description: 'the task, created pending', ...record }, ...errorResponses(400, 401, 403, 413, 429, 500, 503) },
+      }),
       validatorCompiler: () => validateSubmission as unknown as (body: unknown) => boolean | { error: FastifySchemaValidationError[] },
+      serializerCompiler: stringifyCompiler,
       onRequest: sameSite,
       // Authentication runs before the body is validated, so a stranger learns nothing
       // about the tasks or their inputs.
@@ -168,18 +169,22 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
     method: 'GET' | 'POST' | 'DELETE',
     suffix: string,
     action: 'read' | 'cancel' | 'delete',
-    response: object,
+    doc: { summary: string, response: object, errors: number[] },
     handler: (request: FastifyRequest<{ Params: { uuid: string } }>, reply: FastifyReply, record: Readonly<TaskRecord>) => Promise<unknown>
   ): void => {
-    for (const url of paths(app, `${prefix}/:uuid${suffix}`)) {
+    const all = paths(app, `${prefix}/:uuid${suffix}`)
+    for (const url of all) {
       app.route<{ Params: { uuid: string } }>({
         method,
         url,
         logSerializers: { req: redactedRequest },
-        schema: {
-          params: { type: 'object', properties: { uuid: { type: 'string' } } },
-          response: { [method === 'DELETE' ? 204 : 200]: response, '4xx': errorSchema, '5xx': errorSchema },
-        },
+        schema: documented({
+          ...docOnce(url, all),
+          summary: doc.summary,
+          params: { type: 'object', required: ['uuid'], properties: { uuid: { type: 'string', description: 'the task\'s uuid' } } },
+          response: { [method === 'DELETE' ? 204 : 200]: doc.response, ...errorResponses(401, 403, 404, ...doc.errors, 500, 503) },
+        }),
+        serializerCompiler: stringifyCompiler,
         ...(method !== 'GET' ? { onRequest: sameSite } : {}),
         ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
         handler: async (request, reply) => {
@@ -192,17 +197,21 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
     }
   }
 
-  taskRoute('GET', '', 'read', TaskStateSchema, async (_request, _reply, record) => toState(record))
+  taskRoute('GET', '', 'read', { summary: 'Fetch a task', response: { description: 'the record', ...record }, errors: [414] }, async (_request, _reply, record) => toState(record))
 
-  taskRoute('POST', '/cancel', 'cancel', TaskStateSchema, async (_request, _reply, record) =>
+  taskRoute('POST', '/cancel', 'cancel', { summary: 'Cancel a task', response: { description: 'the record as it stands after the request', ...record }, errors: [] }, async (_request, _reply, record) =>
     await service.cancel(record.uuid) ?? toState(record))
 
-  taskRoute('DELETE', '', 'delete', { type: 'null' }, async (_request, reply, record) => {
+  taskRoute('DELETE', '', 'delete', { summary: 'Delete a finished task', response: { description: 'deleted', type: 'null' }, errors: [409] }, async (_request, reply, record) => {
     await service.delete(record.uuid)
     return await reply.code(204).send()
   })
 
-  taskRoute('GET', '/token', 'read', { type: 'object', properties: { token: { type: 'string' }, expires: { type: 'string' } } },
+  taskRoute('GET', '/token', 'read', {
+    summary: 'A short-lived token to follow this task from a browser (?token= on its event stream)',
+    response: { description: 'the token', type: 'object', required: ['token', 'expires'], properties: { token: { type: 'string' }, expires: { type: 'string', format: 'date-time' } } },
+    errors: [],
+  },
     async (_request, reply, record) => {
       void reply.header('cache-control', 'no-store')
       return access.token(record.uuid)
@@ -210,14 +219,18 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
 
   // The catalog: the tasks this user may run, as a UI builds its forms from them. A
   // static path: it wins over `/:uuid` (no uuid reads "catalog").
-  for (const url of paths(app, `${prefix}/catalog`)) {
+  const catalogPaths = paths(app, `${prefix}/catalog`)
+  for (const url of catalogPaths) {
     app.route({
       method: 'GET',
       url,
       logSerializers: { req: redactedRequest },
-      schema: {
+      schema: documented({
+        ...docOnce(url, catalogPaths),
+        summary: 'The tasks this user may run, with their input and output JSON Schemas',
         response: {
           200: {
+            description: 'the catalog',
             type: 'object',
             properties: {
               tasks: {
@@ -236,10 +249,9 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
               },
             },
           },
-          '4xx': errorSchema,
-          '5xx': errorSchema,
+          ...errorResponses(401, 500, 503),
         },
-      },
+      }),
       ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
       handler: async (request, reply) => {
         const tasks = []
@@ -257,12 +269,14 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
   // would show every client every task, so then it exists only when asked for.
   if (!options.list) return
   // Listing shares POST's path, so it takes both spellings only when POST does.
-  for (const url of paths(app, prefix === '' ? '/' : prefix)) {
+  for (const url of rootPaths) {
     app.route<{ Querystring: { status?: TaskStatus, task?: string, limit: number, cursor?: string } }>({
       method: 'GET',
       url,
       logSerializers: { req: redactedRequest },
-      schema: {
+      schema: documented({
+        ...docOnce(url, rootPaths),
+        summary: 'List tasks, newest first',
         querystring: {
           type: 'object',
           properties: {
@@ -274,11 +288,10 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
           additionalProperties: false,
         },
         response: {
-          200: { type: 'object', properties: { tasks: { type: 'array', items: TaskSummarySchema }, next: { type: ['string', 'null'] } } },
-          '4xx': errorSchema,
-          '5xx': errorSchema,
+          200: { description: 'a page of summaries, and the cursor of the next page (null at the end)', type: 'object', properties: { tasks: { type: 'array', items: TaskSummarySchema }, next: { type: ['string', 'null'] } } },
+          ...errorResponses(400, 401, 500, 503),
         },
-      },
+      }),
       ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
       handler: async (request) => {
         const { status, task, limit, cursor } = request.query

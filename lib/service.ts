@@ -11,7 +11,8 @@ import {
   FST_TASK_API_TASK_NOT_FOUND,
   FST_TASK_API_TASK_UNKNOWN,
 } from './errors.js'
-import { maxReported, measureInputs, objectSchema } from './params.js'
+import { maxReported, measureInputs } from './params.js'
+import { parametersSchema } from './openapi.js'
 import { LocalExecutor, type ExecutionOptions, type Executor, type ExecutorContext, type Recovery, type ServiceLogger } from './executor.js'
 import type { MessageLimits } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
@@ -58,11 +59,6 @@ export interface CatalogEntry {
   timeout: number | null
   /** How many more runs after a failed one. */
   retries: number
-}
-
-/** A schema as JSON: TypeBox's symbol keys (Kind, Optional) and functions left out. */
-function plainSchema (schema: unknown): Record<string, unknown> {
-  return JSON.parse(JSON.stringify(schema)) as Record<string, unknown>
 }
 
 export interface InputLimits {
@@ -229,6 +225,11 @@ export class TaskService {
     return [...this.#registry.keys()]
   }
 
+  /** The registered tasks, in registration order. */
+  get registered (): RegisteredTask[] {
+    return [...this.#registry.values()]
+  }
+
   /** The registered task with this name, or undefined. */
   task (name: string): RegisteredTask | undefined {
     return this.#registry.get(name)
@@ -243,8 +244,8 @@ export class TaskService {
     return [...this.#registry.values()].map(({ task }) => ({
       name: task.name,
       description: task.description ?? null,
-      inputs: plainSchema(objectSchema(task.inputs)),
-      outputs: plainSchema(objectSchema(task.outputs)),
+      inputs: parametersSchema(task.inputs),
+      outputs: parametersSchema(task.outputs),
       timeout: task.timeout ?? (this.#execution.timeout > 0 ? this.#execution.timeout : null),
       retries: task.retries,
     }))

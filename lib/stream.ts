@@ -13,7 +13,8 @@ import {
 } from './errors.js'
 import { isFinalEvent, type ProgressEvent, type TaskEvent } from './events.js'
 import { Pace } from './pace.js'
-import { paths } from './routes.js'
+import { documented, errorResponses, stringifyCompiler } from './openapi.js'
+import { docOnce, paths } from './routes.js'
 import type { TaskService } from './service.js'
 import { finalStatuses, type TaskState } from './store/types.js'
 
@@ -570,11 +571,23 @@ export function registerStreams (
     if (!found) raw.end()
   }
 
-  for (const url of paths(app, `${prefix}/:uuid/events`)) {
+  const oneTaskPaths = paths(app, `${prefix}/:uuid/events`)
+  for (const url of oneTaskPaths) {
     app.route<{ Params: { uuid: string }, Querystring: { since?: string, token?: string } }>({
       method: 'GET',
       url,
       logSerializers: { req: redactedRequest },
+      // For documents only (no validation, no serialization here).
+      schema: documented({
+        ...docOnce(url, oneTaskPaths),
+        summary: 'Follow a task: a WebSocket (with an upgrade) or Server-Sent Events (Accept: text/event-stream)',
+        response: {
+          200: { description: 'Server-Sent Events: a snapshot frame, then the task\'s events, until it ends', content: { 'text/event-stream': { schema: { type: 'string' } } } },
+          204: { description: 'the client already has every event of this finished task (Last-Event-ID)', type: 'null' },
+          ...errorResponses(401, 403, 404, 429, 503),
+        },
+      }),
+      serializerCompiler: stringifyCompiler,
       preHandler: mayFollow,
       handler: sse,
       wsHandler: oneTask,
@@ -681,11 +694,18 @@ export function registerStreams (
     })
   }
 
-  for (const url of paths(app, `${prefix}/events`)) {
+  const manyPaths = paths(app, `${prefix}/events`)
+  for (const url of manyPaths) {
     app.route({
       method: 'GET',
       url,
       logSerializers: { req: redactedRequest },
+      schema: documented({
+        ...docOnce(url, manyPaths),
+        summary: 'Follow many tasks over one WebSocket (subscribe and unsubscribe frames); needs an upgrade',
+        response: errorResponses(401, 403, 426, 429, 503),
+      }),
+      serializerCompiler: stringifyCompiler,
       preHandler: mayConnect,
       handler: async () => { throw new FST_TASK_API_STREAM_UPGRADE_REQUIRED() },
       wsHandler: manyTasks,

@@ -42,7 +42,7 @@ t.test('a store that throws: 500 with a generic message and its code, the detail
   }
   const list = await app.inject('/tasks')
   t.equal(list.statusCode, 500)
-  t.same(list.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error' }, 'no code when the error has none')
+  t.same(list.json(), { statusCode: 500, code: 'FST_TASK_API_INTERNAL', error: 'Internal Server Error', message: 'Internal Server Error' }, 'FST_TASK_API_INTERNAL when the error has no code')
   t.ok(lines.some(line => line.includes('secret db detail: password=hunter2')), 'the detail is in the server log')
   t.ok(lines.some(line => line.includes('secret db detail in list')), 'the detail is in the server log')
 })
@@ -68,7 +68,7 @@ t.test('an authorize or owner callback that throws: 500 with a generic message',
 
   const thrower = await build(t, { tasks, runner, authorize: () => { throw 'secret thrown string' as unknown as Error } })
   const odd = await thrower.inject({ method: 'POST', url: '/tasks', payload: { task: 'hello', inputs: { name: 'x' } } })
-  t.same(odd.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error' }, 'a thrown string too')
+  t.same(odd.json(), { statusCode: 500, code: 'FST_TASK_API_INTERNAL', error: 'Internal Server Error', message: 'Internal Server Error' }, 'a thrown string too')
 })
 
 t.test('the status a callback gives is kept; client errors (4xx) keep their message', async (t) => {
