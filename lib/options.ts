@@ -22,6 +22,14 @@ export interface TaskApiOptions extends AccessOptions {
    */
   prefix?: string
   /**
+   * The name the API is decorated under: `app.tasks` by default. To register the plugin
+   * twice on one instance (two sets of tasks, say), give the second its own `decorate`
+   * and `prefix`, and reach it as `app.getDecorator<TaskApi>('reports')` (only
+   * `app.tasks` is typed on FastifyInstance).
+   * @default 'tasks'
+   */
+  decorate?: string
+  /**
    * Serves the browser client at `GET {prefix}/client.js` (an ES module, see
    * `fastify-task-api/client`). False leaves the route out.
    * @default true
@@ -199,6 +207,7 @@ export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h' | 'd'}`
 export interface NormalizedOptions {
   modules: string[]
   prefix: string
+  decorate: string
   client: boolean
   runner: 'process' | 'inline'
   concurrency: number
@@ -221,7 +230,7 @@ export interface NormalizedOptions {
   clock: () => number
 }
 
-const known = new Set(['tasks', 'prefix', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'redis', 'execArgv', 'env', 'streams',
+const known = new Set(['tasks', 'prefix', 'decorate', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'redis', 'execArgv', 'env', 'streams',
   'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength',
   'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask', 'maxInputSize', 'maxInputDepth', 'undeclaredInputs', 'list', 'retention', 'clock'])
 
@@ -240,6 +249,10 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   const prefix = options.prefix ?? '/tasks'
   if (typeof prefix !== 'string' || !prefix.startsWith('/') || (prefix.length > 1 && prefix.endsWith('/'))) {
     throw new FST_TASK_API_OPT_INVALID('prefix', 'a path starting with "/" and not ending with "/"', describe(prefix))
+  }
+  const decorate = options.decorate ?? 'tasks'
+  if (typeof decorate !== 'string' || !/^[A-Za-z_$][\w$]*$/.test(decorate)) {
+    throw new FST_TASK_API_OPT_INVALID('decorate', 'a JavaScript identifier (the name of the decorator)', describe(decorate))
   }
   const client = options.client ?? true
   if (typeof client !== 'boolean') {
@@ -322,6 +335,7 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     throw new FST_TASK_API_OPT_INVALID('clock', 'a function returning milliseconds since the epoch', describe(clock))
   }
   return {
+    decorate,
     retention: normalizeRetention(options.retention),
     clock,
     ackTimeout,

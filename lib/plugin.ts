@@ -4,6 +4,7 @@ import websocket from '@fastify/websocket'
 import fp from 'fastify-plugin'
 import { Access } from './access.js'
 import { loadClientBundle, registerClientBundle } from './client-bundle.js'
+import { FST_TASK_API_OPT_INVALID } from './errors.js'
 import { normalizeOptions, type TaskApiOptions } from './options.js'
 import { loadRegistry } from './registry.js'
 import { registerRoutes, toSummary } from './routes.js'
@@ -16,6 +17,10 @@ import type { TaskApi } from './types.js'
 
 async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Promise<void> {
   const normalized = normalizeOptions(options as TaskApiOptions & Record<string, unknown>)
+  // Before anything starts: a second registration under the same name fails here, saying how.
+  if (app.hasDecorator(normalized.decorate)) {
+    throw new FST_TASK_API_OPT_INVALID('decorate', `a name not yet decorated on this instance (app.${normalized.decorate} exists: fastify-task-api registered twice? give each registration its own decorate and prefix)`, JSON.stringify(normalized.decorate))
+  }
   const registry = await loadRegistry(normalized.modules)
   const clientBundle = normalized.client ? await loadClientBundle() : undefined
   const log = app.log
@@ -101,7 +106,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
     stats: () => ({ ...service.stats(), streams: streams?.open ?? 0 }),
     streamToken: () => { throw new Error('fastify-task-api is not ready yet') },
   }
-  app.decorate('tasks', api)
+  app.decorate(normalized.decorate, api)
   if (normalized.access.auth !== undefined && !app.hasDecorator('auth')) await app.register(fastifyAuth)
   const access = new Access(app, normalized.access)
   api.streamToken = (uuid, ttl) => access.token(uuid, ttl)

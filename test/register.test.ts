@@ -82,3 +82,46 @@ t.test('a pool that cannot start fails register and leaves no child behind', asy
   await new Promise(resolve => setTimeout(resolve, 1500))
   t.same(childPids().filter(pid => !before.includes(pid)), [], 'no child left, and no respawn loop')
 })
+
+t.test('registered twice: the same decorator name fails saying how, before any child starts; with decorate and prefix both serve', async (t) => {
+  const app = Fastify({ pluginTimeout })
+  t.teardown(() => app.close())
+  await app.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv })
+  await app.ready()
+  const before = childPids().length
+  const twice = Fastify({ pluginTimeout })
+  t.teardown(() => twice.close())
+  await twice.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv })
+  await t.rejects(async () => { await twice.register(taskApi, { tasks: [fixture('params.ts')], concurrency: 1, execArgv: childExecArgv, prefix: '/other' }) }, {
+    code: 'FST_TASK_API_OPT_INVALID',
+    message: 'options.decorate must be a name not yet decorated on this instance (app.tasks exists: fastify-task-api registered twice? give each registration its own decorate and prefix), got "tasks"',
+  })
+  t.equal(childPids().length, before + 1, 'the second registration started no child')
+  await t.rejects(async () => { await Fastify().register(taskApi, { tasks: [fixture('basic.ts')], decorate: 'not a name' }) }, { code: 'FST_TASK_API_OPT_INVALID', message: /^options\.decorate must be a JavaScript identifier/ })
+
+  const both = Fastify({ pluginTimeout })
+  t.teardown(() => both.close())
+  await both.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv })
+  await both.register(taskApi, { tasks: [fixture('params.ts')], concurrency: 1, execArgv: childExecArgv, prefix: '/reports', decorate: 'reports' })
+  await both.listen({ port: 0, host: '127.0.0.1' })
+  const reports = both.getDecorator<import('../dist/index.js').TaskApi>('reports')
+  t.same(reports.names, ['echo', 'required'])
+  t.notOk(both.tasks.names.includes('echo'), 'each registration has its own tasks')
+  const created = await both.inject({ method: 'POST', url: '/reports', payload: { task: 'echo', inputs: { int: '3' } } })
+  t.equal(created.statusCode, 201)
+  const { uuid } = created.json() as { uuid: string }
+  t.match(await reports.wait(uuid), { status: 'succeeded', outputs: { inputs: { int: 3 } } })
+  t.equal((await both.inject(`/reports/${uuid}`)).statusCode, 200)
+  t.equal((await both.inject(`/tasks/${uuid}`)).statusCode, 404, 'and its own records')
+  const other = await both.tasks.submit('hello', { name: 'x', count: 1 })
+  await both.tasks.wait(other.uuid)
+  const { port } = both.server.address() as import('node:net').AddressInfo
+  const { default: WebSocket } = await import('ws')
+  const firstFrame = async (url: string): Promise<Record<string, unknown>> => await new Promise((resolve, reject) => {
+    const socket = new WebSocket(url)
+    socket.once('message', data => { resolve(JSON.parse(String(data)) as Record<string, unknown>); socket.close() })
+    socket.once('error', reject)
+  })
+  t.match(await firstFrame(`ws://127.0.0.1:${port}/reports/${uuid}/events`), { type: 'snapshot', uuid, task: { task: 'echo' } }, 'the second one streams')
+  t.match(await firstFrame(`ws://127.0.0.1:${port}/tasks/${other.uuid}/events`), { type: 'snapshot', uuid: other.uuid, task: { task: 'hello' } }, 'and the first one too')
+})
