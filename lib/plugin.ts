@@ -12,7 +12,7 @@ import { registerStreams, type StreamStats } from './stream.js'
 import { createRunner } from './runner/create.js'
 import type { TaskBus } from './events.js'
 import type { Executor, ExecutorContext } from './executor.js'
-import { TaskService } from './service.js'
+import { TaskService, type SubmitOptions } from './service.js'
 import type { TaskApi } from './types.js'
 
 async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Promise<void> {
@@ -89,14 +89,16 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
 
   let streams: StreamStats | undefined
   const names = Object.freeze(service.taskNames)
+  // A task is named by its uuid or by a state (typed answers: types.ts).
+  const uuidOf = (task: string | { uuid: string }): string => typeof task === 'string' ? task : task?.uuid
   const api: TaskApi = {
     names,
-    submit: (task, inputs, options) => service.submit(task, inputs, options),
-    get: uuid => service.get(uuid),
+    submit: ((task: string, inputs?: Record<string, unknown>, options?: SubmitOptions) => service.submit(task, inputs, options)) as TaskApi['submit'],
+    get: ((task: string | { uuid: string }) => service.get(uuidOf(task))) as TaskApi['get'],
     snapshot: uuid => service.snapshot(uuid),
     subscribe: (uuid, listener) => service.subscribe(uuid, listener),
-    wait: uuid => service.wait(uuid),
-    cancel: uuid => service.cancel(uuid),
+    wait: ((task: string | { uuid: string }) => service.wait(uuidOf(task))) as TaskApi['wait'],
+    cancel: ((task: string | { uuid: string }) => service.cancel(uuidOf(task))) as TaskApi['cancel'],
     delete: uuid => service.delete(uuid),
     list: async (filter = {}) => {
       const { records, next } = await service.list({ ...filter, limit: filter.limit ?? 50 })

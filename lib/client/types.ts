@@ -55,9 +55,23 @@ interface AnyDefinition {
   run (...args: never[]): unknown
 }
 
+/** What the client reads of a `Task` subclass's instances: a literal `name` (`name = 'x' as const`). */
+interface AnyTaskInstance {
+  name: string
+  inputs: TProperties
+  outputs: TProperties
+}
+
+/** A `Task` subclass as a definition, when its name is a literal; never otherwise. */
+type ClassDefinition<C> = C extends abstract new () => infer I
+  ? I extends AnyTaskInstance ? (string extends I['name'] ? never : I) : never
+  : never
+
 type DefinitionsIn<T> = T extends AnyDefinition
   ? T
-  : T extends object ? Extract<T[keyof T], AnyDefinition> : never
+  : T extends abstract new () => unknown
+    ? ClassDefinition<T>
+    : T extends object ? Extract<T[keyof T], AnyDefinition> | ClassDefinition<T[keyof T]> : never
 
 /** The task definitions held by `T`: an array or tuple of definitions and modules, or one module. */
 export type DefinitionsOf<T> = T extends readonly unknown[] ? DefinitionsIn<T[number]> : DefinitionsIn<T>
@@ -66,8 +80,8 @@ export type DefinitionsOf<T> = T extends readonly unknown[] ? DefinitionsIn<T[nu
  * Task name -> `{ inputs, outputs }`, from the server's task definitions. `T` is an array
  * or tuple of `defineTask` results (`[typeof wait, typeof resize]`), a module namespace
  * (`typeof import('./tasks/wait.js')`), or an array mixing both. Inputs wrapped in
- * `Type.Optional` are optional. Exports that are not `defineTask` results are ignored
- * (a `Task` subclass carries no literal name).
+ * `Type.Optional` are optional. `Task` subclasses count when their name is a literal
+ * (`name = 'resize' as const`); other exports are ignored.
  */
 export type TaskMap<T> = {
   [D in DefinitionsOf<T> as D['name']]: { inputs: TaskInputs<D['inputs']>, outputs: TaskOutputs<D['outputs']> }
