@@ -394,6 +394,22 @@ t.test('the default export is django-task-api\'s TaskAPI: options.baseURL, resol
   await t.rejects(TaskAPI.run('raises', { message: 'nope' }), { name: 'TaskRunError', message: 'task "raises" failed: nope' })
 })
 
+t.test('in Node, TaskAPI and createClient follow over a WebSocket given one (ws), not by polling', async (t) => {
+  const { base, seen } = await serve(t)
+  TaskAPI.options.baseURL = base
+  TaskAPI.options.WebSocket = WebSocket as never
+  t.teardown(() => { TaskAPI.options.baseURL = '/tasks'; delete TaskAPI.options.WebSocket })
+  const json = await TaskAPI.run('steps', { steps: 3, delay: 20 })
+  t.same(json.outputs, { done: 3 })
+  t.ok(seen.some(line => line === `UPGRADE /tasks/${json.uuid}/events`), 'TaskAPI followed it over a WebSocket')
+  t.notOk(seen.some(line => line === `GET /tasks/${json.uuid}`), 'and never polled')
+  const client = createClient({ baseURL: base, WebSocket: WebSocket as never })
+  const submitted = await client.submit('steps', { steps: 2, delay: 20 })
+  const final = await new Promise<TaskState>((resolve, reject) => { client.subscribe(submitted.uuid, { onEnd: resolve, onError: reject }) })
+  t.equal(final.status, 'succeeded')
+  t.ok(seen.some(line => line === `UPGRADE /tasks/${submitted.uuid}/events`), 'createClient too')
+})
+
 t.test('baseURL and headers: a prefix, a CSRF header on every request, the WebSocket included', async (t) => {
   const { base, seen } = await serve(t, {
     prefix: '/api/tasks',

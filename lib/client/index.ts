@@ -398,6 +398,13 @@ export interface SeedOptions {
   csrfHeaderName: string
   /** Extra headers for every request. */
   headers: Record<string, string>
+  /**
+   * How to follow a task: a WebSocket constructor (the browser's by default; in Node 20,
+   * which has none, `WebSocket` from `ws`), else EventSource, else polling.
+   */
+  WebSocket?: WebSocketConstructor
+  /** @default globalThis.EventSource */
+  EventSource?: EventSourceConstructor
 }
 
 /**
@@ -412,6 +419,8 @@ export const TaskAPI: { options: SeedOptions, run (task: string, inputs?: Record
     const { options } = TaskAPI
     const client = createClient({
       baseURL: options.baseURL,
+      ...(options.WebSocket === undefined ? {} : { WebSocket: options.WebSocket }),
+      ...(options.EventSource === undefined ? {} : { EventSource: options.EventSource }),
       headers: () => {
         const prefix = `${options.csrfCookieName}=`
         const cookie = globalThis.document?.cookie.split('; ').find(pair => pair.startsWith(prefix))
