@@ -107,7 +107,8 @@ function connection (options: ClientOptions): Connection {
         })
       } catch (err) {
         // Never a bare "fetch failed": what was asked, of what, and why.
-        const why = (err as { cause?: { code?: unknown } } | null)?.cause?.code ?? (err as Error | null)?.message ?? String(err)
+        const cause = (err as { cause?: { code?: unknown, message?: unknown } } | null)?.cause
+        const why = cause?.code ?? cause?.message ?? (err as Error | null)?.message ?? String(err)
         throw new TaskApiError(0, { message: `the task API could not be reached (${method} ${url}): ${String(why)}` }, { uuid, cause: err })
       }
       const json = await response.json().catch(() => undefined)
