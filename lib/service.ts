@@ -13,6 +13,9 @@ import {
 } from './errors.js'
 import { maxReported, measureInputs } from './params.js'
 import { parametersSchema } from './openapi.js'
+import type { CatalogEntry } from './client/types.js'
+
+export type { CatalogEntry }
 import { LocalExecutor, type ExecutionOptions, type Executor, type ExecutorContext, type Recovery, type ServiceLogger } from './executor.js'
 import type { MessageLimits } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
@@ -46,21 +49,6 @@ export interface TaskStats {
 
 
 /** Bounds on a submission's inputs, checked before anything else sees them. */
-/** A task as `GET {prefix}/catalog` shows it. */
-export interface CatalogEntry {
-  name: string
-  /** The task's `description`, or null. */
-  description: string | null
-  /** JSON Schema of the submission's `inputs`: `{ type: 'object', properties, required }`. */
-  inputs: Record<string, unknown>
-  /** JSON Schema of a succeeded task's `outputs`. */
-  outputs: Record<string, unknown>
-  /** Milliseconds a run may take (the task's own, else the plugin's `timeout`); null for no limit. */
-  timeout: number | null
-  /** How many more runs after a failed one. */
-  retries: number
-}
-
 export interface InputLimits {
   /** Bytes of the inputs as JSON. */
   maxInputSize: number
