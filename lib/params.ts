@@ -1,6 +1,7 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
 import addFormatsModule from 'ajv-formats'
 import { OptionalKind, type TProperties, type TSchema } from '@sinclair/typebox'
+import { clip } from './text.js'
 
 /*
  * Inputs and outputs are TypeBox schemas (plain JSON Schema underneath). Each task's
@@ -44,8 +45,6 @@ function newAjv (): Ajv {
   return ajv
 }
 
-const ajv = newAjv()
-
 /** The object schema that holds a set of named parameters; required unless Optional. */
 export function objectSchema (properties: TProperties): TSchema {
   const required = Object.entries(properties)
@@ -59,22 +58,44 @@ function isOptional (schema: TSchema): boolean {
 }
 
 /**
+ * The schema Ajv compiles: plain JSON (TypeBox's symbol keys left out), with TypeBox's
+ * any-key pattern of `Type.Record(Type.String(), T)`, `^(.*)$`, made to match every key:
+ * `.` stops at line terminators, and a key with a newline escaped the value's schema.
+ */
+function compilable (schema: TSchema): Record<string, unknown> {
+  return JSON.parse(JSON.stringify(schema), (key, value: unknown) => {
+    if (key !== 'patternProperties' || typeof value !== 'object' || value === null || !Object.hasOwn(value, anyKey)) return value
+    const { [anyKey]: each, ...others } = value as Record<string, unknown>
+    return { ...others, [everyKey]: each }
+  }) as Record<string, unknown>
+}
+const anyKey = '^(.*)$'
+const everyKey = '^[\\s\\S]*$'
+
+/**
  * Compiles a set of named parameters. `convert` turns on the seed's conversions and
  * drops undeclared keys (inputs); outputs are only validated. `label` prefixes paths
  * in error messages: `inputs/count must be integer`.
+ *
+ * Each set gets an Ajv of its own (0.6 ms): a recursive schema's `$id` is then added once,
+ * whatever else the process compiled. The whole object is checked with a first-error
+ * validator; on failure, each input on its own (a `$ref` into the same schema), so that
+ * every failing input is named, at the cost of one first-error pass each.
  */
 export function compileParameters (properties: TProperties, label: string, convert: boolean): CompiledSchema {
-  const schema = objectSchema(properties)
-  const validate = ajv.compile(schema)
-  // For the failure path: each input's own first-error validator.
-  const each = Object.entries(properties).map(([key, property]) => ({ key, required: !isOptional(property), validate: ajv.compile(property) }))
+  const ajv = newAjv()
+  const validate = ajv.compile({ ...compilable(objectSchema(properties)), $id: 'parameters' })
+  const each = Object.keys(properties).map(key => ({
+    key,
+    required: !isOptional(properties[key] as TSchema),
+    validate: ajv.compile({ $ref: `parameters#/properties/${encodeURIComponent(escapePointer(key))}` }),
+  }))
   return {
     check (value) {
-      const changed: Conversions = new Map()
-      const converted = convert ? convertObject(properties, value, changed) : value
-      if (validate(converted)) return { value: converted }
+      const converted = convert ? convertObject(properties, value) : value
+      if (validate(converted)) return { value: convert ? plain(converted) as Record<string, unknown> : converted }
       const errors = failures(each, converted)
-      return { error: formatErrors(errors.length > 0 ? errors : validate.errors as ErrorObject[], label, changed) }
+      return { error: formatErrors(errors.length > 0 ? errors : validate.errors as ErrorObject[], label, value, converted) }
     },
   }
 }
@@ -92,52 +113,75 @@ function failures (each: Array<{ key: string, required: boolean, validate: Valid
       continue
     }
     if (validate(value[key])) continue
-    const prefix = `/${escapePointer(key)}`
-    for (const error of validate.errors as ErrorObject[]) errors.push({ ...error, instancePath: prefix + error.instancePath })
+    const first = (validate.errors as ErrorObject[])[0] as ErrorObject
+    errors.push({ ...first, instancePath: `/${escapePointer(key)}${first.instancePath}` })
   }
   return errors
 }
 
 /**
- * Where a conversion changed a value's JSON type in a way that can fail later (a number
- * made a string, a single value made a list): JSON pointer -> the type given and the type
- * wanted. A failure there or below is the client's wrong type, and is reported as such
- * rather than as the converted value's failure ("must match format" for the number 5).
+ * One message per failing input (its first failure), in the order found, capped at
+ * `maxReported`. Keys in paths are the client's: each is cut and escaped (text.ts).
  */
-type Conversions = Map<string, { given: string, wanted: string }>
-
-/** One message per failing field, in the order they were found, capped at `maxReported`. */
-function formatErrors (errors: ErrorObject[], label: string, changed: Conversions): string {
+function formatErrors (errors: ErrorObject[], label: string, given: Record<string, unknown>, converted: Record<string, unknown>): string {
   const messages = new Map<string, string>()
   for (const error of errors) {
-    const [path, message] = describeError(error, changed)
-    // A union's branches each report the same field: its first branch speaks for it.
-    if (!messages.has(path)) messages.set(path, `${label}${path} ${message}`)
+    const [segments, message] = describeError(error, given, converted)
+    // An input is named once: a union's branches, or the whole-object fallback, may say more.
+    const input = segments[0] ?? ''
+    if (!messages.has(input)) messages.set(input, `${label}${pathText(segments)} ${message}`)
   }
   const all = [...messages.values()]
   const shown = all.slice(0, maxReported).join('; ')
   return all.length > maxReported ? `${shown}; and ${all.length - maxReported} more` : shown
 }
 
-function describeError (error: ErrorObject, changed: Conversions): [string, string] {
-  for (const [pointer, change] of changed) {
-    if (error.instancePath === pointer || error.instancePath.startsWith(`${pointer}/`)) return [pointer, `must be ${change.wanted}, got ${change.given}`]
-  }
-  if (error.keyword === 'required') return [`${error.instancePath}/${String(error.params.missingProperty)}`, 'is required']
-  if (error.keyword === 'additionalProperties') return [`${error.instancePath}/${String(error.params.additionalProperty)}`, 'is not allowed']
-  // anyOf / oneOf: the branches' own errors came first and named the field.
-  return [error.instancePath, error.message ?? 'is invalid']
+/** `/a/b` for path segments, each cut to 32 characters and escaped, the whole to 256. */
+function pathText (segments: string[]): string {
+  return clip(segments.map(segment => `/${clip(segment, 32)}`).join(''), 256)
 }
+
+function describeError (error: ErrorObject, given: Record<string, unknown>, converted: Record<string, unknown>): [string[], string] {
+  const segments = error.instancePath === '' ? [] : error.instancePath.slice(1).split('/').map(unescapePointer)
+  const change = typeChange(segments, given, converted)
+  if (change !== undefined) return [change.segments, `must be ${change.wanted}, got ${change.given}`]
+  if (error.keyword === 'required') return [[...segments, String(error.params.missingProperty)], 'is required']
+  if (error.keyword === 'additionalProperties') return [[...segments, String(error.params.additionalProperty)], 'is not allowed']
+  return [segments, error.message ?? 'is invalid']
+}
+
+/**
+ * Whether a conversion changed the JSON type of the value at `segments` or above it in a
+ * way that can fail later (a number made a string, a single value made a list): then the
+ * failure is the client's wrong type, reported as such ("must be string, got number")
+ * rather than as the converted value's ("must match format"). Walks the given and the
+ * converted values side by side: O(depth), nothing kept while converting.
+ */
+function typeChange (segments: string[], given: unknown, converted: unknown): { segments: string[], given: string, wanted: string } | undefined {
+  let before = given
+  let after = converted
+  for (let depth = 0; depth <= segments.length; depth++) {
+    if (Array.isArray(after) && !Array.isArray(before) && before !== undefined) return { segments: segments.slice(0, depth), given: jsonKind(before), wanted: 'array' }
+    if (typeof after === 'string' && typeof before === 'number') return { segments: segments.slice(0, depth), given: 'number', wanted: 'string' }
+    if (depth === segments.length || typeof before !== 'object' || before === null || typeof after !== 'object' || after === null) return undefined
+    const key = segments[depth] as string
+    before = Object.hasOwn(before, key) ? (before as Record<string, unknown>)[key] : undefined
+    after = Object.hasOwn(after, key) ? (after as Record<string, unknown>)[key] : undefined
+  }
+  return undefined
+}
+
+const jsonKind = (value: unknown): string => value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value
 
 /**
  * A union converts with its first branch that can take the value: a value that already
  * has one of the branches' types is kept as it is (5 stays 5 for String | Number).
  */
-function convertUnion (branches: TSchema[], value: unknown, pointer: string, changed: Conversions): unknown {
+function convertUnion (branches: TSchema[], value: unknown): unknown {
   const type = jsonType(value)
   if (branches.some(branch => types(branch).some(kind => kind === type || (kind === 'number' && type === 'integer')))) return value
   for (const branch of branches) {
-    const converted = convertValue(branch, value, pointer, changed)
+    const converted = convertValue(branch, value)
     if (converted !== value) return converted
   }
   return value
@@ -168,14 +212,32 @@ function types (schema: TSchema): string[] {
   return []
 }
 
-/** Builds a new object with only the declared keys, each converted. Never mutates the input. */
-function convertObject (properties: TProperties, value: Record<string, unknown>, changed: Conversions): Record<string, unknown> {
-  const out: Record<string, unknown> = {}
+/**
+ * Builds a new object with only the declared keys, each converted. Never mutates the
+ * input. It has no prototype while it is validated: Ajv must not read `valueOf` or
+ * `constructor` of Object.prototype as inputs the client sent (`plain` gives it one after).
+ */
+function convertObject (properties: TProperties, value: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = Object.create(null) as Record<string, unknown>
   for (const key of Object.keys(properties)) {
     if (!Object.hasOwn(value, key)) continue
     const item = value[key]
     // Keys come from the schema, never from the client: a client's "__proto__" cannot land here.
-    out[key] = convertValue(properties[key] as TSchema, item, `/${escapePointer(key)}`, changed)
+    out[key] = convertValue(properties[key] as TSchema, item)
+  }
+  return out
+}
+
+/** The converted inputs with ordinary objects again (the prototype-less ones made plain). */
+function plain (value: unknown): unknown {
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = plain(value[i])
+    return value
+  }
+  if (typeof value !== 'object' || value === null || Object.getPrototypeOf(value) !== null) return value
+  const out: Record<string, unknown> = {}
+  for (const key of Object.keys(value)) {
+    Object.defineProperty(out, key, { value: plain((value as Record<string, unknown>)[key]), enumerable: true, writable: true, configurable: true })
   }
   return out
 }
@@ -185,25 +247,25 @@ function escapePointer (key: string): string {
   return key.replace(/~/g, '~0').replace(/\//g, '~1')
 }
 
+function unescapePointer (segment: string): string {
+  return segment.replace(/~1/g, '/').replace(/~0/g, '~')
+}
+
 /**
  * The seed's conversions, one schema level at a time. A value that cannot be converted
  * is returned unchanged so that validation reports it against its schema.
  */
-function convertValue (schema: TSchema, value: unknown, pointer: string, changed: Conversions): unknown {
+function convertValue (schema: TSchema, value: unknown): unknown {
   if (value === undefined || value === null) return value
   const branches = (schema as { anyOf?: unknown }).anyOf ?? (schema as { oneOf?: unknown }).oneOf
-  if (Array.isArray(branches)) return convertUnion(branches as TSchema[], value, pointer, changed)
+  if (Array.isArray(branches)) return convertUnion(branches as TSchema[], value)
   const kinds = types(schema)
   if (kinds.length === 0) return value
   if (kinds.includes('array')) {
-    let list = value as unknown[]
-    if (!Array.isArray(value)) {
-      changed.set(pointer, { given: value === null ? 'null' : typeof value === 'object' ? 'object' : typeof value, wanted: 'array' })
-      list = [value]
-    }
+    const list = Array.isArray(value) ? value : [value]
     const items = (schema as { items?: unknown }).items
     if (typeof items === 'object' && items !== null && !Array.isArray(items)) {
-      return list.map((item, i) => convertValue(items as TSchema, item, `${pointer}/${i}`, changed))
+      return list.map(item => convertValue(items as TSchema, item))
     }
     return list
   }
@@ -213,10 +275,7 @@ function convertValue (schema: TSchema, value: unknown, pointer: string, changed
     case 'number':
       return typeof value === 'string' ? toNumber(value) : value
     case 'string':
-      if (typeof value === 'number' && Number.isFinite(value)) {
-        changed.set(pointer, { given: 'number', wanted: 'string' })
-        return String(value)
-      }
+      if (typeof value === 'number' && Number.isFinite(value)) return String(value)
       return value
     case 'boolean':
       if (value === 'true' || value === 1) return true
@@ -226,10 +285,11 @@ function convertValue (schema: TSchema, value: unknown, pointer: string, changed
       const properties = (schema as { properties?: unknown }).properties
       if (typeof value !== 'object' || Array.isArray(value) || typeof properties !== 'object' || properties === null) return value
       const source = value as Record<string, unknown>
-      const out: Record<string, unknown> = {}
+      // No prototype while validated, as at the top (convertObject).
+      const out: Record<string, unknown> = Object.create(null) as Record<string, unknown>
       for (const key of Object.keys(source)) {
         const sub = (properties as Record<string, TSchema>)[key]
-        const converted = sub !== undefined && Object.hasOwn(properties, key) ? convertValue(sub, source[key], `${pointer}/${escapePointer(key)}`, changed) : source[key]
+        const converted = sub !== undefined && Object.hasOwn(properties, key) ? convertValue(sub, source[key]) : source[key]
         Object.defineProperty(out, key, { value: converted, enumerable: true, writable: true, configurable: true })
       }
       return out

@@ -166,3 +166,30 @@ t.test('undeclaredInputs: \'strip\' drops them (the seed\'s way); other values a
   t.same(done.outputs.keys, ['int', 'withDefault'])
   await t.rejects(build(t, { tasks: [fixture('params.ts')], undeclaredInputs: 'drop' as never }), { code: 'FST_TASK_API_OPT_INVALID', message: /undeclaredInputs/ })
 })
+
+t.test('schemas an attack run broke: recursive, Object.prototype names, Record keys with newlines, unions of objects, long or hostile keys', async (t) => {
+  // Registered twice in one process: a recursive schema's $id is compiled once per app.
+  const edges = await build(t, { tasks: [fixture('params-edges.ts')], concurrency: 1 })
+  const again = await build(t, { tasks: [fixture('params-edges.ts')], concurrency: 1 })
+  const post = async (app: FastifyInstance, task: string, inputs: unknown) => await submit(app, task, inputs)
+  const tree = { id: 'a', children: [{ id: 'b', children: [] }] }
+  const ok = await post(again, 'tree', { tree })
+  t.equal(ok.statusCode, 201, 'a recursive schema registers (twice in one process) and validates')
+  t.match(await again.tasks.wait(ok.json().uuid), { status: 'succeeded', outputs: { tree } })
+  t.equal((await post(edges, 'tree', { tree: { id: 'a', children: [{ id: 5, children: [] }] } })).json().message, 'inputs/tree/children/0/id must be string')
+
+  const none = await post(edges, 'prototype-names', {})
+  t.equal(none.statusCode, 201, 'inputs named valueOf, constructor, toString may be left out')
+  t.same((await edges.tasks.wait(none.json().uuid)).outputs.received, { valueOf: 3 }, 'and get their default')
+  t.equal((await post(edges, 'prototype-names', { nested: {} })).statusCode, 201, 'nested too')
+  t.equal((await post(edges, 'prototype-names', { toString: 'x' })).json().message, 'inputs/toString must be integer', 'only what was sent is named')
+
+  const newline = await post(edges, 'shapes', { dict: { 'a\nb': 'not an int' } })
+  t.equal(newline.statusCode, 400, 'a Record key with a newline does not escape the value\'s schema')
+  t.equal(newline.json().message, 'inputs/dict/a\\u000ab must be integer', 'and the key is escaped in the message')
+  t.equal((await post(edges, 'shapes', { u: { a: 'x' }, w: 'q' })).json().message, 'inputs/u/b is required; inputs/w must be integer', 'a union of objects is named once (its first branch\'s first failure), and the next input still shows')
+  const long = 'k'.repeat(200_000)
+  const hostile = await post(edges, 'shapes', { strict: { x: 1, [long]: 1 }, dict: { [`x\t\u001b[2J\u202eevil`]: 'y' } })
+  t.equal(hostile.statusCode, 400)
+  t.equal(hostile.json().message, `inputs/dict/x\\u0009\\u001b[2J\\u202eevil must be integer; inputs/strict/${'k'.repeat(32)}… is not allowed`, 'keys in nested paths are cut and escaped')
+})
