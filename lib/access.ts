@@ -1,7 +1,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandler } from 'fastify'
 import type {} from '@fastify/auth'
-import { FST_TASK_API_FORBIDDEN, FST_TASK_API_ORIGIN_FORBIDDEN, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TOKEN_INVALID } from './errors.js'
+import { FST_TASK_API_FORBIDDEN, FST_TASK_API_ORIGIN_FORBIDDEN, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TOKEN_INVALID, FST_TASK_API_UNAUTHENTICATED } from './errors.js'
 import type { TaskRecord } from './store/types.js'
 import { clip } from './text.js'
 
@@ -125,11 +125,7 @@ export class Access {
           resolve()
           return
         }
-        const error = err as Error & { statusCode?: number, code?: unknown }
-        if (typeof error.statusCode !== 'number' || error.statusCode < 400) error.statusCode = 401
-        // Every error body carries a code: the strategy's own, else ours.
-        if (typeof error.code !== 'string' || error.code === '') error.code = 'FST_TASK_API_UNAUTHENTICATED'
-        reject(error)
+        reject(refusal(err))
       })
     })
   }
@@ -231,4 +227,26 @@ export class Access {
   static invalidToken (): Error {
     return new FST_TASK_API_TOKEN_INVALID()
   }
+}
+
+/**
+ * A strategy's refusal as the error answered: a 401 (unless it says another 4xx) with a
+ * code (its own, else FST_TASK_API_UNAUTHENTICATED). A strategy may throw anything: a
+ * string, a frozen error. Those cannot take a status, so they become an error of ours
+ * with their text as message (a string thrown made the process crash before).
+ */
+function refusal (err: unknown): Error {
+  const thrown = (typeof err === 'object' && err !== null ? err : {}) as { statusCode?: unknown, code?: unknown, message?: unknown }
+  const status = typeof thrown.statusCode === 'number' && thrown.statusCode >= 400 && thrown.statusCode <= 599 ? thrown.statusCode : 401
+  const code = typeof thrown.code === 'string' && thrown.code !== '' ? thrown.code : 'FST_TASK_API_UNAUTHENTICATED'
+  if (err instanceof Error && Object.isExtensible(err)) {
+    return Object.assign(err, { statusCode: status, code })
+  }
+  const message = typeof thrown.message === 'string' ? thrown.message : typeof err === 'string' ? err : 'authentication is required'
+  const error = new FST_TASK_API_UNAUTHENTICATED() as Error & { statusCode: number, code: string }
+  error.message = clip(message, 1000)
+  error.statusCode = status
+  error.code = code
+  error.cause = err
+  return error
 }

@@ -86,6 +86,13 @@ export const FST_TASK_API_UNAUTHENTICATED = createError(
 export const FST_TASK_API_INTERNAL = createError(
   'FST_TASK_API_INTERNAL', 'Internal Server Error', 500)
 
+/**
+ * The code of a 4xx other than 401 and 403 that the app's own callbacks (authorize, owner)
+ * or another plugin threw without one; the status and message are theirs.
+ */
+export const FST_TASK_API_REFUSED = createError(
+  'FST_TASK_API_REFUSED', 'the request was refused', 400)
+
 /** A stream token that is malformed, expired, or minted for another task. */
 export const FST_TASK_API_TOKEN_INVALID = createError(
   'FST_TASK_API_TOKEN_INVALID', 'the stream token is invalid or expired', 401)
@@ -137,6 +144,7 @@ export const codes = {
   FST_TASK_API_ORIGIN_FORBIDDEN,
   FST_TASK_API_UNAUTHENTICATED,
   FST_TASK_API_INTERNAL,
+  FST_TASK_API_REFUSED,
   FST_TASK_API_TOKEN_INVALID,
   FST_TASK_API_QUEUE_FULL,
   FST_TASK_API_STREAM_LIMIT,

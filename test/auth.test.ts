@@ -334,3 +334,36 @@ t.test('a refusal keeps the code the strategy\'s error carries; one without gets
   const plain = await app.inject({ url: `/tasks/${missing}`, headers: bearer('x') })
   t.same(plain.json(), { statusCode: 401, code: 'FST_TASK_API_UNAUTHENTICATED', error: 'Unauthorized', message: 'wrong token' })
 })
+
+t.test('whatever a strategy or authorize throws, the answer is its status with a code, and the server stays up', async (t) => {
+  const app = Fastify({ pluginTimeout })
+  t.teardown(() => app.close())
+  await app.register(taskApi, {
+    tasks: [fixture('basic.ts')],
+    concurrency: 1,
+    execArgv: childExecArgv,
+    auth: [async (request) => {
+      const how = request.headers['x-auth']
+      // eslint-disable-next-line @typescript-eslint/only-throw-error
+      if (how === 'string') throw 'unauthorized'
+      if (how === 'frozen') throw Object.freeze(new Error('frozen refusal'))
+      // eslint-disable-next-line @typescript-eslint/only-throw-error
+      if (how === 'object') throw { message: 'plain object', statusCode: 401 }
+    }],
+    authorize: (request) => {
+      const how = request.headers['x-authorize']
+      // eslint-disable-next-line @typescript-eslint/only-throw-error
+      if (how === 'object') throw { statusCode: 403, message: 'no, says a plain object' }
+      if (how === 'teapot') throw Object.assign(new Error('I am a teapot'), { statusCode: 418 })
+      return true
+    },
+  })
+  const get = async (headers: Record<string, string>) => await app.inject({ url: '/tasks/catalog', headers })
+  t.same((await get({ 'x-auth': 'string' })).json(), { statusCode: 401, code: 'FST_TASK_API_UNAUTHENTICATED', error: 'Unauthorized', message: 'unauthorized' }, 'a thrown string (it crashed the process)')
+  t.same((await get({ 'x-auth': 'frozen' })).json(), { statusCode: 401, code: 'FST_TASK_API_UNAUTHENTICATED', error: 'Unauthorized', message: 'frozen refusal' }, 'a frozen error')
+  t.same((await get({ 'x-auth': 'object' })).json(), { statusCode: 401, code: 'FST_TASK_API_UNAUTHENTICATED', error: 'Unauthorized', message: 'plain object' }, 'a plain object')
+  const submit = async (headers: Record<string, string>) => await app.inject({ method: 'POST', url: '/tasks', headers, payload: { task: 'hello', inputs: { name: 'x' } } })
+  t.same((await submit({ 'x-authorize': 'object' })).json(), { statusCode: 403, code: 'FST_TASK_API_FORBIDDEN', error: 'Forbidden', message: 'no, says a plain object' }, 'authorize throwing a plain object: its 403 (Fastify answered 200)')
+  t.same((await submit({ 'x-authorize': 'teapot' })).json(), { statusCode: 418, code: 'FST_TASK_API_REFUSED', error: "I'm a Teapot", message: 'I am a teapot' }, 'another 4xx without a code')
+  t.equal((await submit({})).statusCode, 201, 'and the server goes on')
+})
