@@ -150,6 +150,26 @@ t.test('aborting the signal cancels the task; run rejects with the cancelled rec
   t.equal((await app.tasks.get(task.uuid))?.status, 'cancelled')
 })
 
+t.test('a refused cancel rejects run, and the client stops following the task (no handler call after)', async (t) => {
+  const { app, base } = await serve(t, { authorize: (_request, { action }) => action !== 'cancel' })
+  const client = createClient({ baseURL: base, WebSocket })
+  const controller = new AbortController()
+  let after = 0
+  let rejected = false
+  const err = await client.run('steps', { steps: 6, delay: 60 }, {
+    signal: controller.signal,
+    onUpdate: () => { if (rejected) after++ },
+    onStatus: (status) => { if (status === 'running') controller.abort() },
+  }).catch((err: unknown) => err)
+  rejected = true
+  t.match(err, { name: 'TaskApiError', statusCode: 403, code: 'FST_TASK_API_FORBIDDEN' })
+  const task = (await app.tasks.list({ limit: 1 })).tasks[0]!
+  await app.tasks.wait(task.uuid)
+  await new Promise(resolve => setTimeout(resolve, 100))
+  t.equal(after, 0, 'no update reached the handlers after run rejected')
+  t.equal(app.tasks.stats().streams, 0, 'and its stream was closed')
+})
+
 t.test('a signal aborted before run submits nothing', async (t) => {
   const { base, seen } = await serve(t)
   const client = createClient({ baseURL: base, WebSocket })

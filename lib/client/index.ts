@@ -354,10 +354,11 @@ async function runToEnd (client: Client, task: string, inputs: Record<string, un
   signal?.throwIfAborted()
   const submitted = await client.submit(task, inputs ?? {})
   let cancel = (): void => {}
+  let stop = (): void => {}
   try {
     const final = await new Promise<TaskState>((resolve, reject) => {
       cancel = () => { client.cancel(submitted.uuid).catch(reject) }
-      client.subscribe(submitted.uuid, { ...options, onEnd: resolve, onError: reject })
+      stop = client.subscribe(submitted.uuid, { ...options, onEnd: resolve, onError: reject })
       if (signal?.aborted === true) cancel()
       else signal?.addEventListener('abort', cancel, { once: true })
     })
@@ -365,6 +366,8 @@ async function runToEnd (client: Client, task: string, inputs: Record<string, un
     return final
   } finally {
     signal?.removeEventListener('abort', cancel)
+    // Rejected before the end (a refused cancel, say): stop following, no handler more.
+    stop()
   }
 }
 
