@@ -23,8 +23,9 @@ export interface TaskApiOptions extends AccessOptions {
   prefix?: string
   /**
    * The name the API is decorated under: `app.tasks` by default. To register the plugin
-   * twice on one instance (two sets of tasks, say), give the second its own `decorate`
-   * and `prefix`, and reach it as `app.getDecorator<TaskApi>('reports')` (only
+   * twice on one instance (two sets of tasks, say), register @fastify/websocket in the
+   * app before both, give the second its own `decorate` and `prefix`, and reach it as
+   * `app.getDecorator<TaskApi>('reports')` (only
    * `app.tasks` is typed on FastifyInstance).
    * @default 'tasks'
    */

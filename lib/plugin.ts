@@ -15,11 +15,18 @@ import type { Executor, ExecutorContext } from './executor.js'
 import { TaskService, type SubmitOptions } from './service.js'
 import type { TaskApi } from './types.js'
 
+/** Servers on which a registration of the plugin registered @fastify/websocket for itself. */
+const serversWithOwnWebsocket = new WeakSet<object>()
+
 async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Promise<void> {
   const normalized = normalizeOptions(options as TaskApiOptions & Record<string, unknown>)
   // Before anything starts: a second registration under the same name fails here, saying how.
   if (app.hasDecorator(normalized.decorate)) {
     throw new FST_TASK_API_OPT_INVALID('decorate', `a name not yet decorated on this instance (app.${normalized.decorate} exists: fastify-task-api registered twice? give each registration its own decorate and prefix)`, JSON.stringify(normalized.decorate))
+  }
+  // Two @fastify/websocket of the plugin's own on one server would both answer each upgrade.
+  if (!app.hasDecorator('websocketServer') && serversWithOwnWebsocket.has(app.server)) {
+    throw new FST_TASK_API_OPT_INVALID('decorate', 'given to a second registration on a server whose first one registered @fastify/websocket for itself: register @fastify/websocket in the app before both (app.register(websocket, { options: { maxPayload: 4096, allowSynchronousEvents: false } })) so that they share it', JSON.stringify(normalized.decorate))
   }
   const registry = await loadRegistry(normalized.modules)
   const clientBundle = normalized.client ? await loadClientBundle() : undefined
@@ -121,6 +128,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   } else {
     // Registered in a context of its own, so that its onRequest and onResponse hooks run
     // for the event routes only, not for every route of the app.
+    serversWithOwnWebsocket.add(app.server)
     await app.register(async (context) => {
       await context.register(websocket, {
         // One client frame per turn of the event loop and socket: a client flooding tiny

@@ -1,4 +1,5 @@
 import { fileURLToPath } from 'node:url'
+import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import t from 'tap'
 import taskApi, { type TaskApiOptions } from '../dist/index.js'
@@ -99,8 +100,21 @@ t.test('registered twice: the same decorator name fails saying how, before any c
   t.equal(childPids().length, before + 1, 'the second registration started no child')
   await t.rejects(async () => { await Fastify().register(taskApi, { tasks: [fixture('basic.ts')], decorate: 'not a name' }) }, { code: 'FST_TASK_API_OPT_INVALID', message: /^options\.decorate must be a JavaScript identifier/ })
 
+  // Two registrations on one server share the app's @fastify/websocket; without it the
+  // second one fails saying so (each would answer every upgrade).
+  const noSocket = Fastify({ pluginTimeout })
+  t.teardown(() => noSocket.close())
+  await noSocket.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv })
+  await t.rejects(async () => { await noSocket.register(taskApi, { tasks: [fixture('params.ts')], concurrency: 1, execArgv: childExecArgv, prefix: '/reports', decorate: 'reports' }) }, {
+    code: 'FST_TASK_API_OPT_INVALID',
+    message: /register @fastify\/websocket in the app before both/,
+  })
+
   const both = Fastify({ pluginTimeout })
   t.teardown(() => both.close())
+  const warnings: string[] = []
+  both.log.warn = ((...args: unknown[]) => { warnings.push(JSON.stringify(args).slice(0, 200)) }) as never
+  await both.register(websocket, { options: { maxPayload: 4096, allowSynchronousEvents: false } })
   await both.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv })
   await both.register(taskApi, { tasks: [fixture('params.ts')], concurrency: 1, execArgv: childExecArgv, prefix: '/reports', decorate: 'reports' })
   await both.listen({ port: 0, host: '127.0.0.1' })
@@ -124,4 +138,6 @@ t.test('registered twice: the same decorator name fails saying how, before any c
   })
   t.match(await firstFrame(`ws://127.0.0.1:${port}/reports/${uuid}/events`), { type: 'snapshot', uuid, task: { task: 'echo' } }, 'the second one streams')
   t.match(await firstFrame(`ws://127.0.0.1:${port}/tasks/${other.uuid}/events`), { type: 'snapshot', uuid: other.uuid, task: { task: 'hello' } }, 'and the first one too')
+  t.equal(both.server.listenerCount('upgrade'), 1, 'one upgrade listener: the app\'s')
+  t.same(warnings, [], 'no warning per upgrade')
 })
