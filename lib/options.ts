@@ -132,7 +132,7 @@ export interface TaskApiOptions extends AccessOptions {
   maxInputDepth?: number
   /**
    * Inputs a task does not declare: `'reject'` answers 400 `FST_TASK_API_INPUT_INVALID`
-   * naming them (a typo shows), `'strip'` drops them silently (the seed's way).
+   * naming them (a typo shows), `'strip'` drops them silently (as earlier versions did).
    * @default 'reject'
    */
   undeclaredInputs?: 'reject' | 'strip'

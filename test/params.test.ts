@@ -157,7 +157,7 @@ t.test('a wrong JSON type is reported as a type error, not as the failure of the
   await rejected(t, { point: { x: 1, y: true } }, 'inputs/point/y must be number')
 })
 
-t.test('undeclaredInputs: \'strip\' drops them (the seed\'s way); other values are refused', async (t) => {
+t.test('undeclaredInputs: \'strip\' drops them (as earlier versions did); other values are refused', async (t) => {
   const stripping = await build(t, { tasks: [fixture('params.ts')], concurrency: 1, undeclaredInputs: 'strip' })
   const res = await submit(stripping, 'echo', { int: 1, extra: 'dropped', __proto__: 'x' })
   t.equal(res.statusCode, 201)
