@@ -199,6 +199,13 @@ export interface RedisOptions {
   prefix?: string
   /** How long (ms) a task of a worker that died stays `running` before another worker takes it again. @default 30000 */
   lockDuration?: number
+  /**
+   * How often (ms) the workers look for tasks that have a record but no job (the API
+   * node died between writing the record and queuing the job, or a Redis failover lost
+   * the job): those older than this are queued again, and a `running` one is then ended
+   * as a crash would end it. One worker looks per period. @default 30000
+   */
+  reconcileInterval?: number
 }
 
 /** Milliseconds, or a number with a unit: `'500ms'`, `'30s'`, `'15m'`, `'12h'`, `'7d'`. */
@@ -365,7 +372,7 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
 function normalizeRedis (redis: unknown): RedisOptions | undefined {
   if (redis === undefined) return undefined
   if (typeof redis !== 'object' || redis === null) throw new FST_TASK_API_OPT_INVALID('redis', 'an object with a connection', describe(redis))
-  const { connection, prefix, lockDuration } = redis as Partial<RedisOptions>
+  const { connection, prefix, lockDuration, reconcileInterval } = redis as Partial<RedisOptions>
   if (typeof connection !== 'string' && (typeof connection !== 'object' || connection === null)) {
     throw new FST_TASK_API_OPT_INVALID('redis.connection', 'a redis:// URL or ioredis options', describe(connection))
   }
@@ -378,7 +385,10 @@ function normalizeRedis (redis: unknown): RedisOptions | undefined {
   if (lockDuration !== undefined && (!Number.isInteger(lockDuration) || lockDuration < 100)) {
     throw new FST_TASK_API_OPT_INVALID('redis.lockDuration', 'an integer number of ms, 100 or more', describe(lockDuration))
   }
-  return { connection, ...(prefix === undefined ? {} : { prefix }), ...(lockDuration === undefined ? {} : { lockDuration }) }
+  if (reconcileInterval !== undefined && (!Number.isInteger(reconcileInterval) || reconcileInterval < 100)) {
+    throw new FST_TASK_API_OPT_INVALID('redis.reconcileInterval', 'an integer number of ms, 100 or more', describe(reconcileInterval))
+  }
+  return { connection, ...(prefix === undefined ? {} : { prefix }), ...(lockDuration === undefined ? {} : { lockDuration }), ...(reconcileInterval === undefined ? {} : { reconcileInterval }) }
 }
 
 const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }

@@ -60,7 +60,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
         publish: event => redisBus.publish(event, err => log.error({ err }, 'fastify-task-api: an event could not be published')),
         followed: () => true,
         runner,
-      }, { ...shared, concurrency: normalized.concurrency, ...(redis.lockDuration === undefined ? {} : { lockDuration: redis.lockDuration }) })
+      }, { ...shared, concurrency: normalized.concurrency, ...(redis.lockDuration === undefined ? {} : { lockDuration: redis.lockDuration }), ...(redis.reconcileInterval === undefined ? {} : { reconcileInterval: redis.reconcileInterval }) })
     }
   }
   const service = new TaskService({

@@ -3,6 +3,8 @@ import { Redis } from 'ioredis'
 import t, { type Test } from 'tap'
 import type { TaskEvent, TaskState } from '../dist/index.js'
 import { startWorker, type TaskWorker } from '../dist/redis/index.js'
+import { RedisStore } from '../dist/redis/store.js'
+import { newRecord } from '../dist/store/types.js'
 import { build, childExecArgv, fixture, until } from './helpers.js'
 import { startRedis } from './redis-server.js'
 
@@ -79,6 +81,24 @@ t.test('a cancel published while the worker\'s cancel subscriber is cut is not l
     await until('the subscriber to be back', async () => (await subscriberId()) !== undefined, 10_000)
   }
   t.same(outcomes, ['cancelled', 'cancelled', 'cancelled'])
+})
+
+t.test('a record without a job (its API node died before queuing it, or a failover lost the job) is queued again by a worker: pending runs, running ends as a crash would', async (t) => {
+  const prefix = `{dist-${randomUUID().slice(0, 8)}}`
+  const worker = await startWorker({ redis: { connection: redis.url, prefix, reconcileInterval: 300 }, tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200 })
+  t.teardown(() => worker.close())
+  const store = new RedisStore({ connection: redis.url, prefix, exclusive: false })
+  t.teardown(() => store.close())
+  const created = new Date(Date.now() - 1000).toISOString()
+  const orphan = newRecord({ uuid: randomUUID(), task: 'hello', inputs: { name: 'orphan', count: 1 }, created })
+  const lost = newRecord({ uuid: randomUUID(), task: 'hello', inputs: { name: 'lost', count: 1 }, created, status: 'running', attempt: 1, started: created })
+  const fresh = newRecord({ uuid: randomUUID(), task: 'hello', inputs: { name: 'fresh', count: 1 }, created: new Date(Date.now() + 60_000).toISOString() })
+  for (const record of [orphan, lost, fresh]) await store.create(record)
+  const ended = async (uuid: string) => ['succeeded', 'failed', 'cancelled'].includes((await store.get(uuid))?.status ?? '')
+  await until('the orphan and the lost one to end', async () => await ended(orphan.uuid) && await ended(lost.uuid), 20_000)
+  t.match(await store.get(orphan.uuid), { status: 'succeeded', outputs: { output: 'Hello orphan' }, attempt: 1 }, 'the pending record without a job ran')
+  t.match(await store.get(lost.uuid), { status: 'failed', error: 'interrupted: the server stopped while the task was running' }, 'the running one without a job ended as a crash would (no retries)')
+  t.equal((await store.get(fresh.uuid))?.status, 'pending', 'a record younger than reconcileInterval is left to the submission under way')
 })
 
 t.test('a task whose module a worker lacks fails with a clear error; the others run', async (t) => {

@@ -211,6 +211,36 @@ export interface WorkerOptions extends QueueOptions {
   lockDuration?: number
   /** How often (ms) workers look for stalled jobs. @default lockDuration */
   stalledInterval?: number
+  /** How often (ms) one of the workers looks for tasks without a job (see reconcile). @default 30000 */
+  reconcileInterval?: number
+}
+
+/** How many of the oldest live tasks one look checks. */
+const reconcileBatch = 500
+
+/**
+ * Queues again the tasks that have a live record but no job: an API node that died
+ * between writing the record and adding the job, or a Redis failover that lost a job,
+ * left them `pending` (or `running`) for ever. Only records older than `olderThan` ms are
+ * touched (a submission under way adds its job within `dispatchTimeout`); the job id is
+ * the uuid, so a job added meanwhile by its API node is not doubled, and the worker that
+ * takes it reads the record as for any job (a `running` one ends as a crash would end it).
+ * Resolves with the uuids queued again.
+ */
+async function reconcile (client: RedisClient, queue: BullQueue<JobData>, store: ExecutorContext['store'], prefix: string, olderThan: number, now: number): Promise<string[]> {
+  const uuids = await client.zrange(`${prefix}:live`, 0, reconcileBatch - 1)
+  if (uuids.length === 0) return []
+  const exists = await client.pipeline(uuids.map(uuid => ['exists', `${prefix}:${queueName}:${uuid}`])).exec()
+  const queued: string[] = []
+  for (let i = 0; i < uuids.length; i++) {
+    if (exists?.[i]?.[1] !== 0) continue
+    const uuid = uuids[i] as string
+    const record = await store.get(uuid)
+    if (record === undefined || finalStatuses.has(record.status) || now - Date.parse(record.created) < olderThan) continue
+    await queue.add(record.task, { uuid }, { jobId: uuid, removeOnComplete: true, removeOnFail: true, attempts: 1 })
+    queued.push(uuid)
+  }
+  return queued
 }
 
 /**
@@ -245,6 +275,7 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
   }
   subscriber.on('message', (_channel: string, uuid: string) => cancelHere(uuid))
   let closing = false
+  const connectionState = { closing: false }
   // The marks catch the cancels that pub/sub missed: one MGET a look, only while tasks are here.
   let looking = false
   const lookForCancels = async (): Promise<void> => {
@@ -265,7 +296,24 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
   // Resubscribed after a cut: what was published meanwhile is looked for at once.
   subscriber.on('ready', () => { void lookForCancels() })
   await subscriber.subscribe(cancelChannel(prefix))
-  const connectionState = { closing: false }
+  // Tasks without a job: one worker a period looks (a key taken with NX), the oldest first.
+  const reconcileInterval = options.reconcileInterval ?? 30_000
+  const { Queue } = loadBullMQ()
+  const requeue = new Queue<JobData>(queueName, { connection: bullConnection(options.connection, connectionState) as never, prefix })
+  requeue.on('error', () => {})
+  let reconciling = false
+  const reconcileTimer = setInterval(() => {
+    if (reconciling || closing) return
+    reconciling = true
+    void (async () => {
+      if (await marks.set(`${prefix}:reconcile`, '1', 'PX', reconcileInterval - 10, 'NX') !== 'OK') return
+      const queued = await reconcile(marks, requeue, context.store, prefix, reconcileInterval, Date.now())
+      if (queued.length > 0) context.log.warn({ uuids: queued.slice(0, 20), count: queued.length }, 'fastify-task-api: tasks without a job were queued again')
+    })().catch((err: unknown) => {
+      context.log.error({ err }, 'fastify-task-api: looking for tasks without a job failed')
+    }).finally(() => { reconciling = false })
+  }, reconcileInterval)
+  reconcileTimer.unref()
   /** Processors under way: a close lets them finish their last Redis calls. */
   const inFlight = new Set<Promise<unknown>>()
   const worker: BullWorker<JobData> = new Worker<JobData>(queueName, async (job, token) => {
@@ -328,6 +376,8 @@ export async function startQueueWorker (context: ExecutorContext & { runner: Run
       connectionState.closing = true
       await bounded(worker.close(true).catch(() => {}), closeTimeout)
       clearInterval(cancelTimer)
+      clearInterval(reconcileTimer)
+      await bounded(requeue.close().catch(() => {}), closeTimeout)
       await closeClient(subscriber)
       await closeClient(marks)
     },

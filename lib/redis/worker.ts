@@ -57,7 +57,7 @@ export async function startWorker (options: WorkerOptions): Promise<TaskWorker> 
       publish: event => bus.publish(event, err => log.error({ err }, 'fastify-task-api: an event could not be published')),
       followed: () => true,
       runner,
-    }, { ...shared, concurrency: normalized.concurrency, ...(redis.lockDuration === undefined ? {} : { lockDuration: redis.lockDuration }) })
+    }, { ...shared, concurrency: normalized.concurrency, ...(redis.lockDuration === undefined ? {} : { lockDuration: redis.lockDuration }), ...(redis.reconcileInterval === undefined ? {} : { reconcileInterval: redis.reconcileInterval }) })
   } catch (err) {
     await runner.close().catch(() => {})
     await store.close()
