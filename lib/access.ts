@@ -1,7 +1,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandler } from 'fastify'
 import type {} from '@fastify/auth'
-import { FST_TASK_API_FORBIDDEN, FST_TASK_API_ORIGIN_FORBIDDEN, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TOKEN_INVALID, FST_TASK_API_UNAUTHENTICATED } from './errors.js'
+import { FST_TASK_API_FORBIDDEN, FST_TASK_API_ORIGIN_FORBIDDEN, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TOKEN_INVALID } from './errors.js'
 import type { TaskRecord } from './store/types.js'
 import { clip } from './text.js'
 
@@ -230,23 +230,29 @@ export class Access {
 }
 
 /**
- * A strategy's refusal as the error answered: a 401 (unless it says another 4xx) with a
- * code (its own, else FST_TASK_API_UNAUTHENTICATED). A strategy may throw anything: a
- * string, a frozen error. Those cannot take a status, so they become an error of ours
- * with their text as message (a string thrown made the process crash before).
+ * A strategy's refusal as the error answered: a 401 (unless it says another 4xx or 5xx)
+ * with a code (its own, else FST_TASK_API_UNAUTHENTICATED); the message is the
+ * strategy's, cut and escaped when it was not an Error's.
  */
 function refusal (err: unknown): Error {
-  const thrown = (typeof err === 'object' && err !== null ? err : {}) as { statusCode?: unknown, code?: unknown, message?: unknown }
-  const status = typeof thrown.statusCode === 'number' && thrown.statusCode >= 400 && thrown.statusCode <= 599 ? thrown.statusCode : 401
-  const code = typeof thrown.code === 'string' && thrown.code !== '' ? thrown.code : 'FST_TASK_API_UNAUTHENTICATED'
-  if (err instanceof Error && Object.isExtensible(err)) {
-    return Object.assign(err, { statusCode: status, code })
-  }
-  const message = typeof thrown.message === 'string' ? thrown.message : typeof err === 'string' ? err : 'authentication is required'
-  const error = new FST_TASK_API_UNAUTHENTICATED() as Error & { statusCode: number, code: string }
-  error.message = clip(message, 1000)
-  error.statusCode = status
-  error.code = code
-  error.cause = err
+  const { statusCode } = (typeof err === 'object' && err !== null ? err : {}) as { statusCode?: unknown }
+  const status = typeof statusCode === 'number' && statusCode >= 400 && statusCode <= 599 ? statusCode : 401
+  const error = answerable(err, status, 'FST_TASK_API_UNAUTHENTICATED', 'authentication is required')
+  if (error !== err) error.message = clip(error.message, 1000)
   return error
+}
+
+/**
+ * Whatever was thrown (an Error, a frozen one, a plain object, a string), as an error
+ * Fastify answers with this status and code: the thrown error itself when it can take
+ * them (its `code` kept when it has one), else a new Error with its message (or
+ * `fallbackMessage`) and the thrown value as `cause`. Rethrown as it was, a string made
+ * the process crash and a plain object an answer of 200.
+ */
+export function answerable (thrown: unknown, status: number, fallbackCode: string, fallbackMessage: string): Error & { statusCode: number, code: string } {
+  const { code, message } = (typeof thrown === 'object' && thrown !== null ? thrown : {}) as { code?: unknown, message?: unknown }
+  const answerCode = typeof code === 'string' && code !== '' ? code : fallbackCode
+  if (thrown instanceof Error && Object.isExtensible(thrown)) return Object.assign(thrown, { statusCode: status, code: answerCode })
+  const text = typeof message === 'string' ? message : typeof thrown === 'string' ? thrown : fallbackMessage
+  return Object.assign(new Error(text, { cause: thrown }), { statusCode: status, code: answerCode })
 }

@@ -153,3 +153,4 @@ export const codes = {
   FST_TASK_API_STORE_UNAVAILABLE,
   FST_TASK_API_EVENTS_INTERRUPTED,
 } as const
+

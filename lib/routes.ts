@@ -3,7 +3,7 @@ import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, Fasti
 import { TaskStateSchema } from './events.js'
 import { documented, errorResponses, recordSchema, stringifyCompiler, submissionSchema } from './openapi.js'
 import { codes, FST_TASK_API_BODY_INVALID, FST_TASK_API_CURSOR_INVALID, FST_TASK_API_FORBIDDEN, FST_TASK_API_STORE_UNAVAILABLE, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
-import { redactedRequest, type Access } from './access.js'
+import { answerable, redactedRequest, type Access } from './access.js'
 import { toState, type TaskService } from './service.js'
 import { statuses, type TaskRecord, type TaskStatus, type TaskSummary } from './store/types.js'
 import { describe } from './task.js'
@@ -73,35 +73,15 @@ function hideInternalErrors (error: FastifyError, request: FastifyRequest, reply
   const status = [statusCode, otherStatus].find(value => typeof value === 'number' && value >= 400 && value <= 599) as number | undefined ?? 500
   const own = typeof code === 'string' ? (codes as Record<string, unknown>)[code] as (new () => Error) | undefined : undefined
   if (own !== undefined && error instanceof own) throw error
-  if (status < 500) throw refused(error, status, code)
+  // A 4xx from the app's own callbacks (authorize, owner) or another plugin: as it says,
+  // with a code (its own, else by status).
+  if (status < 500) throw answerable(error, status, status === 401 ? 'FST_TASK_API_UNAUTHENTICATED' : status === 403 ? 'FST_TASK_API_FORBIDDEN' : 'FST_TASK_API_REFUSED', STATUS_CODES[status] ?? 'Refused')
   request.log.error({ err: error }, 'fastify-task-api: internal error')
   const generic = new Error(STATUS_CODES[status] ?? 'Internal Server Error') as FastifyError
   generic.statusCode = status
   // Every error body carries a code: the error's own, else ours.
   generic.code = typeof code === 'string' && code !== '' ? code : 'FST_TASK_API_INTERNAL'
   throw generic
-}
-
-/**
- * A 4xx from the app's own callbacks (authorize, owner) or another plugin, answered as
- * it says, with a code: its own, else by status (401 FST_TASK_API_UNAUTHENTICATED, 403
- * FST_TASK_API_FORBIDDEN, others FST_TASK_API_REFUSED). Something thrown that is not an
- * extensible Error (a plain object, a string) becomes one: rethrown as it was, Fastify
- * answered 200.
- */
-function refused (error: unknown, status: number, code: unknown): Error {
-  const fallback = status === 401 ? 'FST_TASK_API_UNAUTHENTICATED' : status === 403 ? 'FST_TASK_API_FORBIDDEN' : 'FST_TASK_API_REFUSED'
-  const ownCode = typeof code === 'string' && code !== '' ? code : fallback
-  if (error instanceof Error && Object.isExtensible(error)) {
-    if (ownCode !== code) (error as FastifyError).code = ownCode
-    return error
-  }
-  const message = (error as { message?: unknown } | null)?.message
-  const made = new Error(typeof message === 'string' ? message : STATUS_CODES[status] ?? 'Refused') as FastifyError
-  made.statusCode = status
-  made.code = ownCode
-  made.cause = error
-  return made
 }
 
 /** Options of the REST routes. */

@@ -14,8 +14,6 @@ import {
 import { maxReported, measureInputs } from './params.js'
 import { parametersSchema } from './openapi.js'
 import type { CatalogEntry } from './client/types.js'
-
-export type { CatalogEntry }
 import { LocalExecutor, type ExecutionOptions, type Executor, type ExecutorContext, type Recovery, type ServiceLogger } from './executor.js'
 import type { MessageLimits } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
@@ -24,6 +22,8 @@ import { toState } from './state.js'
 import { finalStatuses, newRecord, type FinalStatus, type ListFilter, type ListPage, type Store, type TaskRecord, type TaskState } from './store/types.js'
 import { describe } from './task.js'
 import { clip } from './text.js'
+
+export type { CatalogEntry }
 
 
 export { toState } from './state.js'
@@ -83,6 +83,7 @@ export class TaskService {
   readonly #history: EventHistory
   readonly #busWatchers = new Set<{ lost (): void, restored (): void }>()
   #busLost = false
+  #catalog: CatalogEntry[] | undefined
   readonly #execution: ExecutionOptions
   readonly #inputLimits: InputLimits
   readonly #now: () => number
@@ -228,8 +229,9 @@ export class TaskService {
    * JSON Schemas of its inputs and outputs, its timeout (its own, else the plugin's; null
    * for none) and retries. In registration order; `GET {prefix}/catalog` filters it.
    */
-  catalog (): CatalogEntry[] {
-    return [...this.#registry.values()].map(({ task }) => ({
+  catalog (): readonly CatalogEntry[] {
+    // Tasks and options are fixed once registered: built at the first call, then kept.
+    this.#catalog ??= [...this.#registry.values()].map(({ task }) => ({
       name: task.name,
       description: task.description ?? null,
       inputs: parametersSchema(task.inputs),
@@ -237,6 +239,7 @@ export class TaskService {
       timeout: task.timeout ?? (this.#execution.timeout > 0 ? this.#execution.timeout : null),
       retries: task.retries,
     }))
+    return this.#catalog
   }
 
   /**

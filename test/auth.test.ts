@@ -5,7 +5,7 @@ import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket from 'ws'
 import taskApi, { type TaskApiOptions } from '../dist/index.js'
-import { childExecArgv, fixture, pluginTimeout, until } from './helpers.js'
+import { build, childExecArgv, fixture, pluginTimeout, until } from './helpers.js'
 
 // Every route and transport × (no credentials, bad credentials, another owner, the right
 // user, the right user on a forbidden task). Owners are teams: alice and bob share team
@@ -318,12 +318,7 @@ t.test('without auth options the API stays open, and owner alone scopes by owner
 })
 
 t.test('a refusal keeps the code the strategy\'s error carries; one without gets FST_TASK_API_UNAUTHENTICATED', async (t) => {
-  const app = Fastify({ pluginTimeout })
-  t.teardown(() => app.close())
-  await app.register(taskApi, {
-    tasks: [fixture('basic.ts')],
-    concurrency: 1,
-    execArgv: childExecArgv,
+  const app = await build(t, {
     auth: [async (request) => {
       if (request.headers.authorization === undefined) throw Object.assign(new Error('no authorization header'), { code: 'APP_NO_HEADER' })
       throw new Error('wrong token')
@@ -336,12 +331,7 @@ t.test('a refusal keeps the code the strategy\'s error carries; one without gets
 })
 
 t.test('whatever a strategy or authorize throws, the answer is its status with a code, and the server stays up', async (t) => {
-  const app = Fastify({ pluginTimeout })
-  t.teardown(() => app.close())
-  await app.register(taskApi, {
-    tasks: [fixture('basic.ts')],
-    concurrency: 1,
-    execArgv: childExecArgv,
+  const app = await build(t, {
     auth: [async (request) => {
       const how = request.headers['x-auth']
       // eslint-disable-next-line @typescript-eslint/only-throw-error

@@ -18,6 +18,15 @@ async function openBus (t: Test, prefix: string): Promise<RedisBus> {
   return bus
 }
 
+/** A bus whose server keeps a history of `size` events (ttl 3 s): the follower's side. */
+function historyOf (t: Test, prefix: string, size: number): NonNullable<RedisBus['history']> {
+  const follower = new RedisBus({ connection: redis.url, prefix, history: { size, ttl: 3000 } })
+  t.teardown(() => follower.close())
+  const history = follower.history
+  if (history === undefined) throw new Error('a bus with history options has a history')
+  return history
+}
+
 const progress = (uuid: string, seq: number): TaskEvent => ({ type: 'progress', uuid, seq, progress: seq, target: null })
 
 t.test('an event published on one server reaches the task\'s subscribers on every server, in order', async (t) => {
@@ -113,11 +122,8 @@ const status = (uuid: string, seq: number): TaskEvent => ({ type: 'status', uuid
 t.test('history in Redis: a followed task\'s events are kept for a reconnect to any server; unfollowed tasks cost no key', async (t) => {
   const prefix = `{bus-${randomUUID().slice(0, 8)}}`
   // The follower's server keeps a history; the publisher (a worker) has no history options of its own.
-  const follower = new RedisBus({ connection: redis.url, prefix, history: { size: 5, ttl: 3000 } })
-  t.teardown(() => follower.close())
+  const history = historyOf(t, prefix, 5)
   const worker = await openBus(t, prefix)
-  const history = follower.history
-  if (history === undefined) throw new Error('a bus with history options has a history')
   const client = new Redis(redis.url)
   t.teardown(() => client.quit())
   const unfollowed = randomUUID()
@@ -147,10 +153,7 @@ t.test('history in Redis: a followed task\'s events are kept for a reconnect to 
 
 t.test('history in Redis never has a hole: a watch that lapsed and is made anew starts an empty list', async (t) => {
   const prefix = `{bus-${randomUUID().slice(0, 8)}}`
-  const follower = new RedisBus({ connection: redis.url, prefix, history: { size: 100, ttl: 3000 } })
-  t.teardown(() => follower.close())
-  const history = follower.history
-  if (history === undefined) throw new Error('a bus with history options has a history')
+  const history = historyOf(t, prefix, 100)
   const worker = await openBus(t, prefix)
   const client = new Redis(redis.url)
   t.teardown(() => client.quit())
@@ -226,10 +229,7 @@ t.test('a bus made while Redis is away: many callers wait for its first connecti
 
 t.test('history in Redis answers nothing across a gap in seqs (an event that could not be published)', async (t) => {
   const prefix = `{bus-${randomUUID().slice(0, 8)}}`
-  const follower = new RedisBus({ connection: redis.url, prefix, history: { size: 100, ttl: 3000 } })
-  t.teardown(() => follower.close())
-  const history = follower.history
-  if (history === undefined) throw new Error('a bus with history options has a history')
+  const history = historyOf(t, prefix, 100)
   const worker = await openBus(t, prefix)
   const uuid = randomUUID()
   await history.watch(uuid)

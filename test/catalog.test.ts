@@ -1,9 +1,8 @@
 import { Ajv } from 'ajv'
-import Fastify, { type FastifyRequest } from 'fastify'
+import type { FastifyRequest } from 'fastify'
 import t from 'tap'
-import taskApi from '../dist/index.js'
 import { createClient } from '../dist/client/index.js'
-import { build, childExecArgv, fixture, pluginTimeout } from './helpers.js'
+import { build, fixture } from './helpers.js'
 
 // GET {prefix}/catalog: the tasks a user may run, with what a UI needs to build a form.
 
@@ -40,13 +39,8 @@ t.test('every task: name, description, input and output JSON Schemas, timeout, r
 
 t.test('with auth and authorize: 401 without credentials; only the tasks this user may run', async (t) => {
   const users: Record<string, { admin: boolean }> = { alice: { admin: true }, bob: { admin: false } }
-  const app = Fastify({ pluginTimeout })
-  t.teardown(() => app.close())
   const asked: string[] = []
-  await app.register(taskApi, {
-    tasks: [fixture('basic.ts')],
-    concurrency: 1,
-    execArgv: childExecArgv,
+  const app = await build(t, {
     auth: [async (request) => {
       const user = users[request.headers.authorization ?? '']
       if (user === undefined) throw new Error('who are you?')

@@ -32,6 +32,16 @@ function knownMessages (frames: Frame[]): unknown[] {
   return [...((frames[lastSnapshot] as { task?: TaskState } | undefined)?.task?.messages ?? []), ...messagesOf(frames.slice(lastSnapshot + 1))]
 }
 
+/** The task followed from `base` on a socket of its own and on the multiplexed one, once both have their snapshot. */
+async function followBoth (base: string, uuid: string): Promise<{ single: ReturnType<typeof follow>, many: ReturnType<typeof follow> }> {
+  const single = follow(`ws://${base}/tasks/${uuid}/events`)
+  const many = follow(`ws://${base}/tasks/events`)
+  await new Promise(resolve => many.socket.once('open', resolve))
+  many.socket.send(JSON.stringify({ type: 'subscribe', uuid }))
+  await until('both snapshots', () => single.frames.length > 0 && many.frames.length > 0)
+  return { single, many }
+}
+
 const steps = (count: number): string[] => Array.from({ length: count }, (_, i) => `step ${i + 1}`)
 
 t.test('a WebSocket client that reconnects to another API node with ?since= gets exactly the events it missed, no snapshot', async (t) => {
@@ -92,11 +102,7 @@ t.test('Redis stopped and started under followed tasks: the streams say so, then
   const gate = gatePath()
   t.teardown(() => import('node:fs').then(fs => fs.rmSync(gate, { force: true })))
   const { uuid } = await a.app.tasks.submit('steps', { steps: 30, delay: 50, gate })
-  const single = follow(`ws://${a.base}/tasks/${uuid}/events`)
-  const many = follow(`ws://${a.base}/tasks/events`)
-  await new Promise(resolve => many.socket.once('open', resolve))
-  many.socket.send(JSON.stringify({ type: 'subscribe', uuid }))
-  await until('both snapshots', () => single.frames.length > 0 && many.frames.length > 0)
+  const { single, many } = await followBoth(a.base, uuid)
   writeFileSync(gate, '')
   await until('two steps', () => messagesOf(single.frames).length >= 2)
   await redis.stop('term')
@@ -160,11 +166,7 @@ t.test('a node whose pub/sub connection is cut again and again (every 100 to 300
   t.teardown(() => import('node:fs').then(fs => fs.rmSync(gate, { force: true })))
   const stepCount = 150
   const { uuid } = await a.app.tasks.submit('steps', { steps: stepCount, delay: 15, gate })
-  const single = follow(`ws://${a.base}/tasks/${uuid}/events`)
-  const many = follow(`ws://${a.base}/tasks/events`)
-  await new Promise(resolve => many.socket.once('open', resolve))
-  many.socket.send(JSON.stringify({ type: 'subscribe', uuid }))
-  await until('both snapshots', () => single.frames.length > 0 && many.frames.length > 0)
+  const { single, many } = await followBoth(a.base, uuid)
   writeFileSync(gate, '')
   const { Redis } = await import('ioredis')
   const admin = new Redis(redis.url)

@@ -162,11 +162,9 @@ function follow (connection: Connection, uuid: string, given: SubscribeHandlers)
     timer = setTimeout(resolve, ms)
   })
 
-  // onProgress hears of progress only: never (null, null), never the same pair twice.
-  const progressed = (progress: number | null, target: number | null, previous: TaskState | undefined, task: TaskState): void => {
-    if (progress === null && target === null) return
-    if (previous !== undefined && previous.progress === progress && previous.target === target) return
-    handlers.onProgress?.(progress, target, task)
+  // onProgress hears of progress only: a changed pair, never (null, null).
+  const progressed = (changed: boolean, task: TaskState): void => {
+    if (changed && (task.progress !== null || task.target !== null)) handlers.onProgress?.(task.progress, task.target, task)
   }
 
   // A whole state (snapshot or poll): tell what changed since the last one. True when
@@ -176,7 +174,7 @@ function follow (connection: Connection, uuid: string, given: SubscribeHandlers)
     record = next
     const known = previous === undefined ? 0 : messageCount(previous)
     if (previous?.status !== next.status) handlers.onStatus?.(next.status, next)
-    progressed(next.progress, next.target, previous, next)
+    progressed(previous === undefined || previous.progress !== next.progress || previous.target !== next.target, next)
     next.messages.forEach((message, index) => {
       if (next.messagesDropped + index >= known) handlers.onMessage?.(message, next)
     })
@@ -195,11 +193,10 @@ function follow (connection: Connection, uuid: string, given: SubscribeHandlers)
     if (frame.type === 'snapshot') {
       changed = applyState(frame.task)
     } else if (frame.type === 'progress') {
-      const before = { ...task }
       changed = task.progress !== frame.progress || task.target !== frame.target
       task.progress = frame.progress
       task.target = frame.target
-      progressed(frame.progress, frame.target, before, task)
+      progressed(changed, task)
     } else if (frame.type === 'message') {
       task.messages.push(frame.message)
       handlers.onMessage?.(frame.message, task)
