@@ -393,6 +393,87 @@ export function storeContract (t: Test, name: string, factory: StoreFactory): vo
     t.ok(await store.get(young.uuid))
   })
 
+  t.test(`${name}: finishedSince answers one final status finished at or after a time, newest finished first, at most limit`, async (t) => {
+    const store = await factory(t)
+    const base = Date.parse('2026-01-01T00:00:00.000Z')
+    const finals: FinalStatus[] = ['succeeded', 'failed', 'cancelled']
+    const byStatus: Record<FinalStatus, Array<{ uuid: string, finished: number }>> = { succeeded: [], failed: [], cancelled: [] }
+    const records = Array.from({ length: 30 }, (_, i) => newRecord({ owner: i % 2 === 0 ? 'ann' : null, task: i % 5 === 0 ? 'sleep' : 'hello' }))
+    for (const record of records) await store.create(record)
+    // They finish in another order than their times (and than their creation): i * 7 % 30
+    // visits every minute once. Some are created finished instead.
+    for (let i = 0; i < 30; i++) {
+      const record = records[i] as TaskRecord
+      const minute = (i * 7) % 30
+      const status = finals[i % 3] as FinalStatus
+      if (i % 4 === 0) {
+        await store.delete(record.uuid)
+        await store.create({ ...record, status, started: minutes(base, minute - 1), finished: minutes(base, minute), inputs: {} })
+      } else {
+        await store.update(record.uuid, { status: 'running', started: minutes(base, minute - 1) })
+        await store.update(record.uuid, { status, finished: minutes(base, minute) })
+      }
+      byStatus[status].push({ uuid: record.uuid, finished: minute })
+    }
+    for (const record of [newRecord(), newRecord({ status: 'running', started: minutes(base, 40) }), newRecord({ status: 'succeeded' })]) await store.create(record)
+    const expected = (status: FinalStatus, from: number): string[] => byStatus[status]
+      .filter(record => record.finished >= from)
+      .sort((a, b) => b.finished - a.finished)
+      .map(record => record.uuid)
+
+    for (const when of ['just finished', 'a while after']) {
+      for (const status of finals) {
+        t.same(uuidsOf(await store.finishedSince(status, minutes(base, 0), 100)), expected(status, 0), `${when}, ${status}: all ten, newest finished first`)
+        t.same(uuidsOf(await store.finishedSince(status, minutes(base, 12), 100)), expected(status, 12), `${when}, ${status}: since minute 12`)
+      }
+      // Expires nothing, but a store that files finished records in its index later (SQLite) files them now.
+      t.same(await store.expire('succeeded', minutes(base, -100), 10), [])
+    }
+    const [newest, second, third] = expected('succeeded', 0)
+    t.same(uuidsOf(await store.finishedSince('succeeded', minutes(base, -60), 2)), [newest, second], 'at most limit: the newest')
+    t.same(await store.finishedSince('succeeded', minutes(base, -60), 0), [], 'limit 0: none')
+    const at = byStatus.succeeded.find(record => record.uuid === third) as { finished: number }
+    t.same(uuidsOf(await store.finishedSince('succeeded', minutes(base, at.finished), 100)), [newest, second, third], 'since is inclusive: finished exactly then is in')
+    t.same(uuidsOf(await store.finishedSince('succeeded', new Date(base + at.finished * 60_000 + 1).toISOString(), 100)), [newest, second], 'a millisecond later, it is out')
+    t.same(await store.finishedSince('succeeded', minutes(base, 30), 100), [], 'nothing finished since the newest')
+    const [first] = await store.finishedSince('failed', minutes(base, 0), 1)
+    t.same(copy(first), copy(await store.get(first?.uuid ?? '')), 'each is the whole record')
+    t.match(first, { status: 'failed', started: String, finished: String })
+  })
+
+  t.test(`${name}: finishedSince forgets deleted and expired records, and follows records that finish or change`, async (t) => {
+    const store = await factory(t)
+    const base = Date.parse('2026-01-01T00:00:00.000Z')
+    const done = Array.from({ length: 6 }, (_, i) => newRecord({ status: 'succeeded', finished: minutes(base, i) }))
+    for (const record of done) await store.create(record)
+    const since = minutes(base, 0)
+    const newestFirst = (...records: TaskRecord[]): string[] => uuidsOf(records).reverse()
+    t.same(uuidsOf(await store.finishedSince('succeeded', since, 10)), newestFirst(...done))
+
+    t.equal(await store.delete(done[4]?.uuid as string), true)
+    t.same(await store.expire('succeeded', minutes(base, 2), 10), uuidsOf(done.slice(0, 2)), 'the two oldest expire')
+    t.same(uuidsOf(await store.finishedSince('succeeded', since, 10)), newestFirst(done[2] as TaskRecord, done[3] as TaskRecord, done[5] as TaskRecord), 'deleted and expired: gone')
+
+    const running = newRecord()
+    await store.create(running)
+    await store.update(running.uuid, { status: 'running', started: minutes(base, 2) })
+    t.same(uuidsOf(await store.finishedSince('succeeded', since, 10)), newestFirst(done[2] as TaskRecord, done[3] as TaskRecord, done[5] as TaskRecord), 'a running record: not there')
+    await store.update(running.uuid, { status: 'succeeded', finished: minutes(base, 4) })
+    t.same(uuidsOf(await store.finishedSince('succeeded', since, 10)), [done[5]?.uuid, running.uuid, done[3]?.uuid, done[2]?.uuid], 'once it finished, in its place by finished time')
+    t.same(uuidsOf(await store.finishedSince('succeeded', since, 2)), [done[5]?.uuid, running.uuid], 'and within the limit')
+
+    // A finished record may still change: its status, or its finished time.
+    await store.update(done[3]?.uuid as string, { status: 'failed', messages: ['late'] })
+    t.same(uuidsOf(await store.finishedSince('failed', since, 10)), [done[3]?.uuid], 'it follows its status')
+    t.same((await store.finishedSince('failed', since, 10))[0]?.messages, ['late'], 'as it is now')
+    await store.update(done[5]?.uuid as string, { finished: minutes(base, 1) })
+    t.same(uuidsOf(await store.finishedSince('succeeded', since, 10)), [running.uuid, done[2]?.uuid, done[5]?.uuid], 'and its finished time')
+    t.same(uuidsOf(await store.finishedSince('succeeded', minutes(base, 2), 10)), [running.uuid, done[2]?.uuid])
+    const replaced = newRecord({ uuid: running.uuid })
+    await store.create(replaced)
+    t.same(uuidsOf(await store.finishedSince('succeeded', since, 10)), [done[2]?.uuid, done[5]?.uuid], 'replaced by a live record: gone')
+  })
+
   t.test(`${name}: a finished record may still change`, async (t) => {
     const store = await factory(t)
     const record = newRecord({ owner: 'ann' })

@@ -100,6 +100,13 @@ class JsonStore implements Store {
     return uuids
   }
 
+  async finishedSince (status: FinalStatus, since: string, limit: number): Promise<TaskRecord[]> {
+    this.calls.push('finishedSince')
+    return [...this.rows.values()].map(row => JSON.parse(row) as TaskRecord)
+      .filter(record => record.status === status && record.finished !== null && record.finished >= since)
+      .sort((a, b) => (a.finished as string) < (b.finished as string) ? 1 : -1).slice(0, limit)
+  }
+
   async close (): Promise<void> {
     this.closed = true
   }

@@ -11,7 +11,8 @@
  *                       combination of owner, status and task, each either the field's
  *                       JSON encoding or `*` (any): `P:l:*:*:*` holds every record
  *   P:live              sorted set of the pending and running records (score: creation number)
- *   P:x:<status>        sorted set of the finished records of a final status (score: finished, ms)
+ *   P:x:<status>        sorted set of the finished records of a final status (score: finished, ms):
+ *                       what retention expires and the statistics read
  *
  * JSON encodings keep the index keys unambiguous: an owner's quotes and colons are escaped
  * or inside the quotes. Outputs and inputs are stored as their JSON text and never decoded
@@ -185,6 +186,22 @@ return out
 export const liveScript = `${common}
 local out = {}
 for _, uuid in ipairs(redis.call('ZRANGE', p .. ':live', 0, -1)) do
+  local record = read(uuid)
+  if record then out[#out + 1] = record end
+end
+return out
+`
+
+/**
+ * finishedSince: ARGV = prefix, status (JSON), since (ms, inclusive), limit. The records of
+ * that status finished at or after since, newest finished first: for each, { fields,
+ * messages }. A uuid whose record is gone is skipped (the index and the record change
+ * together, so none is).
+ */
+export const finishedSinceScript = `${common}
+local uuids = redis.call('ZREVRANGEBYSCORE', p .. ':x:' .. ARGV[2], '+inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
+local out = {}
+for _, uuid in ipairs(uuids) do
   local record = read(uuid)
   if record then out[#out + 1] = record end
 end

@@ -3,7 +3,7 @@ import { hostname } from 'node:os'
 import type { Redis as RedisClient } from 'ioredis'
 import { bounded, closeClient, closeTimeout, connect, isUnavailable, type RedisConnection } from './connection.js'
 import { finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type UpdateFence } from '../store/types.js'
-import { createScript, deleteScript, expireScript, getScript, listScript, liveScript, updateScript } from './scripts.js'
+import { createScript, deleteScript, expireScript, finishedSinceScript, getScript, listScript, liveScript, updateScript } from './scripts.js'
 
 /** Options of the Redis store. */
 export interface RedisStoreOptions {
@@ -51,6 +51,7 @@ interface ScriptedClient extends RedisClient {
   taskList (...args: Array<string | number>): Promise<RawRecord[]>
   taskLive (...args: Array<string | number>): Promise<RawRecord[]>
   taskExpire (...args: Array<string | number>): Promise<string[]>
+  taskFinishedSince (...args: Array<string | number>): Promise<RawRecord[]>
   leaseRenew (key: string, token: string, ttl: number): Promise<number>
   leaseRelease (key: string, token: string): Promise<number>
 }
@@ -114,6 +115,7 @@ export class RedisStore implements Store {
     define('taskList', listScript)
     define('taskLive', liveScript)
     define('taskExpire', expireScript)
+    define('taskFinishedSince', finishedSinceScript)
     client.defineCommand('leaseRenew', { numberOfKeys: 1, lua: "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0" })
     client.defineCommand('leaseRelease', { numberOfKeys: 1, lua: "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0" })
   }
@@ -199,6 +201,13 @@ export class RedisStore implements Store {
   async expire (status: FinalStatus, before: string, limit: number): Promise<string[]> {
     if (limit <= 0) return []
     return await this.#call(() => this.#client.taskExpire(this.prefix, JSON.stringify(status), finishedMs(before), limit))
+  }
+
+  async finishedSince (status: FinalStatus, since: string, limit: number): Promise<TaskRecord[]> {
+    const from = finishedMs(since)
+    if (limit <= 0 || from === '') return []
+    const raws = await this.#call(() => this.#client.taskFinishedSince(this.prefix, JSON.stringify(status), from, limit))
+    return raws.map(toRecord)
   }
 
   /** Closes the connection (a client given in the options is left open: it is the app's). */

@@ -172,6 +172,18 @@ export class MemoryStore implements Store {
     return removed
   }
 
+  async finishedSince (status: FinalStatus, since: string, limit: number): Promise<TaskRecord[]> {
+    const found: TaskRecord[] = []
+    const expiry = this.#finishedBy.get(status)
+    if (expiry === undefined) return found
+    // Newest finished first: stop at the first one finished before `since`.
+    for (const [[finished], uuid] of expiry.entriesReversed()) {
+      if (found.length >= limit || finished < since) break
+      found.push((this.#entries.get(uuid) as Entry).record)
+    }
+    return found
+  }
+
   /** How many records are held. */
   get size (): number {
     return this.#entries.size

@@ -222,6 +222,13 @@ export const byUuidQuery = `SELECT ${columns} FROM tasks WHERE uuid = ? AND ${li
 /** The retention query: the oldest listed records of a status, by the partial index on (status, finished). */
 export const expireQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished < ? AND ${listed} ORDER BY finished, id LIMIT ?`
 
+/**
+ * The newest listed records of a status finished at or after a time: the retention index
+ * read from its other end, `limit` rows and no more (the plan's test checks that no sort
+ * is needed). Parameters: the status, the time (ISO 8601), the limit.
+ */
+export const finishedSinceQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished >= ? AND ${listed} ORDER BY finished DESC, id DESC LIMIT ?`
+
 /** The reads. */
 export function readStatements (db: SqliteDatabase) {
   const statement = (source: string): SqliteStatement => db.prepare(source)
@@ -231,6 +238,7 @@ export function readStatements (db: SqliteDatabase) {
     messages: statement('SELECT n, text FROM messages WHERE task_id = ? ORDER BY n'),
     live: statement(liveQuery),
     expire: statement(expireQuery),
+    finishedSince: statement(finishedSinceQuery),
   }
 }
 

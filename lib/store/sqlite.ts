@@ -415,6 +415,43 @@ export class SqliteStore implements Store {
     return removed
   }
 
+  async finishedSince (status: FinalStatus, since: string, limit: number): Promise<TaskRecord[]> {
+    this.#checkOpen()
+    // As a list: the file is read once the writes made so far are in it.
+    await this.#settled()
+    this.#checkOpen()
+    if (limit <= 0) return []
+    // The records in memory (finished ones not yet listed, any changed since) as they are
+    // now; the file's rows of those are left out below, the file has the rest.
+    const mine: Entry[] = []
+    let inFile = 0
+    for (const entry of this.#entries.values()) {
+      if (entry.listed) inFile++
+      const { record } = entry
+      if (entry.deleted || record.status !== status || record.finished === null || record.finished < since) continue
+      mine.push(entry)
+    }
+    mine.sort((a, b) => newerFinish(a.record.finished as string, a.id, b.record.finished as string, b.id))
+    if (mine.length > limit) mine.length = limit
+    const rows = (this.#sql.finishedSince.all(status, since, limit + inFile) as TaskRow[]).filter(row => !this.#entries.has(row.uuid))
+    // Both newest finished first: merged, the first `limit` are the answer.
+    const found: TaskRecord[] = []
+    let m = 0
+    let f = 0
+    while (found.length < limit && (m < mine.length || f < rows.length)) {
+      const entry = mine[m]
+      const row = rows[f]
+      if (row === undefined || (entry !== undefined && newerFinish(entry.record.finished as string, entry.id, row.finished as string, row.id) < 0)) {
+        found.push((entry as Entry).record)
+        m++
+      } else {
+        found.push(toRecord(row, this.#messagesOf(row.id).texts))
+        f++
+      }
+    }
+    return found
+  }
+
   /** Counters of the writes since the store opened. */
   stats (): SqliteStoreStats {
     let pending = 0
@@ -820,6 +857,11 @@ export class SqliteStore implements Store {
       transaction.settle()
     }
   }
+}
+
+/** Negative when record a comes before record b newest finished first (at the same time, the newer first): the order of `finishedSinceQuery`. */
+function newerFinish (finishedA: string, idA: number, finishedB: string, idB: number): number {
+  return finishedA > finishedB ? -1 : finishedA < finishedB ? 1 : idB - idA
 }
 
 /** better-sqlite3, loaded only by apps that use this store. */

@@ -144,6 +144,15 @@ export interface Store {
    */
   expire (status: FinalStatus, before: string, limit: number): Promise<string[]>
   /**
+   * The records whose status is `status` (a final one) and whose `finished` time is at or
+   * after `since` (ISO 8601), newest finished first (records finished at the same time in
+   * any order), at most `limit`. Read from the index retention uses (records by status
+   * and finished time), so one call costs about `limit` records, whatever the store
+   * holds; what the statistics of `GET {prefix}/stats` are built from. A record without
+   * a `finished` time is never among them.
+   */
+  finishedSince (status: FinalStatus, since: string, limit: number): Promise<Array<Readonly<TaskRecord>>>
+  /**
    * Called once when the server starts, before anything else: a store that must make
    * sure it is the only server on its records (the Redis store's lease) does it here.
    */
