@@ -1,4 +1,4 @@
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandler } from 'fastify'
 import type {} from '@fastify/auth'
 import { FST_TASK_API_FORBIDDEN, FST_TASK_API_ORIGIN_FORBIDDEN, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TOKEN_INVALID } from './errors.js'
@@ -56,6 +56,12 @@ export interface AccessOptions {
     secret?: string | Buffer
     /** Lifetime in ms. @default 60000 */
     ttl?: number
+    /**
+     * The request headers a socket token carries (`GET {prefix}/events/token`): the
+     * credentials the `auth` strategies read, which a browser cannot put on a WebSocket.
+     * @default ['authorization']
+     */
+    headers?: string[]
   }
 }
 
@@ -63,6 +69,9 @@ export interface AccessOptions {
 // HMAC-SHA256 in base64url (32 bytes: 43 characters, no padding).
 const tokenPattern = /^[0-9a-z]{1,11}\.[A-Za-z0-9_-]{43}$/
 const maxTokenLength = 11 + 1 + 43
+// A socket token: the expiry in base36, a dot, then in base64url a 12-byte IV, the
+// AES-256-GCM ciphertext of the carried headers (as JSON) and the 16-byte tag.
+const socketTokenPattern = /^[0-9a-z]{1,11}\.[A-Za-z0-9_-]{38,5462}$/
 
 /** The URL with the value of each `token` parameter replaced, however its name is percent-encoded. */
 export function redactedUrl (url: string): string {
@@ -99,12 +108,16 @@ export class Access {
   readonly #options: AccessOptions
   readonly #secret: Buffer
   readonly #ttl: number
+  readonly #socketKey: Buffer
+  readonly #socketHeaders: string[]
   readonly #authenticate: preHandlerHookHandler | undefined
 
   constructor (app: FastifyInstance, options: AccessOptions) {
     this.#options = options
     this.#secret = options.streamTokens?.secret !== undefined ? Buffer.from(options.streamTokens.secret) : randomBytes(32)
     this.#ttl = options.streamTokens?.ttl ?? 60_000
+    this.#socketKey = createHmac('sha256', this.#secret).update('fastify-task-api socket token').digest()
+    this.#socketHeaders = (options.streamTokens?.headers ?? ['authorization']).map(name => name.toLowerCase())
     if (options.auth !== undefined && options.auth.length > 0) {
       this.#authenticate = app.auth(options.auth as Parameters<FastifyInstance['auth']>[0], { relation: options.authRelation ?? 'or' })
     }
@@ -186,6 +199,54 @@ export class Access {
     const given = Buffer.from(token.slice(dot + 1))
     const expected = Buffer.from(this.#sign(uuid, expires))
     return given.length === expected.length && timingSafeEqual(given, expected)
+  }
+
+  /**
+   * A token that opens one multiplexed socket (`{prefix}/events?token=`) as this
+   * request: it carries the request's credentials (the `streamTokens.headers`),
+   * encrypted and authenticated with a key derived from `streamTokens.secret`, until it
+   * expires. The socket then runs the `auth` strategies, `owner` and `authorize` with
+   * those headers, as if the browser had sent them.
+   */
+  socketToken (request: FastifyRequest, ttl = this.#ttl): { token: string, expires: string } {
+    const expires = Date.now() + ttl
+    const carried: Record<string, string> = {}
+    for (const name of this.#socketHeaders) {
+      const value = request.headers[name]
+      if (typeof value === 'string') carried[name] = value
+    }
+    const stamp = expires.toString(36)
+    const iv = randomBytes(12)
+    const cipher = createCipheriv('aes-256-gcm', this.#socketKey, iv).setAAD(Buffer.from(stamp))
+    const sealed = Buffer.concat([iv, cipher.update(JSON.stringify(carried), 'utf8'), cipher.final(), cipher.getAuthTag()])
+    return { token: `${stamp}.${sealed.toString('base64url')}`, expires: new Date(expires).toISOString() }
+  }
+
+  /**
+   * The headers a socket token carries, or undefined when it is not one this server (or
+   * one with its secret) made, has been altered, or has expired.
+   */
+  openSocketToken (token: unknown): Record<string, string> | undefined {
+    if (typeof token !== 'string' || !socketTokenPattern.test(token)) return undefined
+    const dot = token.indexOf('.')
+    const stamp = token.slice(0, dot)
+    const expires = parseInt(stamp, 36)
+    if (!Number.isSafeInteger(expires) || expires.toString(36) !== stamp || expires < Date.now()) return undefined
+    const sealed = Buffer.from(token.slice(dot + 1), 'base64url')
+    if (sealed.length < 12 + 16 + 2) return undefined
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', this.#socketKey, sealed.subarray(0, 12)).setAAD(Buffer.from(stamp))
+      decipher.setAuthTag(sealed.subarray(sealed.length - 16))
+      const text = Buffer.concat([decipher.update(sealed.subarray(12, sealed.length - 16)), decipher.final()]).toString('utf8')
+      const carried = JSON.parse(text) as Record<string, string>
+      const headers: Record<string, string> = {}
+      for (const name of this.#socketHeaders) {
+        if (typeof carried[name] === 'string') headers[name] = carried[name]
+      }
+      return headers
+    } catch {
+      return undefined
+    }
   }
 
   #sign (uuid: string, expires: number): string {

@@ -480,6 +480,14 @@ export function registerStreams (
       const refused = access.checkOrigin(request)
       if (refused !== undefined) throw refused
     }
+    const { token } = request.query as { token?: unknown }
+    if (token !== undefined) {
+      // A socket token stands in for the credentials a browser cannot put on a WebSocket:
+      // the auth strategies, owner and authorize then read the headers it carries.
+      const carried = access.openSocketToken(token)
+      if (carried === undefined) throw Access.invalidToken()
+      Object.assign(request.headers, carried)
+    }
     await access.authenticate(request, reply)
     // An owner function that cannot answer for this request (it may expect credentials the
     // socket's subscribe frames bring as tokens) leaves the count to the client's IP.
@@ -709,6 +717,28 @@ export function registerStreams (
       preHandler: mayConnect,
       handler: async () => { throw new FST_TASK_API_STREAM_UPGRADE_REQUIRED() },
       wsHandler: manyTasks,
+    })
+  }
+
+  const tokenPaths = paths(app, `${prefix}/events/token`)
+  for (const url of tokenPaths) {
+    app.route({
+      method: 'GET',
+      url,
+      schema: documented({
+        ...docOnce(url, tokenPaths),
+        summary: 'A short-lived token that opens the multiplexed socket (?token= on GET /events) with this request\'s credentials',
+        response: {
+          200: { description: 'the token', type: 'object', required: ['token', 'expires'], properties: { token: { type: 'string' }, expires: { type: 'string', format: 'date-time' } } },
+          ...errorResponses(401, 500, 503),
+        },
+      }),
+      serializerCompiler: stringifyCompiler,
+      preHandler: access.authenticate,
+      handler: async (request, reply) => {
+        void reply.header('cache-control', 'no-store')
+        return access.socketToken(request)
+      },
     })
   }
 

@@ -202,23 +202,26 @@ t.test('SSE GET /tasks/:uuid/events', async (t) => {
   t.equal((await eventStream(url(shared, `?token=${token}`))).status, 200, 'an EventSource can use a stream token')
 })
 
+/** The first frame answering each subscribe on a multiplexed socket opened at `url` with `headers`. */
+async function subscribed (url: string, headers: Record<string, string>, uuids: string[]): Promise<Array<Record<string, unknown>>> {
+  const socket = new WebSocket(url, { headers })
+  const got: Array<Record<string, unknown>> = []
+  socket.on('message', data => got.push(JSON.parse(data.toString()) as Record<string, unknown>))
+  await once(socket, 'open')
+  for (const uuid of uuids) socket.send(JSON.stringify({ type: 'subscribe', uuid }))
+  const deadline = Date.now() + 5000
+  while (got.length < uuids.length && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 10))
+  socket.terminate()
+  return got
+}
+
 t.test('WebSocket GET /tasks/events (multiplexed)', async (t) => {
   const { app, base, shared, forbidden } = await world(t)
   const url = `ws://${base}/tasks/events`
   t.equal((await upgrade(url)).status, 401, 'no credentials: refused before the 101')
   t.equal((await upgrade(url, bearer('token-nobody'))).status, 401, 'bad credentials')
 
-  const frames = async (token: string, uuids: string[]): Promise<Array<Record<string, unknown>>> => {
-    const socket = new WebSocket(url, { headers: bearer(token) })
-    const got: Array<Record<string, unknown>> = []
-    socket.on('message', data => got.push(JSON.parse(data.toString()) as Record<string, unknown>))
-    await once(socket, 'open')
-    for (const uuid of uuids) socket.send(JSON.stringify({ type: 'subscribe', uuid }))
-    const deadline = Date.now() + 5000
-    while (got.length < uuids.length && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 10))
-    socket.terminate()
-    return got
-  }
+  const frames = async (token: string, uuids: string[]): Promise<Array<Record<string, unknown>>> => await subscribed(url, bearer(token), uuids)
   const answers = await frames('token-mallory', [shared, missing])
   const foreign = answers.find(frame => frame.uuid === shared)
   const unknown = answers.find(frame => frame.uuid === missing)
@@ -235,6 +238,66 @@ t.test('WebSocket GET /tasks/events (multiplexed)', async (t) => {
   const [data] = await once(socket, 'message') as [Buffer]
   t.equal((JSON.parse(data.toString()) as { type: string }).type, 'snapshot', 'a subscribe frame may carry a stream token')
   socket.terminate()
+})
+
+t.test('a socket token opens the multiplexed socket as the request that asked for it', async (t) => {
+  const secret = 'a secret shared by the API nodes'
+  const { app, base, shared, forbidden, logs } = await world(t, { streamTokens: { secret } })
+  const url = `ws://${base}/tasks/events`
+  const mint = async (headers: Record<string, string>) => await app.inject({ url: '/tasks/events/token', headers })
+  const none = await mint({})
+  t.equal(none.statusCode, 401, 'minting needs credentials')
+  t.equal(none.json().code, 'FST_TASK_API_UNAUTHENTICATED')
+  const minted = await mint(bearer('token-bob'))
+  t.equal(minted.statusCode, 200)
+  t.equal(minted.headers['cache-control'], 'no-store')
+  const { token, expires } = minted.json() as { token: string, expires: string }
+  t.match(token, /^[0-9a-z]+\.[A-Za-z0-9_-]+$/)
+  t.ok(Date.parse(expires) > Date.now(), 'it expires in the future')
+  t.notMatch(Buffer.from(token.split('.')[1] as string, 'base64url').toString('latin1'), /token-bob/, 'the credentials it carries are encrypted')
+
+  // No header on the upgrade: the token's are used, so auth, owner and authorize are bob's.
+  const [snapshot, refused] = await subscribed(`${url}?token=${token}`, {}, [shared, forbidden])
+  t.equal(snapshot?.type, 'snapshot', 'bob follows his team\'s task')
+  t.same(refused, { type: 'error', uuid: forbidden, message: 'not allowed' }, 'authorize still sees bob')
+  const mallorys = (await mint(bearer('token-mallory'))).json().token as string
+  const [foreign] = await subscribed(`${url}?token=${mallorys}`, {}, [shared])
+  t.same(foreign, { type: 'error', uuid: shared, message: `task ${shared} not found` }, 'another owner\'s token sees nothing of it')
+
+  const [stamp, sealed] = token.split('.') as [string, string]
+  const flipped = sealed.slice(0, 10) + (sealed[10] === 'A' ? 'B' : 'A') + sealed.slice(11)
+  for (const [bad, why] of [
+    [`${stamp}.${flipped}`, 'an altered token'],
+    [`${(parseInt(stamp, 36) + 1000).toString(36)}.${sealed}`, 'a token whose expiry was moved'],
+    [app.tasks.streamToken(shared).token, 'a task\'s stream token'],
+    ['garbage', 'garbage'],
+  ] as const) {
+    const answer = await upgrade(`${url}?token=${encodeURIComponent(bad)}`)
+    t.equal(answer.status, 401, why)
+    t.match(answer.body, /FST_TASK_API_TOKEN_INVALID/, why)
+  }
+  t.notOk(logs.some(line => line.includes(token)), 'the token never reaches the log')
+
+  // Another API node with the same secret takes it; one with another secret does not.
+  const twin = Fastify({ pluginTimeout, logger: false })
+  t.teardown(() => twin.close())
+  await twin.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, ...options, streamTokens: { secret } })
+  await twin.listen({ port: 0, host: '127.0.0.1' })
+  const twinUrl = `ws://127.0.0.1:${(twin.server.address() as AddressInfo).port}/tasks/events`
+  const [onTwin] = await subscribed(`${twinUrl}?token=${token}`, {}, [missing])
+  t.same(onTwin, { type: 'error', uuid: missing, message: `task ${missing} not found` }, 'a node sharing the secret opens the socket')
+  const other = Fastify({ pluginTimeout, logger: false })
+  t.teardown(() => other.close())
+  await other.register(taskApi, { tasks: [fixture('basic.ts')], concurrency: 1, execArgv: childExecArgv, ...options, streamTokens: { secret: 'another secret entirely' } })
+  await other.listen({ port: 0, host: '127.0.0.1' })
+  t.equal((await upgrade(`ws://127.0.0.1:${(other.server.address() as AddressInfo).port}/tasks/events?token=${token}`)).status, 401, 'a node with another secret')
+})
+
+t.test('a socket token expires', async (t) => {
+  const { app, base } = await world(t, { streamTokens: { ttl: 200 } })
+  const { token, expires } = (await app.inject({ url: '/tasks/events/token', headers: bearer('token-bob') })).json() as { token: string, expires: string }
+  await until('the token expired', () => Date.now() > Date.parse(expires) + 5)
+  t.equal((await upgrade(`ws://${base}/tasks/events?token=${token}`)).status, 401)
 })
 
 t.test('a cross-origin WebSocket upgrade is refused; same-host and allowed origins pass', async (t) => {
