@@ -441,6 +441,32 @@ export function storeContract (t: Test, name: string, factory: StoreFactory): vo
     t.match(first, { status: 'failed', started: String, finished: String })
   })
 
+  t.test(`${name}: finishedSince answers thousands, each once, in order, many finished at the same time`, async (t) => {
+    const store = await factory(t)
+    const base = Date.parse('2026-01-01T00:00:00.000Z')
+    // 2,500 records, seven a second: stores that read in pages (of 1,000, say) end them
+    // among records of the same time.
+    const records = Array.from({ length: 2500 }, (_, i) => newRecord({ status: 'succeeded', inputs: {}, finished: new Date(base + Math.floor(i / 7) * 1000).toISOString() }))
+    for (let i = 0; i < records.length; i += 500) await Promise.all(records.slice(i, i + 500).map(record => store.create(record)))
+    // Expires nothing, but a store that files finished records in its index later (SQLite) files them now.
+    await store.expire('succeeded', minutes(base, -100), 10)
+    const check = (found: ReadonlyArray<Readonly<TaskRecord>>, count: number, what: string): void => {
+      const times = found.map(record => Date.parse(record.finished as string))
+      t.equal(found.length, count, `${what}: ${count} records`)
+      t.equal(new Set(uuidsOf(found)).size, found.length, `${what}: each once`)
+      t.ok(times.every((time, i) => i === 0 || time <= (times[i - 1] as number)), `${what}: newest finished first`)
+      const expected = records.map(record => Date.parse(record.finished as string)).sort((a, b) => b - a).slice(0, count)
+      t.same(times, expected, `${what}: the newest ${count}`)
+    }
+    check(await store.finishedSince('succeeded', minutes(base, 0), 3000), 2500, 'all of them')
+    check(await store.finishedSince('succeeded', minutes(base, 0), 2500), 2500, 'limit: exactly as many')
+    check(await store.finishedSince('succeeded', minutes(base, 0), 1001), 1001, 'limit 1001')
+    check(await store.finishedSince('succeeded', minutes(base, 0), 1500), 1500, 'limit 1500')
+    const since = new Date(base + 200 * 1000).toISOString() // seconds 200 on: the newest 1,100
+    check(await store.finishedSince('succeeded', since, 3000), 2500 - 1400, 'since')
+    t.same(new Set(uuidsOf(await store.finishedSince('succeeded', minutes(base, 0), 3000))), new Set(uuidsOf(records)), 'the records created')
+  })
+
   t.test(`${name}: finishedSince forgets deleted and expired records, and follows records that finish or change`, async (t) => {
     const store = await factory(t)
     const base = Date.parse('2026-01-01T00:00:00.000Z')

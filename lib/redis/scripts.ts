@@ -193,19 +193,23 @@ return out
 `
 
 /**
- * finishedSince: ARGV = prefix, status (JSON), since (ms, inclusive), limit. The records of
- * that status finished at or after since, newest finished first: for each, { fields,
- * messages }. A uuid whose record is gone is skipped (the index and the record change
- * together, so none is).
+ * finishedSince, one page: ARGV = prefix, status (JSON), since (ms, inclusive), max (ms,
+ * inclusive, or '+inf'), skip, count. Reads up to count members of that status's finished
+ * index, newest finished first, from max down to since, after the first skip of those at
+ * max (the ones the previous page ended with). Answers { records (each { fields, messages },
+ * a uuid whose record is gone skipped), members read, the last one's score (or ''), how
+ * many read have that score }: where the next page starts.
  */
 export const finishedSinceScript = `${common}
-local uuids = redis.call('ZREVRANGEBYSCORE', p .. ':x:' .. ARGV[2], '+inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
+local found = redis.call('ZREVRANGEBYSCORE', p .. ':x:' .. ARGV[2], ARGV[4], ARGV[3], 'WITHSCORES', 'LIMIT', tonumber(ARGV[5]), tonumber(ARGV[6]))
 local out = {}
-for _, uuid in ipairs(uuids) do
-  local record = read(uuid)
+local last, same = '', 0
+for i = 1, #found, 2 do
+  local record = read(found[i])
   if record then out[#out + 1] = record end
+  if found[i + 1] == last then same = same + 1 else last, same = found[i + 1], 1 end
 end
-return out
+return { out, #found / 2, last, same }
 `
 
 /**

@@ -51,7 +51,7 @@ interface ScriptedClient extends RedisClient {
   taskList (...args: Array<string | number>): Promise<RawRecord[]>
   taskLive (...args: Array<string | number>): Promise<RawRecord[]>
   taskExpire (...args: Array<string | number>): Promise<string[]>
-  taskFinishedSince (...args: Array<string | number>): Promise<RawRecord[]>
+  taskFinishedSince (...args: Array<string | number>): Promise<[RawRecord[], number, string, number]>
   leaseRenew (key: string, token: string, ttl: number): Promise<number>
   leaseRelease (key: string, token: string): Promise<number>
 }
@@ -203,11 +203,34 @@ export class RedisStore implements Store {
     return await this.#call(() => this.#client.taskExpire(this.prefix, JSON.stringify(status), finishedMs(before), limit))
   }
 
+  /**
+   * Reads in pages of `finishedPage` (one script each, so that Redis serves other commands
+   * between them): a record changed during the call may be left out, none is answered twice.
+   */
   async finishedSince (status: FinalStatus, since: string, limit: number): Promise<TaskRecord[]> {
     const from = finishedMs(since)
     if (limit <= 0 || from === '') return []
-    const raws = await this.#call(() => this.#client.taskFinishedSince(this.prefix, JSON.stringify(status), from, limit))
-    return raws.map(toRecord)
+    const found: TaskRecord[] = []
+    const seen = new Set<string>()
+    let max = '+inf'
+    let skip = 0
+    while (found.length < limit) {
+      const count = Math.min(finishedPage, limit - found.length)
+      const [raws, read, last, same] = await this.#call(() => this.#client.taskFinishedSince(this.prefix, JSON.stringify(status), from, max, skip, count))
+      for (const raw of raws) {
+        const record = toRecord(raw)
+        // Records that changed between pages can be read twice: once each.
+        if (seen.has(record.uuid)) continue
+        seen.add(record.uuid)
+        found.push(record)
+      }
+      // Fewer than asked for: the index has no more.
+      if (read < count) break
+      // The next page starts at the last score read, past the members read with it.
+      skip = last === max ? skip + same : same
+      max = last
+    }
+    return found
   }
 
   /** Closes the connection (a client given in the options is left open: it is the app's). */
@@ -257,6 +280,12 @@ export class RedisStore implements Store {
     }
   }
 }
+
+/**
+ * Records `finishedSince` reads in one script: as many as a list page reads at most, so
+ * that Redis is held about as long (a few ms).
+ */
+const finishedPage = 1000
 
 /** An ISO 8601 time as the score of the retention index (ms), or '' for none. */
 function finishedMs (iso: string | null | undefined): string {

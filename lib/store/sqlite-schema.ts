@@ -223,11 +223,16 @@ export const byUuidQuery = `SELECT ${columns} FROM tasks WHERE uuid = ? AND ${li
 export const expireQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished < ? AND ${listed} ORDER BY finished, id LIMIT ?`
 
 /**
- * The newest listed records of a status finished at or after a time: the retention index
- * read from its other end, `limit` rows and no more (the plan's test checks that no sort
- * is needed). Parameters: the status, the time (ISO 8601), the limit.
+ * A page of the listed records of a status finished at or after a time, newest finished
+ * first: the retention index read from its other end, from just before the last record
+ * of the previous page (its finished time and id; `'~'`, after every ISO 8601 time, for
+ * the first), `limit` rows and no more, without a sort. Parameters: the status, the time,
+ * the previous page's last finished time and id, the limit.
  */
-export const finishedSinceQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished >= ? AND ${listed} ORDER BY finished DESC, id DESC LIMIT ?`
+export const finishedSinceQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished >= ? AND ${listed} AND (finished, id) < (?, ?) ORDER BY finished DESC, id DESC LIMIT ?`
+
+/** The messages of several records (their ids as a JSON array), by record then oldest first: one statement for a page of records. */
+export const messagesOfQuery = 'SELECT task_id, n, text FROM messages WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY task_id, n'
 
 /** The reads. */
 export function readStatements (db: SqliteDatabase) {
@@ -239,6 +244,7 @@ export function readStatements (db: SqliteDatabase) {
     live: statement(liveQuery),
     expire: statement(expireQuery),
     finishedSince: statement(finishedSinceQuery),
+    messagesOf: statement(messagesOfQuery),
   }
 }
 

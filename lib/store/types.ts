@@ -146,10 +146,12 @@ export interface Store {
   /**
    * The records whose status is `status` (a final one) and whose `finished` time is at or
    * after `since` (ISO 8601), newest finished first (records finished at the same time in
-   * any order), at most `limit`. Read from the index retention uses (records by status
-   * and finished time), so one call costs about `limit` records, whatever the store
-   * holds; what the statistics of `GET {prefix}/stats` are built from. A record without
-   * a `finished` time is never among them.
+   * any order), at most `limit`; a record without a `finished` time is never among them.
+   * Read from the index retention uses (records by status and finished time), so a call
+   * costs about `limit` records, whatever the store holds; what the statistics of
+   * `GET {prefix}/stats` are built from. A store may read them in pages, letting other
+   * work run between them (SQLite, Redis): a record that changes meanwhile may then be
+   * left out, or answered as it was, never twice.
    */
   finishedSince (status: FinalStatus, since: string, limit: number): Promise<Array<Readonly<TaskRecord>>>
   /**
