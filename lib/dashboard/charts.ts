@@ -30,11 +30,11 @@ function parse (value: unknown): Stats {
   }
 }
 
-/** The smallest of 1, 2, 2.5, 5 times a power of ten at or above `value`. */
+/** A round number at or above `value`: 1, 1.5, 2, 3, 4, 5, 6 or 8 times a power of ten. */
 function niceMax (value: number): number {
   if (value <= 0) return 1
   const power = 10 ** Math.floor(Math.log10(value))
-  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value) return step * power
+  for (const step of [1, 1.5, 2, 3, 4, 5, 6, 8, 10]) if (step * power >= value) return step * power
   return 10 * power
 }
 
@@ -78,6 +78,7 @@ export function createCharts (): Charts {
         draw(parse(await getJSON('/stats?minutes=60')))
       } catch (err) {
         report(err)
+        if (stats === undefined) for (const figure of [finished, durations]) area(figure).replaceChildren(h('p', { class: 'empty' }, 'The statistics could not be loaded.'))
       }
     },
     soon () {

@@ -77,7 +77,7 @@ export function createStartForm (started: (task: TaskState) => void): StartForm 
       if (err instanceof TaskApiError && (err.statusCode === 400 || err.statusCode === 413)) refused(err.message)
       else report(err)
     } finally {
-      button.disabled = false
+      button.disabled = catalog.length === 0
       form.removeAttribute('aria-busy')
     }
   }
@@ -123,6 +123,9 @@ export function createStartForm (started: (task: TaskState) => void): StartForm 
     }
   }
 
+  // Nothing to start until the catalog came.
+  select.disabled = true
+  button.disabled = true
   form.noValidate = true
   form.append(
     h('h2', null, 'Start a task'),

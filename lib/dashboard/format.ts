@@ -68,7 +68,7 @@ export function fullTime (iso: string | null): string {
 
 /** `14:05`, local time. */
 export function clock (iso: string): string {
-  return new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+  return new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' })
 }
 
 /** `512 B`, `12.3 KB`, `1.4 MB`. */

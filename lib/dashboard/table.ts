@@ -96,7 +96,9 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
       next = page.next
       show(page.tasks)
     } catch (err) {
-      if (current === loads) report(err)
+      if (current !== loads) return
+      report(err)
+      if (rows.size === 0) empty('The tasks could not be loaded.')
     } finally {
       if (current === loads) table.removeAttribute('aria-busy')
       pager()
@@ -110,9 +112,8 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
     if (tasks.length === 0) empty()
   }
 
-  const empty = (): void => {
-    const filtered = view.status !== '' || view.task !== ''
-    body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 6 }, filtered ? 'No tasks match these filters.' : 'No tasks yet.')))
+  const empty = (message = view.status !== '' || view.task !== '' ? 'No tasks match these filters.' : 'No tasks yet.'): void => {
+    body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 6 }, message)))
   }
 
   const pager = (): void => {

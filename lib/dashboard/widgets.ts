@@ -24,7 +24,8 @@ export interface ProgressView {
 export function progressView (): ProgressView {
   const fill = h('span', { class: 'fill' })
   const label = h('span', { class: 'pct' })
-  const bar = h('div', { class: 'bar', role: 'progressbar', 'aria-label': 'Progress', 'aria-valuemin': 0, 'aria-valuemax': 100 }, fill, label)
+  const bar = h('div', { class: 'bar', role: 'progressbar', 'aria-label': 'Progress', 'aria-valuemin': 0, 'aria-valuemax': 100 },
+    h('span', { class: 'track' }, fill), label)
   const left = h('span', { class: 'eta' })
   const element = h('div', { class: 'progress' }, bar, left)
   return {
