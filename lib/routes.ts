@@ -4,7 +4,7 @@ import { TaskStateSchema } from './events.js'
 import { documented, errorResponses, recordSchema, stringifyCompiler, submissionSchema } from './openapi.js'
 import { codes, FST_TASK_API_BODY_INVALID, FST_TASK_API_CURSOR_INVALID, FST_TASK_API_FORBIDDEN, FST_TASK_API_STORE_UNAVAILABLE, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
 import { answerable, redactedRequest, type Access } from './access.js'
-import { toState, type TaskService } from './service.js'
+import { maxStatsMinutes, statsReadLimit, toState, type TaskService } from './service.js'
 import { statuses, type TaskRecord, type TaskStatus, type TaskSummary } from './store/types.js'
 import { describe } from './task.js'
 import { clip } from './text.js'
@@ -269,8 +269,16 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
   }
 
   // Listing is a way to see tasks that a uuid alone never gave: without owner or auth it
-  // would show every client every task, so then it exists only when asked for.
+  // would show every client every task, so then it exists only when asked for. So are
+  // the statistics, which count what a list would show.
   if (!options.list) return
+
+  // What a request sees of the records a list or the statistics read: its own, with
+  // owner (null: those without one), and those authorize lets it read.
+  const ownerFilter = async (request: FastifyRequest): Promise<{ owner?: string | null }> =>
+    access.scoped ? { owner: await access.ownerOf(request) } : {}
+  const readable = async (request: FastifyRequest, record: Readonly<TaskRecord>): Promise<boolean> =>
+    await access.authorize(request, { action: 'read', task: record.task, inputs: record.inputs, record })
   // Listing shares POST's path, so it takes both spellings only when POST does.
   for (const url of rootPaths) {
     app.route<{ Querystring: { status?: TaskStatus, task?: string, limit: number, cursor?: string } }>({
@@ -301,7 +309,7 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
         let page
         try {
           page = await service.list({
-            ...(access.scoped ? { owner: await access.ownerOf(request) } : {}),
+            ...await ownerFilter(request),
             ...(status !== undefined ? { status } : {}),
             ...(task !== undefined ? { task } : {}),
             ...(cursor !== undefined ? { cursor } : {}),
@@ -314,9 +322,76 @@ function registerRestRoutes (app: FastifyInstance, service: TaskService, access:
         const { records, next } = page
         const tasks: TaskSummary[] = []
         for (const record of records) {
-          if (await access.authorize(request, { action: 'read', task: record.task, inputs: record.inputs, record })) tasks.push(toSummary(record))
+          if (await readable(request, record)) tasks.push(toSummary(record))
         }
         return { tasks, next }
+      },
+    })
+  }
+
+  // For a dashboard's charts: tasks finished per minute by status, durations per task. A
+  // static path: it wins over `/:uuid`, as the catalog does.
+  const statsPaths = paths(app, `${prefix}/stats`)
+  const count = { type: 'integer', minimum: 0 }
+  const ms = { type: 'integer', minimum: 0, description: 'ms' }
+  // Per user when there is authentication, authorize or owner: never in a shared cache.
+  const statsCache = access.hook !== undefined || access.authorizes || access.scoped ? 'private, no-cache' : 'no-cache'
+  for (const url of statsPaths) {
+    app.route<{ Querystring: { minutes: number } }>({
+      method: 'GET',
+      url,
+      logSerializers: { req: redactedRequest },
+      schema: documented({
+        ...docOnce(url, statsPaths),
+        summary: 'Tasks finished per minute by final status, and run durations per task, over the last minutes',
+        querystring: {
+          type: 'object',
+          properties: {
+            minutes: { type: 'integer', minimum: 1, maximum: maxStatsMinutes, default: 60, description: 'the window, the current minute last' },
+          },
+          additionalProperties: false,
+        },
+        response: {
+          200: {
+            description: 'one entry per minute, oldest first (the last is the current minute, so far), and the p50 and p95 durations of the runs that succeeded or failed, per task',
+            type: 'object',
+            required: ['from', 'to', 'minutes', 'durations', 'truncated'],
+            properties: {
+              from: { type: 'string', format: 'date-time' },
+              to: { type: 'string', format: 'date-time' },
+              minutes: {
+                type: 'array',
+                items: {
+                  type: 'object',
+                  required: ['start', 'succeeded', 'failed', 'cancelled'],
+                  properties: { start: { type: 'string', format: 'date-time' }, succeeded: count, failed: count, cancelled: count },
+                },
+              },
+              durations: {
+                type: 'array',
+                items: {
+                  type: 'object',
+                  required: ['task', 'count', 'p50', 'p95'],
+                  properties: { task: { type: 'string' }, count, p50: ms, p95: ms },
+                },
+              },
+              truncated: { type: 'boolean', description: `a final status had more than ${statsReadLimit} tasks in the window: the oldest were left out` },
+            },
+          },
+          ...errorResponses(400, 401, 500, 503),
+        },
+      }),
+      serializerCompiler: stringifyCompiler,
+      ...(access.hook !== undefined ? { preHandler: access.hook } : {}),
+      handler: async (request, reply) => {
+        const stats = await service.finishedStats({
+          minutes: request.query.minutes,
+          ...await ownerFilter(request),
+          // Without authorize, nothing to ask per record.
+          ...(access.authorizes ? { include: async (record: Readonly<TaskRecord>) => await readable(request, record) } : {}),
+        })
+        void reply.header('cache-control', statsCache)
+        return stats
       },
     })
   }

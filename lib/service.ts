@@ -59,6 +59,63 @@ export interface InputLimits {
 }
 
 
+/** One minute of `finishedStats`: how many tasks finished in it, by final status. */
+export interface StatsMinute {
+  /** ISO 8601: the minute's first millisecond (UTC). */
+  start: string
+  succeeded: number
+  failed: number
+  cancelled: number
+}
+
+/** How long the runs of one task took (`finished - started`, in ms), over the window of `finishedStats`. */
+export interface StatsDurations {
+  task: string
+  /** The runs measured: tasks that ended succeeded or failed and had started. */
+  count: number
+  /** Nearest-rank percentiles, ms. */
+  p50: number
+  p95: number
+}
+
+/** What `GET {prefix}/stats` answers: the tasks finished over the last minutes. */
+export interface FinishedStats {
+  /** ISO 8601: the start of the first minute. */
+  from: string
+  /** ISO 8601: now, within the last minute. */
+  to: string
+  /** One per minute, oldest first; the last is the current minute, so far. */
+  minutes: StatsMinute[]
+  /** One per task that had a measured run, by task name. */
+  durations: StatsDurations[]
+  /** True when a final status had more records in the window than are read (`statsReadLimit`): the oldest minutes then count fewer. */
+  truncated: boolean
+}
+
+/** What `finishedStats` counts. */
+export interface StatsQuery {
+  /** The window: this many minutes, the current one last (1 to `maxStatsMinutes`). */
+  minutes: number
+  /** Only this owner's records (null: those without an owner). Unset: everyone's. */
+  owner?: string | null
+  /** Only the records this says yes to (an `authorize` of `read`, for one request). */
+  include?: (record: Readonly<TaskRecord>) => boolean | Promise<boolean>
+}
+
+/** The longest window of `finishedStats`, in minutes: a day. */
+export const maxStatsMinutes = 1440
+
+/**
+ * Records `finishedStats` reads per final status, at most. One call to the store reads
+ * them (a Redis script, a SQLite query, each holding its server or the event loop for
+ * about as long as it takes to read them: tens of ms for 10,000), so a request stays
+ * bounded however many tasks finish; past it, the oldest are left out and the answer
+ * says `truncated`.
+ */
+export const statsReadLimit = 10_000
+
+const minuteMs = 60_000
+
 /** How long finished records are kept, per final status, in ms; absent: forever. */
 export type Retention = Partial<Record<FinalStatus, number>>
 
@@ -324,6 +381,57 @@ export class TaskService {
     return this.#store.list(filter)
   }
 
+  /**
+   * The tasks finished over the last `query.minutes` minutes (the current one last, by the
+   * service's clock): how many ended each minute (UTC) by final status, and the p50 and
+   * p95 durations (`finished - started`) per task of those that succeeded or failed.
+   * Read from the store's index of finished records, at most `statsReadLimit` per
+   * status, newest first (`truncated` says when that left some out). `owner` and
+   * `include` select what counts (after that read: the limit is over every owner's).
+   */
+  async finishedStats (query: StatsQuery): Promise<FinishedStats> {
+    const { minutes, owner, include } = query
+    if (!Number.isInteger(minutes) || minutes < 1 || minutes > maxStatsMinutes) {
+      throw new RangeError(`minutes must be an integer from 1 to ${maxStatsMinutes}, got ${describe(minutes)}`)
+    }
+    const now = this.#now()
+    const first = Math.floor(now / minuteMs) * minuteMs - (minutes - 1) * minuteMs
+    const buckets: StatsMinute[] = Array.from({ length: minutes }, (_, i) => ({ start: new Date(first + i * minuteMs).toISOString(), succeeded: 0, failed: 0, cancelled: 0 }))
+    const durations = new Map<string, number[]>()
+    let truncated = false
+    for (const status of ['succeeded', 'failed', 'cancelled'] as const) {
+      // One more than the limit tells whether there were more.
+      let records = await this.#store.finishedSince(status, new Date(first).toISOString(), statsReadLimit + 1)
+      if (records.length > statsReadLimit) {
+        truncated = true
+        records = records.slice(0, statsReadLimit)
+      }
+      for (const record of records) {
+        if (owner !== undefined && record.owner !== owner) continue
+        const finished = Date.parse(record.finished ?? '')
+        // Finished after now: another server's clock is ahead; counted once ours gets there.
+        if (!(finished >= first && finished <= now)) continue
+        if (include !== undefined && !await include(record)) continue
+        (buckets[Math.floor((finished - first) / minuteMs)] as StatsMinute)[status]++
+        const started = Date.parse(record.started ?? '')
+        if (status === 'cancelled' || !Number.isFinite(started)) continue
+        let runs = durations.get(record.task)
+        if (runs === undefined) durations.set(record.task, runs = [])
+        runs.push(Math.max(0, finished - started))
+      }
+    }
+    return {
+      from: new Date(first).toISOString(),
+      to: new Date(now).toISOString(),
+      minutes: buckets,
+      durations: [...durations.keys()].sort().map((task) => {
+        const runs = (durations.get(task) as number[]).sort((a, b) => a - b)
+        return { task, count: runs.length, p50: nearestRank(runs, 50), p95: nearestRank(runs, 95) }
+      }),
+      truncated,
+    }
+  }
+
   /** The task's stored record with its seq: what a stream's snapshot needs. */
   async snapshot (uuid: string): Promise<{ seq: number, task: TaskState } | undefined> {
     if (!uuidPattern.test(uuid)) return undefined
@@ -486,6 +594,12 @@ export class TaskService {
     this.#history.record(event)
     this.#bus.publish(event, err => this.#log.error({ err, uuid: event.uuid }, 'fastify-task-api: a task event listener threw'))
   }
+}
+
+/** The nearest-rank `p`th percentile of ascending values (at least one). */
+function nearestRank (sorted: number[], p: number): number {
+  // p * n first: the quotient is exact whenever the rank is a whole number.
+  return sorted[Math.max(0, Math.ceil(p * sorted.length / 100) - 1)] as number
 }
 
 /**

@@ -31,7 +31,7 @@ for (const openapi of ['3.0.3', '3.1.0']) {
 
     const paths = Object.keys(doc.paths)
     t.same(paths.filter(path => path.endsWith('/')), [], 'no trailing-slash twin')
-    t.same(paths.sort(), ['/tasks', '/tasks/catalog', '/tasks/client.js', '/tasks/events', '/tasks/{uuid}', '/tasks/{uuid}/cancel', '/tasks/{uuid}/events', '/tasks/{uuid}/token'].sort())
+    t.same(paths.sort(), ['/tasks', '/tasks/catalog', '/tasks/client.js', '/tasks/events', '/tasks/stats', '/tasks/{uuid}', '/tasks/{uuid}/cancel', '/tasks/{uuid}/events', '/tasks/{uuid}/token'].sort())
     t.equal((await app.inject('/tasks/catalog/')).statusCode, 200, 'the twin still answers')
 
     const body = doc.paths['/tasks'].post.requestBody.content['application/json'].schema
@@ -56,6 +56,8 @@ for (const openapi of ['3.0.3', '3.1.0']) {
     t.same(statuses('/tasks/{uuid}', 'delete'), ['204', '401', '403', '404', '409', '500', '503'])
     t.same(statuses('/tasks/{uuid}/cancel', 'post'), ['200', '401', '403', '404', '500', '503'])
     t.same(statuses('/tasks/catalog', 'get'), ['200', '401', '500', '503'])
+    t.same(statuses('/tasks/stats', 'get'), ['200', '400', '401', '500', '503'])
+    t.match(doc.paths['/tasks/stats'].get.parameters, [{ in: 'query', name: 'minutes', schema: { type: 'integer', minimum: 1, maximum: 1440, default: 60 } }])
     const conflict = doc.paths['/tasks/{uuid}'].delete.responses['409']
     t.match(conflict.description, /FST_TASK_API_TASK_LIVE/, 'each error answer says when, with its codes')
     t.match(conflict.content['application/json'].schema, { required: ['statusCode', 'code', 'error', 'message'] })
