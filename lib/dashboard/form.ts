@@ -191,7 +191,7 @@ function controlFor (input: Input, id: string): Control {
       return h('input', { id, name: input.name, type: 'number', inputmode: input.kind === 'integer' ? 'numeric' : 'decimal', min, max, step, value: typeof initial === 'number' ? initial : undefined })
     }
     case 'text': {
-      const type = schema.format === 'email' ? 'email' : schema.format === 'uri' || schema.format === 'url' ? 'url' : 'text'
+      const type = schema.format === 'email' || schema.format === 'date' ? schema.format : schema.format === 'uri' ? 'url' : 'text'
       return h('input', { id, name: input.name, type, autocomplete: 'off', value: typeof initial === 'string' ? initial : undefined, placeholder: schema.format === 'date-time' ? '2025-01-31T12:00:00Z' : undefined })
     }
     default:
