@@ -31,7 +31,7 @@ for (const openapi of ['3.0.3', '3.1.0']) {
 
     const paths = Object.keys(doc.paths)
     t.same(paths.filter(path => path.endsWith('/')), [], 'no trailing-slash twin')
-    t.same(paths.sort(), ['/tasks', '/tasks/catalog', '/tasks/client.js', '/tasks/events', '/tasks/stats', '/tasks/{uuid}', '/tasks/{uuid}/cancel', '/tasks/{uuid}/events', '/tasks/{uuid}/token'].sort())
+    t.same(paths.sort(), ['/tasks', '/tasks/catalog', '/tasks/client.js', '/tasks/events', '/tasks/events/token', '/tasks/stats', '/tasks/{uuid}', '/tasks/{uuid}/cancel', '/tasks/{uuid}/events', '/tasks/{uuid}/token'].sort())
     t.equal((await app.inject('/tasks/catalog/')).statusCode, 200, 'the twin still answers')
 
     const body = doc.paths['/tasks'].post.requestBody.content['application/json'].schema
