@@ -37,6 +37,14 @@ export interface TaskApiOptions extends AccessOptions {
    */
   client?: boolean
   /**
+   * Serves a live dashboard at `GET {prefix}/dashboard`: a table of tasks, a task's
+   * detail, a form to start any task from the catalog, charts. The page holds no data:
+   * it reads everything through the API's routes, under their `auth`, `owner` and
+   * `authorize`. It needs the list (`list`, on by default with `owner` or `auth`).
+   * @default false
+   */
+  dashboard?: boolean
+  /**
    * `'process'` runs tasks in a warm pool of child processes; `'inline'` runs them in
    * the server's own process (for unit tests; a CPU-bound task blocks the server).
    * @default 'process'
@@ -217,6 +225,7 @@ export interface NormalizedOptions {
   prefix: string
   decorate: string
   client: boolean
+  dashboard: boolean
   runner: 'process' | 'inline'
   concurrency: number
   progressInterval: number
@@ -238,7 +247,7 @@ export interface NormalizedOptions {
   clock: () => number
 }
 
-const known = new Set(['tasks', 'prefix', 'decorate', 'client', 'runner', 'concurrency', 'progressInterval', 'store', 'redis', 'execArgv', 'env', 'streams',
+const known = new Set(['tasks', 'prefix', 'decorate', 'client', 'dashboard', 'runner', 'concurrency', 'progressInterval', 'store', 'redis', 'execArgv', 'env', 'streams',
   'auth', 'authRelation', 'authorize', 'owner', 'allowedOrigins', 'streamTokens', 'timeout', 'cancelGrace', 'maxQueued', 'shutdownTimeout', 'maxMessages', 'maxMessageLength',
   'maxOutputSize', 'maxTasksPerChild', 'resourceLimits', 'ackTimeout', 'childPerTask', 'maxInputSize', 'maxInputDepth', 'undeclaredInputs', 'list', 'retention', 'clock'])
 
@@ -265,6 +274,10 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   const client = options.client ?? true
   if (typeof client !== 'boolean') {
     throw new FST_TASK_API_OPT_INVALID('client', 'a boolean', describe(client))
+  }
+  const dashboard = options.dashboard ?? false
+  if (typeof dashboard !== 'boolean') {
+    throw new FST_TASK_API_OPT_INVALID('dashboard', 'a boolean', describe(dashboard))
   }
   const runner = options.runner ?? 'process'
   if (runner !== 'process' && runner !== 'inline') {
@@ -338,6 +351,11 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
   if (typeof list !== 'boolean') {
     throw new FST_TASK_API_OPT_INVALID('list', 'a boolean', describe(list))
   }
+  if (dashboard && !list) {
+    throw new FST_TASK_API_OPT_INVALID('dashboard', options.list === false
+      ? 'false while list is false (the dashboard shows the list)'
+      : 'used with owner or auth (each user then sees their own tasks), or with list: true (every visitor then sees every task)', 'true')
+  }
   const clock = options.clock ?? Date.now
   if (typeof clock !== 'function') {
     throw new FST_TASK_API_OPT_INVALID('clock', 'a function returning milliseconds since the epoch', describe(clock))
@@ -359,6 +377,7 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     modules: tasks.map((location, index) => moduleUrl(location, index)),
     prefix: prefix === '/' ? '' : prefix,
     client,
+    dashboard,
     runner,
     concurrency,
     progressInterval,
@@ -482,7 +501,10 @@ function normalizeAccess (options: Partial<TaskApiOptions>): AccessOptions {
     throw new FST_TASK_API_OPT_INVALID('allowedOrigins', 'an array of origins or "*"', describe(allowedOrigins))
   }
   if (streamTokens !== undefined) {
-    const { secret, ttl } = streamTokens
+    const { secret, ttl, headers } = streamTokens
+    if (headers !== undefined && !(Array.isArray(headers) && headers.every(name => typeof name === 'string' && /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/.test(name)))) {
+      throw new FST_TASK_API_OPT_INVALID('streamTokens.headers', 'an array of header names', describe(headers))
+    }
     if (secret !== undefined && !((typeof secret === 'string' && secret.length >= 16) || (Buffer.isBuffer(secret) && secret.length >= 16))) {
       throw new FST_TASK_API_OPT_INVALID('streamTokens.secret', 'a string or Buffer of at least 16 characters', describe(secret))
     }

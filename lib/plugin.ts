@@ -4,6 +4,7 @@ import websocket from '@fastify/websocket'
 import fp from 'fastify-plugin'
 import { Access } from './access.js'
 import { loadClientBundle, registerClientBundle } from './client-bundle.js'
+import { loadDashboard, registerDashboard } from './dashboard-assets.js'
 import { FST_TASK_API_OPT_INVALID } from './errors.js'
 import { normalizeOptions, type TaskApiOptions } from './options.js'
 import { loadRegistry } from './registry.js'
@@ -30,6 +31,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   }
   const registry = await loadRegistry(normalized.modules)
   const clientBundle = normalized.client ? await loadClientBundle() : undefined
+  const dashboard = normalized.dashboard ? await loadDashboard() : undefined
   const log = app.log
   const runner = createRunner(normalized, registry, log)
   // On Redis: records in a RedisStore, events across servers, tasks as BullMQ jobs; this
@@ -121,6 +123,7 @@ async function taskApiPlugin (app: FastifyInstance, options: TaskApiOptions): Pr
   api.streamToken = (uuid, ttl) => access.token(uuid, ttl)
   await registerRoutes(app, service, access, normalized.prefix, { list: normalized.list })
   if (clientBundle !== undefined) registerClientBundle(app, normalized.prefix, clientBundle)
+  if (dashboard !== undefined) registerDashboard(app, normalized.prefix, dashboard)
   const streamOptions = { ...normalized.streams, progressInterval: normalized.progressInterval }
   if (app.hasDecorator('websocketServer')) {
     // The app registered @fastify/websocket itself: use it.

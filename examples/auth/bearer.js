@@ -28,6 +28,8 @@ export async function build (options = {}) {
     owner: request => request.user.name,
     // Only admins may run tasks longer than a minute.
     authorize: (request, { action, inputs }) => action !== 'submit' || request.user.admin || (inputs.seconds ?? 10) <= 60,
+    // GET /tasks/dashboard: each user sees their own tasks there.
+    dashboard: true,
     ...options.taskApi,
   })
   return app

@@ -30,6 +30,8 @@ export async function build (options = {}) {
       request.user = session.value
     }],
     owner: request => request.user,
+    // GET /tasks/dashboard: each user sees their own tasks there.
+    dashboard: true,
     ...options.taskApi,
   })
   return app

@@ -22,6 +22,8 @@ export async function build (options = {}) {
     // The page lists the last task. Without owner or auth the list is off unless asked for:
     // fine for a local demo; a real app scopes tasks with `owner` (see examples/auth).
     list: true,
+    // The built-in dashboard, linked from the page: GET /tasks/dashboard.
+    dashboard: true,
     ...options.taskApi,
   })
   const page = await readFile(new URL('./index.html', import.meta.url), 'utf8')
