@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { finalStatuses, statuses, type TaskState, type TaskStatus } from './store/types.js'
+import { finalStatuses, statuses, type TaskState, type TaskStatus, type TaskSummary } from './store/types.js'
 
 /*
  * The events a task emits, as clients receive them. Each carries the task's `seq`,
@@ -57,6 +57,20 @@ export type MessageEvent = Static<typeof MessageEventSchema>
 export type StatusEvent = Static<typeof StatusEventSchema> & { task?: TaskState }
 /** Any event a task emits. */
 export type TaskEvent = ProgressEvent | MessageEvent | StatusEvent
+
+/**
+ * A task was created: what the bus tells the servers whose streams watch for new tasks
+ * (the multiplexed socket's `watch`, which the dashboard uses). `owner` never leaves
+ * the server; the client gets `summary`.
+ */
+export interface CreatedNotice {
+  uuid: string
+  owner: string | null
+  summary: TaskSummary
+}
+
+/** A watcher of new tasks. */
+export type CreatedListener = (notice: CreatedNotice) => void
 
 /** A subscriber's callback. */
 export type TaskListener = (event: TaskEvent) => void
@@ -120,6 +134,13 @@ export interface TaskBus {
   start? (hooks: BusHooks): Promise<void>
   /** The bus's own history (across servers); without it the server keeps one in memory. */
   readonly history?: BusHistory | undefined
+  /**
+   * Tells the watchers of new tasks, on every server, that one was created (after its
+   * record was). Best effort: a notice lost to a Redis outage is not sent again.
+   */
+  announce (notice: CreatedNotice, onError: (err: unknown) => void): void
+  /** Adds a watcher of new tasks (created from then on, on any server); returns the function that removes it. */
+  watch (listener: CreatedListener): () => void
   /** Disconnects. */
   close? (): Promise<void>
 }
@@ -135,8 +156,26 @@ export class EventBus implements TaskBus {
   readonly #listeners = new Map<string, Set<TaskListener>>()
   /** Per task, the events whose fan-out has not finished, oldest first. */
   readonly #backlog = new Map<string, Delivery[]>()
+  readonly #watchers = new Set<CreatedListener>()
   #size = 0
   #scheduled = false
+
+  /** Calls each watcher of new tasks at once (they only queue a frame). */
+  announce (notice: CreatedNotice, onError: (err: unknown) => void): void {
+    for (const listener of [...this.#watchers]) {
+      if (!this.#watchers.has(listener)) continue
+      try {
+        listener(notice)
+      } catch (err) {
+        onError(err)
+      }
+    }
+  }
+
+  watch (listener: CreatedListener): () => void {
+    this.#watchers.add(listener)
+    return () => { this.#watchers.delete(listener) }
+  }
 
   /** Adds a listener for one task; returns the function that removes it. */
   subscribe (uuid: string, listener: TaskListener): () => void {

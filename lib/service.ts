@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import { EventBus, EventHistory, type TaskBus, type TaskEvent, type TaskListener } from './events.js'
+import { EventBus, EventHistory, type CreatedListener, type TaskBus, type TaskEvent, type TaskListener } from './events.js'
 import {
   FST_TASK_API_INPUT_INVALID,
   FST_TASK_API_INPUT_TOO_DEEP,
@@ -360,7 +360,18 @@ export class TaskService {
         throw err
       }
     }
+    const { uuid, task, status, progress, target, attempt, started, finished, error } = created
+    this.#bus.announce({ uuid, owner: record.owner, summary: { uuid, task, status, progress, target, attempt, created: created.created, started, finished, error } },
+      err => this.#log.warn({ err, uuid }, 'fastify-task-api: a new task could not be announced to the watching streams'))
     return created
+  }
+
+  /**
+   * Calls `listener` for each task created from now on, on this server or (on Redis) any
+   * other, with its owner and its summary as created. Returns the function that stops it.
+   */
+  watchCreated (listener: CreatedListener): () => void {
+    return this.#bus.watch(listener)
   }
 
   /** The task's current state, or undefined when no task has this uuid. */

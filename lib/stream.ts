@@ -11,7 +11,7 @@ import {
   FST_TASK_API_STREAM_UPGRADE_REQUIRED,
   FST_TASK_API_TASK_NOT_FOUND,
 } from './errors.js'
-import { isFinalEvent, type ProgressEvent, type TaskEvent } from './events.js'
+import { isFinalEvent, type CreatedNotice, type ProgressEvent, type TaskEvent } from './events.js'
 import { Pace } from './pace.js'
 import { documented, errorResponses, stringifyCompiler } from './openapi.js'
 import { docOnce, paths } from './routes.js'
@@ -396,9 +396,18 @@ export function registerStreams (
   app.addHook('preClose', async () => {
     for (const stream of eventStreams) stream.end()
   })
+  // Multiplexed sockets watching for new tasks: told when notices may be missed, and when
+  // they arrive again (a `watching` frame: the time to read the list again).
+  const watchers = new Set<{ lost (): void, restored (): void }>()
   const unwatchBus = service.watchBus({
-    lost: () => { for (const subscription of subscriptions) subscription.interrupted() },
-    restored: () => { for (const subscription of subscriptions) void subscription.resync() },
+    lost: () => {
+      for (const subscription of subscriptions) subscription.interrupted()
+      for (const watcher of watchers) watcher.lost()
+    },
+    restored: () => {
+      for (const subscription of subscriptions) void subscription.resync()
+      for (const watcher of watchers) watcher.restored()
+    },
   })
   app.addHook('onClose', async () => {
     unwatchBus()
@@ -614,6 +623,23 @@ export function registerStreams (
     return frame
   }
 
+  const watchingFrame = Buffer.from(JSON.stringify({ type: 'watching' }))
+  const watchInterruptedFrame = Buffer.from(JSON.stringify({
+    type: 'error',
+    code: 'FST_TASK_API_EVENTS_INTERRUPTED',
+    message: 'live events are interrupted: new tasks may be missed until a "watching" frame says they arrive again',
+  }))
+  /** A created frame, serialized once for every socket that receives it. */
+  const createdFrames = new WeakMap<CreatedNotice, Buffer>()
+  const createdFrame = (notice: CreatedNotice): Buffer => {
+    let frame = createdFrames.get(notice)
+    if (frame === undefined) {
+      frame = Buffer.from(JSON.stringify({ type: 'created', uuid: notice.uuid, task: notice.summary }))
+      createdFrames.set(notice, frame)
+    }
+    return frame
+  }
+
   const manyTasks = (socket: WebSocket, request: FastifyRequest): void => {
     const channel = opened(socket, request)
     const following = new Map<string, Subscription>()
@@ -625,9 +651,56 @@ export function registerStreams (
       untrack(subscription)
       if (following.get(uuid) === subscription) following.delete(uuid)
     }
+    // Watching for new tasks: the bus's watcher, set while the socket watches.
+    let watching: { stop: () => void } | undefined
+    const unwatch = (): void => {
+      watching?.stop()
+      watching = undefined
+    }
+    const watch = (): void => {
+      if (watching !== undefined) {
+        error('already watching for new tasks')
+        return
+      }
+      const bus = {
+        lost: () => channel.write(watchInterruptedFrame),
+        restored: () => channel.write(watchingFrame),
+      }
+      const current: { stop: () => void } = { stop: () => { watchers.delete(bus) } }
+      watching = current
+      // Whose tasks this socket may see: its owner's (read once), and those authorize lets it read.
+      const owner = access.scoped ? access.ownerOf(request) : Promise.resolve(null)
+      owner.then((owner) => {
+        if (watching !== current) return
+        watchers.add(bus)
+        const stopNotices = service.watchCreated((notice) => {
+          if (watching !== current || socket.readyState !== socket.OPEN) return
+          if (access.scoped && notice.owner !== owner) return
+          if (!access.authorizes) {
+            channel.write(createdFrame(notice))
+            return
+          }
+          service.record(notice.uuid)
+            .then(async record => record !== undefined && await access.authorize(request, { action: 'read', task: record.task, inputs: record.inputs, record }))
+            .then((allowed) => {
+              if (allowed && watching === current && socket.readyState === socket.OPEN) channel.write(createdFrame(notice))
+            }, () => {})
+        })
+        current.stop = () => {
+          stopNotices()
+          watchers.delete(bus)
+        }
+        channel.write(watchingFrame)
+      }, (err: unknown) => {
+        if (watching === current) watching = undefined
+        request.log.error({ err }, 'fastify-task-api: the owner of a watching socket could not be found')
+        error('cannot watch for new tasks: internal error')
+      })
+    }
     whenGone(socket, () => {
       for (const subscription of following.values()) untrack(subscription)
       following.clear()
+      unwatch()
     })
     socket.on('message', (data: Buffer, isBinary: boolean) => {
       // A socket being closed (cut for not reading, say) is owed no more answers.
@@ -644,8 +717,13 @@ export function registerStreams (
         return
       }
       const { type, uuid, since, token } = (typeof frame === 'object' && frame !== null ? frame : {}) as Record<string, unknown>
+      if (type === 'watch' || type === 'unwatch') {
+        if (type === 'watch') watch()
+        else unwatch()
+        return
+      }
       if (type !== 'subscribe' && type !== 'unsubscribe') {
-        error('unknown frame type: expected {"type": "subscribe" | "unsubscribe", "uuid": "..."}')
+        error('unknown frame type: expected {"type": "subscribe" | "unsubscribe", "uuid": "..."} or {"type": "watch" | "unwatch"}')
         return
       }
       if (typeof uuid !== 'string') {

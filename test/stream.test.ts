@@ -201,8 +201,8 @@ t.test('error frames for bad client frames, and the socket goes on serving', asy
   await once(socket, 'open')
   const bad: Array<[string, Frame]> = [
     ['not json', { type: 'error', message: 'frames must be JSON: {"type": "subscribe" | "unsubscribe", "uuid": "..."}' }],
-    ['[1,2]', { type: 'error', message: 'unknown frame type: expected {"type": "subscribe" | "unsubscribe", "uuid": "..."}' }],
-    [JSON.stringify({ type: 'dance' }), { type: 'error', message: 'unknown frame type: expected {"type": "subscribe" | "unsubscribe", "uuid": "..."}' }],
+    ['[1,2]', { type: 'error', message: 'unknown frame type: expected {"type": "subscribe" | "unsubscribe", "uuid": "..."} or {"type": "watch" | "unwatch"}' }],
+    [JSON.stringify({ type: 'dance' }), { type: 'error', message: 'unknown frame type: expected {"type": "subscribe" | "unsubscribe", "uuid": "..."} or {"type": "watch" | "unwatch"}' }],
     [JSON.stringify({ type: 'subscribe' }), { type: 'error', message: 'subscribe needs a "uuid" string' }],
     [JSON.stringify({ type: 'subscribe', uuid: missing }), { type: 'error', uuid: missing, message: `task ${missing} not found` }],
     [JSON.stringify({ type: 'subscribe', uuid: 'nope' }), { type: 'error', uuid: 'nope', message: 'task nope not found' }],

@@ -1,5 +1,5 @@
 import type { Redis as RedisClient } from 'ioredis'
-import { EventBus, isFinalEvent, type BusHistory, type BusHooks, type TaskBus, type TaskEvent, type TaskListener } from '../events.js'
+import { EventBus, isFinalEvent, type BusHistory, type BusHooks, type CreatedListener, type CreatedNotice, type TaskBus, type TaskEvent, type TaskListener } from '../events.js'
 import { bounded, closeClient, closeTimeout, connect, isUnavailable, type RedisConnection } from './connection.js'
 
 /** Options of the Redis event bus. */
@@ -78,6 +78,8 @@ interface BusClient extends RedisClient {
  */
 export class RedisBus implements TaskBus {
   readonly channel: string
+  /** Where new tasks are announced (`<prefix>:created`). */
+  readonly createdChannel: string
   readonly history: BusHistory | undefined
   readonly #prefix: string
   readonly #local = new EventBus()
@@ -103,6 +105,7 @@ export class RedisBus implements TaskBus {
     if (typeof prefix !== 'string' || prefix === '') throw new TypeError(`options.prefix must be a non-empty string, got ${JSON.stringify(prefix)}`)
     this.#prefix = prefix
     this.channel = `${prefix}:events`
+    this.createdChannel = `${prefix}:created`
     this.#connection = options.connection
     const publisher = connect(options.connection, {}, 'RedisBus')
     this.#publisher = publisher.client as BusClient
@@ -179,15 +182,16 @@ export class RedisBus implements TaskBus {
     this.#subscriber = subscriber
     subscriber.on('error', () => {})
     subscriber.on('message', (channel: string, text: string) => {
-      if (channel !== this.channel) return
-      let event: TaskEvent
+      if (channel !== this.channel && channel !== this.createdChannel) return
+      let message: TaskEvent | CreatedNotice
       try {
-        event = JSON.parse(text) as TaskEvent
+        message = JSON.parse(text) as TaskEvent | CreatedNotice
       } catch (err) {
         this.#hooks.error(err)
         return
       }
-      this.#local.publish(event, this.#hooks.error)
+      if (channel === this.channel) this.#local.publish(message as TaskEvent, this.#hooks.error)
+      else this.#local.announce(message as CreatedNotice, this.#hooks.error)
     })
     subscriber.on('close', () => {
       if (this.#lost || this.#closing !== undefined) return
@@ -198,13 +202,22 @@ export class RedisBus implements TaskBus {
       if (!this.#lost || this.#closing !== undefined) return
       // ioredis subscribes again by itself; this SUBSCRIBE's answer comes after Redis
       // took both, so events published from then on arrive.
-      subscriber.subscribe(this.channel).then(() => {
+      subscriber.subscribe(this.channel, this.createdChannel).then(() => {
         if (!this.#lost || this.#closing !== undefined) return
         this.#lost = false
         this.#hooks.restored?.()
       }, () => {})
     })
-    await subscriber.subscribe(this.channel)
+    await subscriber.subscribe(this.channel, this.createdChannel)
+  }
+
+  /** Publishes on `<prefix>:created` for the watchers on every server (this one included: it comes back). */
+  announce (notice: CreatedNotice, onError: (err: unknown) => void): void {
+    this.#publisher.publish(this.createdChannel, JSON.stringify(notice)).catch(onError)
+  }
+
+  watch (listener: CreatedListener): () => void {
+    return this.#local.watch(listener)
   }
 
   subscribe (uuid: string, listener: TaskListener): () => void {
