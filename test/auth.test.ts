@@ -293,6 +293,27 @@ t.test('a socket token opens the multiplexed socket as the request that asked fo
   t.equal((await upgrade(`ws://127.0.0.1:${(other.server.address() as AddressInfo).port}/tasks/events?token=${token}`)).status, 401, 'a node with another secret')
 })
 
+t.test('streamTokens.headers: a socket token carries the headers the strategies read', async (t) => {
+  const app = Fastify({ pluginTimeout, logger: false })
+  t.teardown(() => app.close())
+  await app.register(taskApi, {
+    tasks: [fixture('basic.ts')],
+    concurrency: 1,
+    execArgv: childExecArgv,
+    auth: [async (request) => { if (request.headers['x-api-key'] !== 'key-1') throw new Error('an API key is required') }],
+    streamTokens: { headers: ['X-Api-Key'] },
+  })
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const url = `ws://127.0.0.1:${(app.server.address() as AddressInfo).port}/tasks/events`
+  const { token } = (await app.inject({ url: '/tasks/events/token', headers: { 'x-api-key': 'key-1', authorization: 'Bearer not-carried' } })).json() as { token: string }
+  const [answer] = await subscribed(`${url}?token=${token}`, {}, [missing])
+  t.same(answer, { type: 'error', uuid: missing, message: `task ${missing} not found` }, 'the socket opened with the key the token carried')
+  t.equal((await upgrade(url)).status, 401, 'not without it')
+  const rejected = Fastify({ pluginTimeout, logger: false })
+  t.teardown(() => rejected.close())
+  await t.rejects(rejected.register(taskApi, { tasks: [fixture('basic.ts')], streamTokens: { headers: ['bad header'] } }).ready(), { code: 'FST_TASK_API_OPT_INVALID', message: /streamTokens\.headers must be an array of header names/ })
+})
+
 t.test('a socket token expires', async (t) => {
   const { app, base } = await world(t, { streamTokens: { ttl: 200 } })
   const { token, expires } = (await app.inject({ url: '/tasks/events/token', headers: bearer('token-bob') })).json() as { token: string, expires: string }
