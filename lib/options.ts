@@ -296,7 +296,7 @@ export function normalizeOptions (options: Partial<TaskApiOptions> & Record<stri
     throw new FST_TASK_API_OPT_INVALID('progressInterval', 'a number of milliseconds, 0 or more', describe(progressInterval))
   }
   const store = options.store ?? new MemoryStore()
-  const storeMethods = ['create', 'get', 'update', 'list', 'delete', 'live', 'expire'] as const
+  const storeMethods = ['create', 'get', 'update', 'list', 'delete', 'live', 'expire', 'finishedSince'] as const
   if (typeof store !== 'object' || store === null || storeMethods.some(method => typeof store[method] !== 'function')) {
     throw new FST_TASK_API_OPT_INVALID('store', `an object with ${storeMethods.join(', ')} methods (see Store)`, describe(store))
   }

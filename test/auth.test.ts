@@ -311,7 +311,7 @@ t.test('streamTokens.headers: a socket token carries the headers the strategies 
   t.equal((await upgrade(url)).status, 401, 'not without it')
   const rejected = Fastify({ pluginTimeout, logger: false })
   t.teardown(() => rejected.close())
-  await t.rejects(rejected.register(taskApi, { tasks: [fixture('basic.ts')], streamTokens: { headers: ['bad header'] } }).ready(), { code: 'FST_TASK_API_OPT_INVALID', message: /streamTokens\.headers must be an array of header names/ })
+  await t.rejects(async () => { await rejected.register(taskApi, { tasks: [fixture('basic.ts')], streamTokens: { headers: ['bad header'] } }) }, { code: 'FST_TASK_API_OPT_INVALID', message: /streamTokens\.headers must be an array of header names/ })
 })
 
 t.test('a socket token expires', async (t) => {

@@ -56,7 +56,7 @@ t.test('register fails naming the module or option and the value received', asyn
     ['an unknown runner', { tasks: [fixture('plain.js')], runner: 'thread' }, 'FST_TASK_API_OPT_INVALID', /^options\.runner must be "process" or "inline", got "thread"$/],
     ['a prefix without a slash', { tasks: [fixture('plain.js')], prefix: 'tasks' }, 'FST_TASK_API_OPT_INVALID', /^options\.prefix must be a path .*, got "tasks"$/],
     ['a negative progressInterval', { tasks: [fixture('plain.js')], progressInterval: -5 }, 'FST_TASK_API_OPT_INVALID', /^options\.progressInterval must be .*, got -5$/],
-    ['a store without methods', { tasks: [fixture('plain.js')], store: {} }, 'FST_TASK_API_OPT_INVALID', /^options\.store must be an object with create, get, update, list, delete, live, expire methods \(see Store\), got an object$/],
+    ['a store without methods', { tasks: [fixture('plain.js')], store: {} }, 'FST_TASK_API_OPT_INVALID', /^options\.store must be an object with create, get, update, list, delete, live, expire, finishedSince methods \(see Store\), got an object$/],
     ['execArgv that is not strings', { tasks: [fixture('plain.js')], execArgv: [1] }, 'FST_TASK_API_OPT_INVALID', /^options\.execArgv must be an array of strings, got an array$/],
     ['a zero maxOutputSize', { tasks: [fixture('plain.js')], maxOutputSize: 0 }, 'FST_TASK_API_OPT_INVALID', /^options\.maxOutputSize must be a positive integer, got 0$/],
     ['a negative maxTasksPerChild', { tasks: [fixture('plain.js')], maxTasksPerChild: -1 }, 'FST_TASK_API_OPT_INVALID', /^options\.maxTasksPerChild must be an integer, 0 or more, got -1$/],
