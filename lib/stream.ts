@@ -803,6 +803,7 @@ export function registerStreams (
     app.route({
       method: 'GET',
       url,
+      logSerializers: { req: redactedRequest },
       schema: documented({
         ...docOnce(url, tokenPaths),
         summary: 'A short-lived token that opens the multiplexed socket (?token= on GET /events) with this request\'s credentials',

@@ -128,6 +128,7 @@ t.test('token= is redacted from the log of every route the plugin registers, err
     ['GET', `/tasks/${task.uuid}/events?${q}`],
     ['HEAD', `/tasks/${task.uuid}/events?${q}`],
     ['GET', `/tasks/events?${q}`],
+    ['GET', `/tasks/events/token?${q}`],
   ]
   const statuses: number[] = []
   for (const [method, url] of requests) {
@@ -137,8 +138,9 @@ t.test('token= is redacted from the log of every route the plugin registers, err
   }
   t.ok(statuses.includes(500), 'a 500 among them')
   t.ok(statuses.includes(404) && statuses.includes(400), 'a 404 and a 400 among them')
-  // Real sockets for the upgrades, and a real SSE stream.
-  for (const url of [`ws://${base}/tasks/${task.uuid}/events?${q}`, `ws://${base}/tasks/events?${q}`]) {
+  // Real sockets for the upgrades (the multiplexed one with a socket token), and a real SSE stream.
+  const socketToken = (await app.inject({ url: '/tasks/events/token' })).json().token as string
+  for (const url of [`ws://${base}/tasks/${task.uuid}/events?${q}`, `ws://${base}/tasks/events?token=${socketToken}`]) {
     const { socket, closed } = follow(url)
     await once(socket, 'open')
     socket.close()
@@ -152,8 +154,9 @@ t.test('token= is redacted from the log of every route the plugin registers, err
   })
 
   const incoming = log.lines.filter(line => line.msg === 'incoming request').map(line => `${line.req?.url ?? ''}`)
-  t.equal(incoming.length, requests.length + 3, 'every request was logged')
-  t.same(incoming.filter(url => !/(token|%74oken)=\[redacted\]/.test(url)), [], 'each with token=[redacted]')
+  t.equal(incoming.length, requests.length + 4, 'every request was logged')
+  t.same(incoming.filter(url => !/(token|%74oken)=\[redacted\]/.test(url)), ['/tasks/events/token'], 'each with token=[redacted] (but the one that minted the socket token, which had none)')
   t.ok(log.lines.some(line => line.level === 50 && line.req?.url?.includes('token=[redacted]') === true), 'the 500 is logged with the redacted URL')
   t.notOk(log.text().includes(token.split('.')[1] as string), 'the token appears nowhere in the log')
+  t.notOk(log.text().includes(socketToken.split('.')[1] as string), 'nor the socket token')
 })
