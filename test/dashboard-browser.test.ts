@@ -4,7 +4,7 @@ import { createRequire } from 'node:module'
 import type { AddressInfo } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
-import { chromium, type Browser, type Page } from 'playwright-core'
+import { chromium, type Browser, type Page, type Request } from 'playwright-core'
 import t, { type Test } from 'tap'
 // @ts-expect-error the example is plain JavaScript, without type declarations
 import { build as buildBearer } from '../examples/auth/bearer.js'
@@ -68,6 +68,40 @@ async function violations (page: Page): Promise<string[]> {
     .filter(violation => violation.impact === 'serious' || violation.impact === 'critical')
     .map(violation => `${violation.id} (${violation.impact}): ${violation.help} at ${violation.nodes.map(node => node.target.join(' ')).join(', ')}`)
 }
+
+/** What the page's sockets received, as `watchSockets` notes it in the page. */
+interface Watched { seenFrames: string[], openSockets: WebSocket[], holdSockets: boolean }
+
+/**
+ * An init script: notes every frame the page's sockets receive once the page's own
+ * handler has run (a later turn of the event loop), and, while `holdSockets` is set,
+ * fails new sockets at once, as an unreachable server would, without an error logged.
+ */
+function watchSockets (): void {
+  const w = window as unknown as Watched & { WebSocket: typeof WebSocket }
+  const Native = WebSocket
+  w.seenFrames = []
+  w.openSockets = []
+  w.holdSockets = false
+  w.WebSocket = function (url: string | URL, protocols?: string | string[]) {
+    if (w.holdSockets) {
+      const refused = new EventTarget()
+      setTimeout(() => refused.dispatchEvent(new Event('close')), 50)
+      return refused
+    }
+    const socket = new Native(url, protocols)
+    w.openSockets.push(socket)
+    socket.addEventListener('message', (event) => { setTimeout(() => w.seenFrames.push(String(event.data))) })
+    return socket
+  } as unknown as typeof WebSocket
+}
+
+/** The frames the page's sockets received and handled so far (see `watchSockets`). */
+async function framesOf (page: Page): Promise<Array<{ type?: string, uuid?: string, message?: string }>> {
+  return (await page.evaluate(() => (window as unknown as Watched).seenFrames)).map(frame => JSON.parse(frame))
+}
+const heard = async (page: Page, type: string, uuid?: string): Promise<boolean> =>
+  (await framesOf(page)).some(frame => frame.type === type && (uuid === undefined || frame.uuid === uuid))
 
 const rowsOf = (page: Page) => page.locator('table[aria-label="Tasks"] tbody tr[data-uuid]')
 const uuidsOn = async (page: Page): Promise<string[]> => await rowsOf(page).evaluateAll(rows => rows.map(row => row.getAttribute('data-uuid') ?? ''))
@@ -225,6 +259,95 @@ t.test('the dashboard: start from the form, watch, see the result, cancel, delet
     await screenshot(t, page, 'dashboard-charts.png')
   })
 
+  await t.test('tasks created elsewhere come on top of page 1, live and without a reload, as the filters let them', async (t) => {
+    await page.addInitScript(watchSockets)
+    await page.goto(`${base}/tasks/dashboard`)
+    await until('the page watches for new tasks', () => heard(page, 'watching'))
+    await until('the first page is shown', async () => (await rowsOf(page).count()) === 50 && (await page.locator('#tasks[aria-busy]').count()) === 0)
+    // Nothing may read the page again or reload it: the row can only come from the feed.
+    await page.evaluate(() => { (window as unknown as { sameDocument: boolean }).sameDocument = true })
+    let navigations = 0
+    let reads = 0
+    const navigated = (): void => { navigations++ }
+    const requested = (request: Request): void => { if (new URL(request.url()).pathname === '/tasks') reads++ }
+    page.on('framenavigated', navigated)
+    page.on('request', requested)
+    t.teardown(() => {
+      page.off('framenavigated', navigated)
+      page.off('request', requested)
+    })
+
+    const { uuid } = await app.tasks.submit('count', { to: 3, every: 200 })
+    await until('its row is on top', async () => (await uuidsOn(page))[0] === uuid)
+    const row = page.locator(`tr[data-uuid="${uuid}"]`)
+    await until('it succeeded, live', async () => /succeeded/.test(await row.textContent() ?? ''), 20_000)
+    t.ok(await heard(page, 'created', uuid), 'the socket told of it')
+    t.equal(await rowsOf(page).count(), 51, 'on top of the 50 read: none dropped from the bottom')
+    t.equal(reads, 0, 'the list was not read again')
+    t.equal(navigations, 0, 'no navigation')
+    t.equal(await page.evaluate(() => (window as unknown as { sameDocument?: boolean }).sameDocument), true, 'the same document: no reload')
+
+    await page.getByRole('search').getByLabel('Status').selectOption('failed')
+    await until('only failed tasks', async () => {
+      const uuids = await uuidsOn(page)
+      return uuids.length === 1 && uuids[0] === failed && (await page.locator('#tasks[aria-busy]').count()) === 0
+    })
+    const pending = (await app.tasks.submit('count', { to: 3, every: 200 })).uuid
+    await until('the page heard of it', () => heard(page, 'created', pending))
+    t.same(await uuidsOn(page), [failed], 'a new (pending) task is not shown under the failed filter')
+    await app.tasks.wait(pending)
+  })
+
+  await t.test('after a drop, page 1 is read again once the socket watches again: nothing created meanwhile is missed', async (t) => {
+    await page.getByRole('search').getByLabel('Status').selectOption('')
+    await until('page 1 of every task', async () => (await rowsOf(page).count()) === 50 && (await page.locator('#tasks[aria-busy]').count()) === 0)
+    const watchings = (await framesOf(page)).filter(frame => frame.type === 'watching').length
+    // The socket drops, and the next ones fail until the task below exists.
+    await page.evaluate(() => {
+      const w = window as unknown as Watched
+      w.holdSockets = true
+      w.openSockets.at(-1)?.close()
+    })
+    await until('the page knows it is offline', async () => await page.locator('#live-on').isHidden())
+    const missed = (await app.tasks.submit('noop', {})).uuid
+    await app.tasks.wait(missed)
+    t.notOk((await uuidsOn(page)).includes(missed), 'not heard of while away')
+    await page.evaluate(() => { (window as unknown as Watched).holdSockets = false })
+    await until('watching again', async () => (await framesOf(page)).filter(frame => frame.type === 'watching').length > watchings, 30_000)
+    await until('page 1 read again, the missed task on top', async () => (await uuidsOn(page))[0] === missed)
+    t.pass('the missed task is shown')
+  })
+
+  await t.test('page 1 with 100 live rows and the detail: the newest rows are followed, under the socket\'s 100 subscriptions; past 50 new rows a button reads the page again', async (t) => {
+    // Long tasks that stay pending (two run): every row stays live until they are cancelled.
+    const long = async (): Promise<string> => (await app.tasks.submit('count', { to: 100, every: 2000 })).uuid
+    const older: string[] = []
+    const opened = await long()
+    for (let i = 0; i < 50; i++) older.push(await long())
+    const newer: string[] = []
+    t.teardown(async () => { await Promise.all([opened, ...older, ...newer].map(uuid => app.tasks.cancel(uuid))) })
+    // A new document (from the same URL, only the hash would change).
+    await page.goto('about:blank')
+    await page.goto(`${base}/tasks/dashboard#/task/${opened}`)
+    await detail.waitFor()
+    await until('the page watches for new tasks', () => heard(page, 'watching'))
+    await until('page 1: 50 live rows', async () => (await uuidsOn(page)).join() === [...older].reverse().join() && (await page.locator('#tasks[aria-busy]').count()) === 0)
+    for (let i = 0; i < 51; i++) newer.push(await long())
+    const more = page.getByRole('button', { name: '1 new task — show' })
+    await until('50 rows added, then the button', async () => (await rowsOf(page).count()) === 100 && await more.isVisible(), 20_000)
+    t.same(await uuidsOn(page), [...newer.slice(0, 50).reverse(), ...[...older].reverse()], 'the 50 newest on top of those read, none dropped')
+    // The subscriptions are answered in order: once the newest are answered, every refusal would be in.
+    await until('the newest rows are answered', async () => {
+      const frames = await framesOf(page)
+      return newer.slice(0, 50).every(uuid => frames.some(frame => (frame.type === 'snapshot' || frame.type === 'error') && frame.uuid === uuid))
+    }, 20_000)
+    const refusals = (await framesOf(page)).filter(frame => frame.type === 'error')
+    t.same(refusals, [], 'no subscription refused: 85 rows and the detail are followed, not 101')
+    await more.click()
+    await until('page 1 read again', async () => (await uuidsOn(page))[0] === newer[50] && (await rowsOf(page).count()) === 50)
+    t.ok(await more.isHidden(), 'the button is gone')
+  })
+
   // Chromium logs each 4xx answer as an error: the one 400 above was on purpose.
   t.same(errors.filter(error => !/status of 400/.test(error)), [], 'no error in the page')
 })
@@ -251,10 +374,18 @@ t.test('bearer tokens: asked once, kept for the session, only the user\'s own ta
   const row = rowsOf(page).first()
   await until('his task finished, live', async () => /succeeded/.test(await row.textContent() ?? ''), 20_000)
   t.ok(sockets.some(url => /\/tasks\/events\?token=/.test(url)), 'the socket opened with a socket token')
+  await page.addInitScript(watchSockets)
   await page.reload()
   await until('listed again without asking', async () => (await uuidsOn(page)).includes(bobs))
   t.equal(await signIn.count(), 0, 'not asked again in this session')
   t.notOk((await uuidsOn(page)).includes(alices))
+  // New tasks: bob's comes on top over the token's socket; alice's is never told of.
+  await until('the page watches for new tasks', () => heard(page, 'watching'))
+  const alicesNew = (await app.tasks.submit('wait', { seconds: 1 }, { owner: 'alice' })).uuid
+  const bobsNew = (await app.tasks.submit('wait', { seconds: 1 }, { owner: 'bob' })).uuid
+  await until('bob\'s new task on top', async () => (await uuidsOn(page))[0] === bobsNew)
+  t.notOk(await heard(page, 'created', alicesNew), 'alice\'s new task is not told to bob')
+  t.same(await uuidsOn(page), [bobsNew, bobs], 'only his own')
   await screenshot(t, page, 'dashboard-bearer.png')
   t.same(errors.filter(error => !/401/.test(error)), [], 'no error in the page but the first 401')
 })

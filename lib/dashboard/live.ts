@@ -1,4 +1,4 @@
-import type { TaskState, TaskStatus } from '../client/index.js'
+import type { TaskState, TaskStatus, TaskSummary } from '../client/index.js'
 import { isFinal, statuses } from './format.js'
 
 /*
@@ -7,6 +7,10 @@ import { isFinal, statuses } from './format.js'
  * once. Frames are applied in seq order, each once; after a drop the socket reopens
  * with backoff and every unfinished task is subscribed again with `since` = the last
  * seq seen, so the server sends exactly what was missed (or a fresh snapshot).
+ *
+ * The socket also watches for new tasks (`watch`, on every connection: the server
+ * forgets it with the socket). A `watching` frame after the first one comes after a drop
+ * or after the server's events were interrupted: tasks created meanwhile were missed.
  */
 
 /** What changed: a whole record, the progress, one more message, the status. */
@@ -17,6 +21,13 @@ export interface Follower {
   update (task: TaskState, change: Change): void
   /** The server will not follow this task (deleted, not allowed): its message. */
   gone? (message: string): void
+}
+
+export interface Watcher {
+  /** A task was created (here or anywhere) that this socket may read: its list summary. */
+  created (task: TaskSummary): void
+  /** New tasks arrive again after a drop or an interruption: some may have been missed. */
+  resumed (): void
 }
 
 export interface LiveOptions {
@@ -69,6 +80,8 @@ export interface Live {
    * REST says, except a final status, which nothing follows: only that is applied.
    */
   offer (task: TaskState): void
+  /** Hears of new tasks from now on (one watcher for the page). */
+  watch (watcher: Watcher): void
 }
 
 export function createLive (options: LiveOptions): Live {
@@ -78,6 +91,9 @@ export function createLive (options: LiveOptions): Live {
   let started = false
   let failures = 0
   let timer: ReturnType<typeof setTimeout> | undefined
+  let watcher: Watcher | undefined
+  /** A `watching` frame arrived, or a socket dropped: the next `watching` is a resumption. */
+  let watched = false
 
   const send = (frame: Json): void => {
     if (open) socket?.send(JSON.stringify(frame))
@@ -104,6 +120,7 @@ export function createLive (options: LiveOptions): Live {
       open = true
       failures = 0
       options.connection(true)
+      if (watcher !== undefined) send({ type: 'watch' })
       for (const [uuid, entry] of entries) if (!entry.ended) subscribe(uuid, entry)
     })
     current.addEventListener('message', (event) => { if (socket === current) receive(event.data) })
@@ -111,6 +128,7 @@ export function createLive (options: LiveOptions): Live {
       if (socket !== current) return
       socket = undefined
       open = false
+      watched = true
       options.connection(false)
       retry()
     })
@@ -138,7 +156,19 @@ export function createLive (options: LiveOptions): Live {
     } catch {
       return
     }
-    if (!isObject(frame) || typeof frame['uuid'] !== 'string') return
+    if (!isObject(frame)) return
+    if (frame['type'] === 'watching') {
+      if (watched) watcher?.resumed()
+      watched = true
+      return
+    }
+    if (frame['type'] === 'created') {
+      const task = asRecord(frame['task'])
+      if (task !== undefined) watcher?.created(task)
+      return
+    }
+    // Frames without a uuid (a watch interrupted, say) need nothing: a `watching` follows.
+    if (typeof frame['uuid'] !== 'string') return
     const uuid = frame['uuid']
     const entry = entries.get(uuid)
     if (entry === undefined) return
@@ -205,6 +235,10 @@ export function createLive (options: LiveOptions): Live {
       if (entry === undefined || !isFinal(task.status) || (entry.record !== undefined && isFinal(entry.record.status))) return
       entry.record = { ...task }
       changed(entry, 'status')
+    },
+    watch (hooks) {
+      watcher = hooks
+      send({ type: 'watch' })
     },
   }
 }

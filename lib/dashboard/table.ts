@@ -1,4 +1,4 @@
-import type { TaskState, TaskStatus, TaskSummary } from '../client/index.js'
+import type { TaskStatus, TaskSummary } from '../client/index.js'
 import { client } from './api.js'
 import { attr, byId, h, text } from './dom.js'
 import { ago, elapsed, fullTime, isLive } from './format.js'
@@ -9,10 +9,20 @@ import { badge, progressView, setBadge, type ProgressView } from './widgets.js'
 /*
  * The table of tasks: one page of GET {prefix} at a time (cursor paging, newest first),
  * filtered by status and task. Rows of pending and running tasks follow their task over
- * the socket and change in place.
+ * the socket and change in place. On page 1, tasks created elsewhere come on top as the
+ * socket hears of them; rows are never dropped from the bottom (the Older cursor stays
+ * right), so after 50 of them a button offers to read the page again instead.
  */
 
 const pageSize = 50
+/** New rows put on top of page 1 before the button takes over. */
+const maxAdded = 50
+/**
+ * Rows followed at once, the newest first: with the detail, the socket stays well under
+ * the server's 100 subscriptions (streams.maxSubscriptions). The others show what the
+ * page read.
+ */
+const maxFollowed = 85
 
 interface Row {
   element: HTMLTableRowElement
@@ -34,8 +44,8 @@ export interface TaskTable {
   task: string
   /** Back to page 1 (a filter changed, or the user signed in). */
   reset (): Promise<void>
-  /** A task started on this page: on top of page 1 when the filters let it in. */
-  offer (task: TaskState): void
+  /** A new task (started on this page, or heard of on the socket): on top of page 1 when the filters let it in. */
+  offer (task: TaskSummary): void
   /** A deleted task leaves the table. */
   remove (uuid: string): void
   /** Times move on: durations of running tasks, time left, "created … ago". */
@@ -53,6 +63,13 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
   let cursor: string | undefined
   let next: string | null = null
   let loads = 0
+  let busy = false
+  /** Tasks created while page 1 loads: offered again once it is shown. */
+  let early: TaskSummary[] = []
+  /** Rows put on top since the page was read, and the new tasks left out after that. */
+  let added = 0
+  const unseen = new Set<string>()
+  const moreButton = byId<HTMLButtonElement>('new-tasks')
 
   const view: TaskTable = {
     status: '',
@@ -64,9 +81,21 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
     },
     offer (task) {
       if (newer.length > 0 || cursor !== undefined || rows.has(task.uuid)) return
+      if (busy) {
+        early.push(task)
+        return
+      }
       if ((view.status !== '' && view.status !== task.status) || (view.task !== '' && view.task !== task.task)) return
+      if (added >= maxAdded) {
+        unseen.add(task.uuid)
+        moreButton.hidden = false
+        text(moreButton, `${unseen.size} new ${unseen.size === 1 ? 'task' : 'tasks'} — show`)
+        return
+      }
+      added++
       body.querySelector('tr.empty')?.remove()
       body.prepend(row(summary(task)).element)
+      follow()
     },
     remove (uuid) {
       const found = rows.get(uuid)
@@ -75,6 +104,7 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
       found.element.remove()
       rows.delete(uuid)
       if (rows.size === 0) empty()
+      follow()
     },
     tick (now) {
       for (const found of rows.values()) times(found, now)
@@ -84,6 +114,7 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
   /** Loads the current page; an answer overtaken by a later load is dropped. */
   const load = async (): Promise<void> => {
     const current = ++loads
+    busy = true
     table.setAttribute('aria-busy', 'true')
     try {
       const page = await client.list({
@@ -100,7 +131,12 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
       report(err)
       if (rows.size === 0) empty('The tasks could not be loaded.')
     } finally {
-      if (current === loads) table.removeAttribute('aria-busy')
+      if (current === loads) {
+        busy = false
+        table.removeAttribute('aria-busy')
+        // Those the page read are there already; the others are newer: on top.
+        for (const task of early.splice(0)) view.offer(task)
+      }
       pager()
     }
   }
@@ -108,8 +144,34 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
   const show = (tasks: TaskSummary[]): void => {
     for (const found of rows.values()) found.stop?.()
     rows.clear()
+    added = 0
+    unseen.clear()
+    moreButton.hidden = true
     body.replaceChildren(...tasks.map(task => row(summary(task)).element))
     if (tasks.length === 0) empty()
+    follow()
+  }
+
+  /** Follows the newest live rows, at most maxFollowed, and lets go of the others. */
+  const follow = (): void => {
+    let left = maxFollowed
+    for (const element of Array.from(body.rows)) {
+      const found = rows.get(element.dataset['uuid'] ?? '')
+      if (found === undefined || !isLive(found.task.status)) continue
+      if (left-- > 0) found.stop ??= live.follow(found.task.uuid, { update: record => update(found, record) })
+      else if (found.stop !== undefined) {
+        found.stop()
+        found.stop = undefined
+      }
+    }
+  }
+
+  const update = (found: Row, record: TaskSummary): void => {
+    const ended = isLive(found.task.status) && !isLive(record.status)
+    found.task = summary(record)
+    render(found)
+    // One subscription fewer: the next live row may take it.
+    if (ended) follow()
   }
 
   const empty = (message = view.status !== '' || view.task !== '' ? 'No tasks match these filters.' : 'No tasks yet.'): void => {
@@ -138,14 +200,6 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
     const found: Row = { element, task, status, progress, attempt, created, duration, stop: undefined }
     rows.set(task.uuid, found)
     render(found)
-    if (isLive(task.status)) {
-      found.stop = live.follow(task.uuid, {
-        update (record) {
-          found.task = summary(record)
-          render(found)
-        },
-      })
-    }
     return found
   }
 
@@ -169,6 +223,14 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
     newer.push(cursor)
     cursor = next
     void load()
+  })
+  moreButton.addEventListener('click', () => { void view.reset() })
+  live.watch({
+    created: task => view.offer(task),
+    // Tasks created while the socket was away were missed: page 1 is read again.
+    resumed () {
+      if (newer.length === 0 && cursor === undefined) void load()
+    },
   })
   newerButton.addEventListener('click', () => {
     if (newer.length === 0) return
