@@ -9,8 +9,9 @@ import { isFinal, statuses } from './format.js'
  * seq seen, so the server sends exactly what was missed (or a fresh snapshot).
  *
  * The socket also watches for new tasks (`watch`, on every connection: the server
- * forgets it with the socket). A `watching` frame after the first one comes after a drop
- * or after the server's events were interrupted: tasks created meanwhile were missed.
+ * forgets it with the socket). Each `watching` frame (the first, and those after a drop
+ * or after the server's events were interrupted) tells the page to read its first page
+ * again: a task created before it may not have been announced.
  */
 
 /** What changed: a whole record, the progress, one more message, the status. */
@@ -26,7 +27,11 @@ export interface Follower {
 export interface Watcher {
   /** A task was created (here or anywhere) that this socket may read: its list summary. */
   created (task: TaskSummary): void
-  /** New tasks arrive again after a drop or an interruption: some may have been missed. */
+  /**
+   * The socket watches (again): tasks created from now on arrive; those created before,
+   * since the page was last read (or while the socket was away or the server's events
+   * were interrupted), may have been missed.
+   */
   resumed (): void
 }
 
@@ -92,8 +97,6 @@ export function createLive (options: LiveOptions): Live {
   let failures = 0
   let timer: ReturnType<typeof setTimeout> | undefined
   let watcher: Watcher | undefined
-  /** A `watching` frame arrived, or a socket dropped: the next `watching` is a resumption. */
-  let watched = false
 
   const send = (frame: Json): void => {
     if (open) socket?.send(JSON.stringify(frame))
@@ -128,7 +131,6 @@ export function createLive (options: LiveOptions): Live {
       if (socket !== current) return
       socket = undefined
       open = false
-      watched = true
       options.connection(false)
       retry()
     })
@@ -158,8 +160,7 @@ export function createLive (options: LiveOptions): Live {
     }
     if (!isObject(frame)) return
     if (frame['type'] === 'watching') {
-      if (watched) watcher?.resumed()
-      watched = true
+      watcher?.resumed()
       return
     }
     if (frame['type'] === 'created') {

@@ -227,7 +227,8 @@ export function createTable (live: Live, open: (uuid: string) => void): TaskTabl
   moreButton.addEventListener('click', () => { void view.reset() })
   live.watch({
     created: task => view.offer(task),
-    // Tasks created while the socket was away were missed: page 1 is read again.
+    // Watching (again): tasks created before it (since the page was read, or while the
+    // socket was away) were not announced, so page 1 is read again.
     resumed () {
       if (newer.length === 0 && cursor === undefined) void load()
     },
