@@ -17,4 +17,4 @@ export type { TaskEvent, ProgressEvent, MessageEvent, StatusEvent, TaskListener 
 export { MemoryStore } from './store/memory.js'
 export type { MemoryStoreOptions } from './store/memory.js'
 export type { Store, TaskRecord, TaskState, TaskStatus, TaskSummary, RecordPatch, UpdateFence, ListFilter, ListPage, FinalStatus } from './store/types.js'
-export { InvalidCursorError, StoreUnavailableError } from './store/types.js'
+export { InvalidCursorError, lean, StoreUnavailableError } from './store/types.js'

@@ -137,6 +137,8 @@ export class TaskService {
   readonly #executor: Executor
   readonly #log: ServiceLogger
   readonly #bus: TaskBus
+  /** `finishedStats` under way, by what they count (those without a per-request filter). */
+  readonly #statsInFlight = new Map<string, Promise<FinishedStats>>()
   readonly #history: EventHistory
   readonly #busWatchers = new Set<{ lost (): void, restored (): void }>()
   #busLost = false
@@ -400,7 +402,20 @@ export class TaskService {
    * status, newest first (`truncated` says when that left some out). `owner` and
    * `include` select what counts (after that read: the limit is over every owner's).
    */
-  async finishedStats (query: StatsQuery): Promise<FinishedStats> {
+  finishedStats (query: StatsQuery): Promise<FinishedStats> {
+    // Requests that ask the same (no per-request filter) share one reading of the store:
+    // a flood of them costs one.
+    if (query.include !== undefined) return this.#finishedStats(query)
+    const key = JSON.stringify([query.minutes, query.owner === undefined ? 0 : query.owner])
+    let shared = this.#statsInFlight.get(key)
+    if (shared === undefined) {
+      shared = this.#finishedStats(query).finally(() => this.#statsInFlight.delete(key))
+      this.#statsInFlight.set(key, shared)
+    }
+    return shared
+  }
+
+  async #finishedStats (query: StatsQuery): Promise<FinishedStats> {
     const { minutes, owner, include } = query
     if (!Number.isInteger(minutes) || minutes < 1 || minutes > maxStatsMinutes) {
       throw new RangeError(`minutes must be an integer from 1 to ${maxStatsMinutes}, got ${describe(minutes)}`)

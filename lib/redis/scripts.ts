@@ -201,11 +201,24 @@ return out
  * many read have that score }: where the next page starts.
  */
 export const finishedSinceScript = `${common}
+local leanFields = { 'uuid', 'task', 'status', 'owner', 'progress', 'target', 'error', 'attempt', 'created', 'started', 'finished', 'seq', 'messagesDropped' }
+local function lean (uuid)
+  local values = redis.call('HMGET', p .. ':r:' .. uuid, unpack(leanFields))
+  if not values[1] then return false end
+  local flat = {}
+  for i, name in ipairs(leanFields) do
+    if values[i] then
+      flat[#flat + 1] = name
+      flat[#flat + 1] = values[i]
+    end
+  end
+  return { flat, {} }
+end
 local found = redis.call('ZREVRANGEBYSCORE', p .. ':x:' .. ARGV[2], ARGV[4], ARGV[3], 'WITHSCORES', 'LIMIT', tonumber(ARGV[5]), tonumber(ARGV[6]))
 local out = {}
 local last, same = '', 0
 for i = 1, #found, 2 do
-  local record = read(found[i])
+  local record = lean(found[i])
   if record then out[#out + 1] = record end
   if found[i + 1] == last then same = same + 1 else last, same = found[i + 1], 1 end
 end

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Redis as RedisClient } from 'ioredis'
 import { bounded, closeClient, closeTimeout, connect, isUnavailable, type RedisConnection } from './connection.js'
-import { finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type UpdateFence } from '../store/types.js'
+import { finalStatuses, lean, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type UpdateFence } from '../store/types.js'
 import { createScript, deleteScript, expireScript, finishedSinceScript, getScript, listScript, liveScript, updateScript } from './scripts.js'
 
 /** Options of the Redis store. */
@@ -218,7 +218,8 @@ export class RedisStore implements Store {
       const count = Math.min(finishedPage, limit - found.length)
       const [raws, read, last, same] = await this.#call(() => this.#client.taskFinishedSince(this.prefix, JSON.stringify(status), from, max, skip, count))
       for (const raw of raws) {
-        const record = toRecord(raw)
+        // Read without messages, outputs and inputs (the script leaves them out).
+        const record = lean(toRecord(raw))
         // Records that changed between pages can be read twice: once each.
         if (seen.has(record.uuid)) continue
         seen.add(record.uuid)

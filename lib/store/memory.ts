@@ -1,8 +1,11 @@
 import BTreeModule from 'sorted-btree'
-import { applyFields, finalStatuses, readCursor, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type UpdateFence } from './types.js'
+import { applyFields, finalStatuses, lean, readCursor, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type UpdateFence } from './types.js'
 
 const BTree = BTreeModule.default
 type Index = InstanceType<typeof BTree<number, TaskRecord>>
+/** Records `finishedSince` reads in one turn of the event loop (about 1 ms). */
+const finishedSlice = 1000
+
 /** Finished records of one status by [finished, creation order]: what retention expires, oldest first. */
 type Expiry = InstanceType<typeof BTree<[string, number], string>>
 
@@ -174,14 +177,22 @@ export class MemoryStore implements Store {
 
   async finishedSince (status: FinalStatus, since: string, limit: number): Promise<TaskRecord[]> {
     const found: TaskRecord[] = []
-    const expiry = this.#finishedBy.get(status)
-    if (expiry === undefined) return found
-    // Newest finished first: stop at the first one finished before `since`.
-    for (const [[finished], uuid] of expiry.entriesReversed()) {
-      if (found.length >= limit || finished < since) break
-      found.push((this.#entries.get(uuid) as Entry).record)
+    // Newest finished first, stopping at the first one finished before `since`; a turn of
+    // the event loop every `finishedSlice` records, going on below the last key read.
+    let below: [string, number] | undefined
+    for (;;) {
+      const expiry = this.#finishedBy.get(status)
+      if (expiry === undefined) return found
+      let read = 0
+      for (const [key, uuid] of expiry.entriesReversed(below, undefined, below !== undefined)) {
+        if (found.length >= limit || key[0] < since) return found
+        found.push(lean((this.#entries.get(uuid) as Entry).record))
+        below = key
+        if (++read >= finishedSlice) break
+      }
+      if (read < finishedSlice) return found
+      await new Promise(resolve => setImmediate(resolve))
     }
-    return found
   }
 
   /** How many records are held. */

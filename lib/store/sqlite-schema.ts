@@ -229,10 +229,9 @@ export const expireQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry
  * the first), `limit` rows and no more, without a sort. Parameters: the status, the time,
  * the previous page's last finished time and id, the limit.
  */
-export const finishedSinceQuery = `SELECT ${columns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished >= ? AND ${listed} AND (finished, id) < (?, ?) ORDER BY finished DESC, id DESC LIMIT ?`
-
-/** The messages of several records (their ids as a JSON array), by record then oldest first: one statement for a page of records. */
-export const messagesOfQuery = 'SELECT task_id, n, text FROM messages WHERE task_id IN (SELECT value FROM json_each(?)) ORDER BY task_id, n'
+/** The columns of a row without its outputs and inputs (read as `{}`): what `finishedSince` answers. */
+const leanColumns = columns.replace('outputs', "'{}' AS outputs").replace('inputs', "'{}' AS inputs")
+export const finishedSinceQuery = `SELECT ${leanColumns} FROM tasks INDEXED BY tasks_expiry WHERE status = ? AND finished >= ? AND ${listed} AND (finished, id) < (?, ?) ORDER BY finished DESC, id DESC LIMIT ?`
 
 /** The reads. */
 export function readStatements (db: SqliteDatabase) {
@@ -244,7 +243,6 @@ export function readStatements (db: SqliteDatabase) {
     live: statement(liveQuery),
     expire: statement(expireQuery),
     finishedSince: statement(finishedSinceQuery),
-    messagesOf: statement(messagesOfQuery),
   }
 }
 

@@ -4,7 +4,7 @@ import { isMainThread, parentPort, Worker, workerData, type MessagePort } from '
 import type BetterSqlite3 from 'better-sqlite3'
 import { fileIdentity, filePath, isBusy, openStoreFile, SqliteStoreError, type SqliteDriver } from './sqlite-file.js'
 import { applyTransaction, DELETE, filterFields, INSERT, listFinishedQuery, listQuery, MESSAGE, readStatements, toRecord, TRIM, UPDATE, updatable, writeStatements, type SqliteDatabase, type SqliteStatement, type TaskRow, type Write } from './sqlite-schema.js'
-import { applyFields, finalStatuses, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
+import { applyFields, finalStatuses, lean, readCursor, StoreUnavailableError, type FinalStatus, type ListFilter, type ListPage, type RecordPatch, type Store, type TaskRecord, type TaskStatus } from './types.js'
 
 /** Options of the SQLite store. */
 export interface SqliteStoreOptions {
@@ -135,8 +135,9 @@ const listInterval = 250
  */
 const listChunk = 100
 /**
- * Records `finishedSince` reads from the file in one go (about 10 to 20 ms with their
- * messages); a call that wants more reads further pages on later turns of the event loop.
+ * Records `finishedSince` reads from the file in one go (a few ms: without their
+ * messages, outputs and inputs); a call that wants more reads further pages on later
+ * turns of the event loop.
  */
 const finishedPage = 500
 /** How often (ms) the checkpoint thread copies the WAL into the database file. */
@@ -440,7 +441,6 @@ export class SqliteStore implements Store {
     for (;;) {
       const rows = this.#sql.finishedSince.all(status, since, ...before, finishedPage) as TaskRow[]
       const page = rows.filter(row => !found.has(row.uuid))
-      const messages = this.#messagesOfRows(page)
       for (const row of page) {
         const entry = this.#entries.get(row.uuid)
         // Changed since its row was written: as it is now, if it still qualifies.
@@ -448,7 +448,7 @@ export class SqliteStore implements Store {
           if (!entry.deleted && wanted(entry.record)) found.set(row.uuid, entry)
           continue
         }
-        found.set(row.uuid, { id: row.id, record: toRecord(row, messages.get(row.id) ?? []) })
+        found.set(row.uuid, { id: row.id, record: toRecord(row, []) })
         fromFile++
       }
       const last = rows.at(-1)
@@ -460,19 +460,7 @@ export class SqliteStore implements Store {
     return [...found.values()]
       .sort((a, b) => newerFinish(a.record.finished as string, a.id, b.record.finished as string, b.id))
       .slice(0, limit)
-      .map(item => item.record)
-  }
-
-  /** The messages of rows read from the file, by row id: one statement for them all. */
-  #messagesOfRows (rows: TaskRow[]): Map<number, string[]> {
-    const messages = new Map<number, string[]>()
-    if (rows.length === 0) return messages
-    for (const { task_id: id, text } of this.#sql.messagesOf.all(JSON.stringify(rows.map(row => row.id))) as Array<{ task_id: number, text: string }>) {
-      let texts = messages.get(id)
-      if (texts === undefined) messages.set(id, texts = [])
-      texts.push(text)
-    }
-    return messages
+      .map(item => lean(item.record))
   }
 
   /** Counters of the writes since the store opened. */

@@ -147,6 +147,8 @@ export interface Store {
    * The records whose status is `status` (a final one) and whose `finished` time is at or
    * after `since` (ISO 8601), newest finished first (records finished at the same time in
    * any order), at most `limit`; a record without a `finished` time is never among them.
+   * Each comes without its messages, outputs and inputs (`[]`, `{}`, `{}`): what a count
+   * needs, at a fraction of the reading (see `lean`).
    * Read from the index retention uses (records by status and finished time), so a call
    * costs about `limit` records, whatever the store holds; what the statistics of
    * `GET {prefix}/stats` are built from. A store may read them in pages, letting other
@@ -161,6 +163,11 @@ export interface Store {
   open? (): Promise<void>
   /** Releases what the store holds (connections, files). */
   close? (): Promise<void>
+}
+
+/** A record as `finishedSince` answers it: without its messages, outputs and inputs. */
+export function lean (record: Readonly<TaskRecord>): TaskRecord {
+  return { ...record, messages: [], outputs: {}, inputs: {} }
 }
 
 /** The fields a patch may set, besides messages. Anything else in a patch is ignored. */
