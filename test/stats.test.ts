@@ -272,3 +272,25 @@ t.test('SqliteStore reads the retention index for them, newest first, without a 
   t.match(finishedSinceQuery, /'\{\}' AS outputs, .*'\{\}' AS inputs, .* FROM tasks /, 'neither outputs nor inputs are read')
   t.notMatch(finishedSinceQuery, /\bmessages\b(?!_)/, 'nor messages')
 })
+
+t.test('requests that ask the same at once share one reading of the store; with authorize each reads its own', async (t) => {
+  let reads = 0
+  class Counting extends MemoryStore {
+    override async finishedSince (...args: Parameters<MemoryStore['finishedSince']>) {
+      reads++
+      return await super.finishedSince(...args)
+    }
+  }
+  const shared = await app(t, new Counting())
+  const answers = await Promise.all(Array.from({ length: 5 }, async () => await shared.inject('/tasks/stats')))
+  t.same(answers.map(answer => answer.statusCode), [200, 200, 200, 200, 200])
+  t.equal(reads, 3, 'five requests, one reading: one call per final status')
+  await Promise.all([shared.inject('/tasks/stats?minutes=5'), shared.inject('/tasks/stats?minutes=6')])
+  t.equal(reads, 9, 'another window is another reading')
+  await shared.inject('/tasks/stats')
+  t.equal(reads, 12, 'once answered, a new request reads again')
+  reads = 0
+  const filtered = await app(t, new Counting(), { authorize: () => true })
+  await Promise.all([filtered.inject('/tasks/stats'), filtered.inject('/tasks/stats')])
+  t.equal(reads, 6, 'authorize is asked per request: no sharing')
+})
