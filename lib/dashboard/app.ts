@@ -57,7 +57,13 @@ const form = createStartForm((task) => {
 function route (): void {
   const hash = location.hash
   if (hash.startsWith(taskRoute)) {
-    const uuid = decodeURIComponent(hash.slice(taskRoute.length)).toLowerCase()
+    let uuid: string
+    try {
+      uuid = decodeURIComponent(hash.slice(taskRoute.length)).toLowerCase()
+    } catch {
+      // A link with a broken escape: no task has that uuid (the detail says so).
+      uuid = hash.slice(taskRoute.length)
+    }
     const known = prefetched?.uuid === uuid ? prefetched : undefined
     prefetched = undefined
     void detail.open(uuid, known)
@@ -165,5 +171,5 @@ setInterval(() => {
   table.tick(now)
   detail.tick(now)
 }, 1000)
-route()
 void load()
+route()

@@ -100,6 +100,26 @@ export function createDetail (live: Live, hooks: DetailHooks): TaskDetail {
     }
   }
 
+  // Frames are drawn once per animation frame, whatever their rate: a task that sends a
+  // hundred messages a second costs one layout a frame, not one a message.
+  let pending: { record: TaskState, change: Change, opened: number } | undefined
+  const later = (record: TaskState, change: Change): void => {
+    // What the frames since the last drawing changed: a message or more, or more than that.
+    const before = pending?.change
+    const merged: Change = before === undefined || before === change || change === 'snapshot' || change === 'status'
+      ? change
+      : before === 'progress' ? change : change === 'progress' ? before : 'status'
+    const first = pending === undefined
+    pending = { record, change: merged, opened: opens }
+    if (first) {
+      requestAnimationFrame(() => {
+        const drawing = pending
+        pending = undefined
+        if (drawing !== undefined && drawing.opened === opens) show(drawing.record, drawing.change)
+      })
+    }
+  }
+
   const showError = (record: TaskState): void => {
     const retrying = record.status === 'pending' && record.error !== null
     error.hidden = record.error === null
@@ -196,7 +216,7 @@ export function createDetail (live: Live, hooks: DetailHooks): TaskDetail {
       show(record, 'snapshot')
       if (isLive(record.status)) {
         stop = live.follow(wanted, {
-          update: show,
+          update: later,
           gone: message => report(new Error(message)),
         })
       }
