@@ -90,6 +90,14 @@ interface Delivery {
   next: number
 }
 
+/** One new task's notice on its way to the watchers there were when it was announced. */
+interface Announcement {
+  notice: CreatedNotice
+  onError: (err: unknown) => void
+  listeners: CreatedListener[]
+  next: number
+}
+
 /** True for the event that ends a task: a final status, with the whole record. */
 export const isFinalEvent = (event: TaskEvent): boolean =>
   event.type === 'status' && event.task !== undefined && finalStatuses.has(event.status)
@@ -160,16 +168,45 @@ export class EventBus implements TaskBus {
   #size = 0
   #scheduled = false
 
-  /** Calls each watcher of new tasks at once (they only queue a frame). */
+  /** Notices whose fan-out has not finished, oldest first. */
+  readonly #notices: Announcement[] = []
+  #announcing = false
+
+  /**
+   * Calls each watcher of new tasks, in the slices events are delivered in
+   * (`fanOutSlice`): thousands of watchers and a burst of new tasks never hold the event
+   * loop for long. Notices reach each watcher in the order they were announced.
+   */
   announce (notice: CreatedNotice, onError: (err: unknown) => void): void {
-    for (const listener of [...this.#watchers]) {
-      if (!this.#watchers.has(listener)) continue
-      try {
-        listener(notice)
-      } catch (err) {
-        onError(err)
+    if (this.#watchers.size === 0) return
+    this.#notices.push({ notice, onError, listeners: [...this.#watchers], next: 0 })
+    if (!this.#announcing) this.#announce()
+  }
+
+  #announce = (): void => {
+    this.#announcing = true
+    const start = performance.now()
+    let calls = 0
+    while (this.#notices.length > 0) {
+      const delivery = this.#notices[0] as Announcement
+      while (delivery.next < delivery.listeners.length) {
+        if (calls >= fanOutSlice.listeners || performance.now() - start >= fanOutSlice.ms) {
+          setImmediate(this.#announce)
+          return
+        }
+        const listener = delivery.listeners[delivery.next++] as CreatedListener
+        // Gone meanwhile: no call after it stopped watching.
+        if (!this.#watchers.has(listener)) continue
+        calls++
+        try {
+          listener(delivery.notice)
+        } catch (err) {
+          delivery.onError(err)
+        }
       }
+      this.#notices.shift()
     }
+    this.#announcing = false
   }
 
   watch (listener: CreatedListener): () => void {

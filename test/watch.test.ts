@@ -108,3 +108,19 @@ t.test('on Redis: a watcher on one API node sees tasks created on another; told 
   t.equal(onB.socket.readyState, onB.socket.OPEN, 'the socket stayed open')
   onB.socket.terminate()
 })
+
+t.test('notices reach thousands of watchers in slices, in order, never after a watcher stopped', async (t) => {
+  const { EventBus, fanOutSlice } = await import('../dist/events.js')
+  const bus = new EventBus()
+  const heard: string[][] = Array.from({ length: 1000 }, () => [])
+  const stops = heard.map((list) => bus.watch(notice => { list.push(notice.uuid) }))
+  const notice = (uuid: string) => ({ uuid, owner: null, summary: { uuid, task: 't', status: 'pending' as const, progress: null, target: null, attempt: 0, created: '', started: null, finished: null, error: null } })
+  bus.announce(notice('a'), (err) => { throw err })
+  bus.announce(notice('b'), (err) => { throw err })
+  const atOnce = heard.filter(list => list.length > 0).length
+  t.ok(atOnce <= fanOutSlice.listeners, `at most one slice at once (${atOnce} of 1000 watchers)`)
+  stops[999]?.()
+  await until('every watcher heard both', () => heard.slice(0, 999).every(list => list.length === 2))
+  t.ok(heard.slice(0, 999).every(list => list[0] === 'a' && list[1] === 'b'), 'in the order announced')
+  t.same(heard[999], [], 'a watcher that stopped before its turn is not called')
+})
