@@ -1,7 +1,7 @@
 import { createCipheriv, createDecipheriv, createHmac, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerHookHandler } from 'fastify'
 import type {} from '@fastify/auth'
-import { FST_TASK_API_FORBIDDEN, FST_TASK_API_ORIGIN_FORBIDDEN, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TOKEN_INVALID } from './errors.js'
+import { FST_TASK_API_FORBIDDEN, FST_TASK_API_ORIGIN_FORBIDDEN, FST_TASK_API_TASK_NOT_FOUND, FST_TASK_API_TOKEN_INVALID, FST_TASK_API_TOKEN_TOO_LARGE } from './errors.js'
 import type { TaskRecord } from './store/types.js'
 import { clip } from './text.js'
 
@@ -71,7 +71,11 @@ const tokenPattern = /^[0-9a-z]{1,11}\.[A-Za-z0-9_-]{43}$/
 const maxTokenLength = 11 + 1 + 43
 // A socket token: the expiry in base36, a dot, then in base64url a 12-byte IV, the
 // AES-256-GCM ciphertext of the carried headers (as JSON) and the 16-byte tag.
-const socketTokenPattern = /^[0-9a-z]{1,11}\.[A-Za-z0-9_-]{38,5462}$/
+// At most maxSocketHeaders bytes of headers, so that the URL carrying it (about 4/3 of
+// that) stays well within Node's 16 KiB limit on a request's head.
+const maxSocketHeaders = 9000
+const maxSealed = Math.ceil((12 + maxSocketHeaders + 16) * 4 / 3)
+const socketTokenPattern = new RegExp(`^[0-9a-z]{1,11}\\.[A-Za-z0-9_-]{38,${maxSealed}}$`)
 
 /** The URL with the value of each `token` parameter replaced, however its name is percent-encoded. */
 export function redactedUrl (url: string): string {
@@ -215,10 +219,13 @@ export class Access {
       const value = request.headers[name]
       if (typeof value === 'string') carried[name] = value
     }
+    const plain = Buffer.from(JSON.stringify(carried))
+    // Refused when minted, with its reason, rather than made and then refused by the socket.
+    if (plain.length > maxSocketHeaders) throw new FST_TASK_API_TOKEN_TOO_LARGE(plain.length, maxSocketHeaders)
     const stamp = expires.toString(36)
     const iv = randomBytes(12)
     const cipher = createCipheriv('aes-256-gcm', this.#socketKey, iv).setAAD(Buffer.from(stamp))
-    const sealed = Buffer.concat([iv, cipher.update(JSON.stringify(carried), 'utf8'), cipher.final(), cipher.getAuthTag()])
+    const sealed = Buffer.concat([iv, cipher.update(plain), cipher.final(), cipher.getAuthTag()])
     return { token: `${stamp}.${sealed.toString('base64url')}`, expires: new Date(expires).toISOString() }
   }
 

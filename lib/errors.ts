@@ -97,6 +97,10 @@ export const FST_TASK_API_REFUSED = createError(
 export const FST_TASK_API_TOKEN_INVALID = createError(
   'FST_TASK_API_TOKEN_INVALID', 'the stream token is invalid or expired', 401)
 
+/** The credentials a socket token would carry are larger than a URL can hold. */
+export const FST_TASK_API_TOKEN_TOO_LARGE = createError<[number, number]>(
+  'FST_TASK_API_TOKEN_TOO_LARGE', 'the credentials are too large for a socket token: %d bytes of headers, at most %d', 431)
+
 /** `maxQueued` tasks already wait: try again later (the answer carries Retry-After). */
 export const FST_TASK_API_QUEUE_FULL = createError<[number]>(
   'FST_TASK_API_QUEUE_FULL', 'too many tasks waiting (at most %d): try again later', 429)
@@ -146,6 +150,7 @@ export const codes = {
   FST_TASK_API_INTERNAL,
   FST_TASK_API_REFUSED,
   FST_TASK_API_TOKEN_INVALID,
+  FST_TASK_API_TOKEN_TOO_LARGE,
   FST_TASK_API_QUEUE_FULL,
   FST_TASK_API_STREAM_LIMIT,
   FST_TASK_API_TASK_LIVE,

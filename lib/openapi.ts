@@ -49,6 +49,7 @@ const errorDescriptions: Record<number, string> = {
   413: 'the inputs or the body are too large (FST_TASK_API_INPUT_TOO_LARGE, FST_ERR_CTP_BODY_TOO_LARGE)',
   414: 'the uuid is longer than the server\'s maxParamLength (FST_ERR_MAX_PARAM_LENGTH)',
   426: 'this route is a WebSocket: send an upgrade request (FST_TASK_API_STREAM_UPGRADE_REQUIRED)',
+  431: 'the credentials a socket token would carry are too large for a URL (FST_TASK_API_TOKEN_TOO_LARGE)',
   429: 'too many tasks wait (FST_TASK_API_QUEUE_FULL) or this owner has too many open streams; retry after the Retry-After header',
   500: 'an internal error (FST_TASK_API_INTERNAL, or the failing part\'s own code); the detail is in the server log, never in the answer',
   503: 'the server is closing, cannot run tasks, or its store is unavailable (FST_TASK_API_RUNNER_CLOSED, FST_TASK_API_RUNNER_UNAVAILABLE, FST_TASK_API_STORE_UNAVAILABLE); retry after the Retry-After header',

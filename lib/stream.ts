@@ -809,7 +809,7 @@ export function registerStreams (
         summary: 'A short-lived token that opens the multiplexed socket (?token= on GET /events) with this request\'s credentials',
         response: {
           200: { description: 'the token', type: 'object', required: ['token', 'expires'], properties: { token: { type: 'string' }, expires: { type: 'string', format: 'date-time' } } },
-          ...errorResponses(401, 500, 503),
+          ...errorResponses(401, 431, 500, 503),
         },
       }),
       serializerCompiler: stringifyCompiler,

@@ -300,7 +300,7 @@ t.test('streamTokens.headers: a socket token carries the headers the strategies 
     tasks: [fixture('basic.ts')],
     concurrency: 1,
     execArgv: childExecArgv,
-    auth: [async (request) => { if (request.headers['x-api-key'] !== 'key-1') throw new Error('an API key is required') }],
+    auth: [async (request) => { if (!/^key-/.test(String(request.headers['x-api-key']))) throw new Error('an API key is required') }],
     streamTokens: { headers: ['X-Api-Key'] },
   })
   await app.listen({ port: 0, host: '127.0.0.1' })
@@ -309,6 +309,13 @@ t.test('streamTokens.headers: a socket token carries the headers the strategies 
   const [answer] = await subscribed(`${url}?token=${token}`, {}, [missing])
   t.same(answer, { type: 'error', uuid: missing, message: `task ${missing} not found` }, 'the socket opened with the key the token carried')
   t.equal((await upgrade(url)).status, 401, 'not without it')
+  // A large credential still fits (a JWT of 8,000 characters); one past 9,000 bytes is refused when minted.
+  const large = (await app.inject({ url: '/tasks/events/token', headers: { 'x-api-key': `key-${'k'.repeat(8000)}` } })).json() as { token: string }
+  const [onLarge] = await subscribed(`${url}?token=${large.token}`, {}, [missing])
+  t.equal(onLarge?.type, 'error', 'a socket opened with a token carrying 8 KB')
+  const huge = await app.inject({ url: '/tasks/events/token', headers: { 'x-api-key': `key-${'k'.repeat(9500)}` } })
+  t.equal(huge.statusCode, 431)
+  t.match(huge.json(), { code: 'FST_TASK_API_TOKEN_TOO_LARGE', message: /too large for a socket token: \d+ bytes of headers, at most 9000/ })
   const rejected = Fastify({ pluginTimeout, logger: false })
   t.teardown(() => rejected.close())
   await t.rejects(async () => { await rejected.register(taskApi, { tasks: [fixture('basic.ts')], streamTokens: { headers: ['bad header'] } }) }, { code: 'FST_TASK_API_OPT_INVALID', message: /streamTokens\.headers must be an array of header names/ })
