@@ -103,14 +103,25 @@ async function framesOf (page: Page): Promise<Array<{ type?: string, uuid?: stri
 const heard = async (page: Page, type: string, uuid?: string): Promise<boolean> =>
   (await framesOf(page)).some(frame => frame.type === type && (uuid === undefined || frame.uuid === uuid))
 
+/** False (and the test failed, saying why) when Debian's chromium is not installed. */
+function hasBrowser (t: Test): boolean {
+  if (existsSync(executablePath)) return true
+  t.fail(`no browser at ${executablePath}: install Debian's chromium (apt-get install -y chromium)`)
+  return false
+}
+
+/** One of the auth examples (examples/auth), listening; closed when the test ends. */
+async function example (t: Test, build: (options: object) => Promise<FastifyInstance>): Promise<{ app: FastifyInstance, base: string }> {
+  const app = await build({ logger: false, fastify: { pluginTimeout }, taskApi: { concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200 } })
+  t.teardown(() => app.close())
+  return { app, base: await listening(app) }
+}
+
 const rowsOf = (page: Page) => page.locator('table[aria-label="Tasks"] tbody tr[data-uuid]')
 const uuidsOn = async (page: Page): Promise<string[]> => await rowsOf(page).evaluateAll(rows => rows.map(row => row.getAttribute('data-uuid') ?? ''))
 
 t.test('the dashboard: start from the form, watch, see the result, cancel, delete, 400 by its field, 250 tasks paged', async (t) => {
-  if (!existsSync(executablePath)) {
-    t.fail(`no browser at ${executablePath}: install Debian's chromium (apt-get install -y chromium)`)
-    return
-  }
+  if (!hasBrowser(t)) return
   const app = await build(t, { tasks: [fixture('dashboard.ts')], concurrency: 2, dashboard: true, list: true, shutdownTimeout: 200 })
   const base = await listening(app)
   // 250 finished tasks to page through, one that failed, one with outputs to fold.
@@ -361,13 +372,8 @@ t.test('the dashboard: start from the form, watch, see the result, cancel, delet
 })
 
 t.test('bearer tokens: asked once, kept for the session, only the user\'s own tasks', async (t) => {
-  if (!existsSync(executablePath)) {
-    t.fail(`no browser at ${executablePath}`)
-    return
-  }
-  const app: FastifyInstance = await buildBearer({ logger: false, fastify: { pluginTimeout }, taskApi: { concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200 } })
-  t.teardown(() => app.close())
-  const base = await listening(app)
+  if (!hasBrowser(t)) return
+  const { app, base } = await example(t, buildBearer)
   const alices = (await app.tasks.submit('wait', { seconds: 1 }, { owner: 'alice' })).uuid
   const bobs = (await app.tasks.submit('wait', { seconds: 2 }, { owner: 'bob' })).uuid
   const { page, errors, sockets } = await open(t, await browser(t), `${base}/tasks/dashboard`)
@@ -399,13 +405,8 @@ t.test('bearer tokens: asked once, kept for the session, only the user\'s own ta
 })
 
 t.test('cookie sessions: the page just works for the logged-in user', async (t) => {
-  if (!existsSync(executablePath)) {
-    t.fail(`no browser at ${executablePath}`)
-    return
-  }
-  const app: FastifyInstance = await buildCookie({ logger: false, fastify: { pluginTimeout }, taskApi: { concurrency: 1, execArgv: childExecArgv, shutdownTimeout: 200 } })
-  t.teardown(() => app.close())
-  const base = await listening(app)
+  if (!hasBrowser(t)) return
+  const { app, base } = await example(t, buildCookie)
   const others = (await app.tasks.submit('wait', { seconds: 1 }, { owner: 'mallory' })).uuid
   const { page, errors, sockets } = await open(t, await browser(t), 'about:blank')
   // The browser context's request API shares its cookie jar with the page.
