@@ -139,6 +139,8 @@ export class TaskService {
   readonly #bus: TaskBus
   /** `finishedStats` under way, by what they count (those without a per-request filter). */
   readonly #statsInFlight = new Map<string, Promise<FinishedStats>>()
+  /** The last `finishedStats` reading queued: the next one starts after it. */
+  #statsTail: Promise<void> = Promise.resolve()
   readonly #history: EventHistory
   readonly #busWatchers = new Set<{ lost (): void, restored (): void }>()
   #busLost = false
@@ -405,14 +407,25 @@ export class TaskService {
   finishedStats (query: StatsQuery): Promise<FinishedStats> {
     // Requests that ask the same (no per-request filter) share one reading of the store:
     // a flood of them costs one.
-    if (query.include !== undefined) return this.#finishedStats(query)
+    if (query.include !== undefined) return this.#queuedStats(query)
     const key = JSON.stringify([query.minutes, query.owner === undefined ? 0 : query.owner])
     let shared = this.#statsInFlight.get(key)
     if (shared === undefined) {
-      shared = this.#finishedStats(query).finally(() => this.#statsInFlight.delete(key))
+      shared = this.#queuedStats(query).finally(() => this.#statsInFlight.delete(key))
       this.#statsInFlight.set(key, shared)
     }
     return shared
+  }
+
+  /**
+   * One reading at a time: readings that differ (other owners, windows, an authorize)
+   * wait their turn instead of each running its slices in the same turns of the event
+   * loop, which held it for as many slices as there were readings.
+   */
+  #queuedStats (query: StatsQuery): Promise<FinishedStats> {
+    const reading = this.#statsTail.then(async () => await this.#finishedStats(query))
+    this.#statsTail = reading.then(() => {}, () => {})
+    return reading
   }
 
   async #finishedStats (query: StatsQuery): Promise<FinishedStats> {

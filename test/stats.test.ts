@@ -275,10 +275,19 @@ t.test('SqliteStore reads the retention index for them, newest first, without a 
 
 t.test('requests that ask the same at once share one reading of the store; with authorize each reads its own', async (t) => {
   let reads = 0
+  let active = 0
+  let mostActive = 0
   class Counting extends MemoryStore {
     override async finishedSince (...args: Parameters<MemoryStore['finishedSince']>) {
       reads++
-      return await super.finishedSince(...args)
+      mostActive = Math.max(mostActive, ++active)
+      try {
+        // A turn of the event loop inside, as a store reading pages takes.
+        await new Promise(resolve => setImmediate(resolve))
+        return await super.finishedSince(...args)
+      } finally {
+        active--
+      }
     }
   }
   const shared = await app(t, new Counting())
@@ -293,4 +302,5 @@ t.test('requests that ask the same at once share one reading of the store; with 
   const filtered = await app(t, new Counting(), { authorize: () => true })
   await Promise.all([filtered.inject('/tasks/stats'), filtered.inject('/tasks/stats')])
   t.equal(reads, 6, 'authorize is asked per request: no sharing')
+  t.equal(mostActive, 1, 'readings that differ run one after another, never at once')
 })

@@ -160,6 +160,8 @@ export function createLive (options: LiveOptions): Live {
     }
     if (!isObject(frame)) return
     if (frame['type'] === 'watching') {
+      // Live again after the server's events were interrupted (or for the first time).
+      if (open) options.connection(true)
       watcher?.resumed()
       return
     }
@@ -168,7 +170,11 @@ export function createLive (options: LiveOptions): Live {
       if (task !== undefined) watcher?.created(task)
       return
     }
-    // Frames without a uuid (a watch interrupted, say) need nothing: a `watching` follows.
+    // The server's events are interrupted (its Redis is away): paused until `watching`.
+    if (frame['type'] === 'error' && frame['uuid'] === undefined && frame['code'] === 'FST_TASK_API_EVENTS_INTERRUPTED') {
+      options.connection(false)
+      return
+    }
     if (typeof frame['uuid'] !== 'string') return
     const uuid = frame['uuid']
     const entry = entries.get(uuid)
