@@ -5,7 +5,7 @@ import { documented, errorResponses, recordSchema, stringifyCompiler, submission
 import { codes, FST_TASK_API_BODY_INVALID, FST_TASK_API_CURSOR_INVALID, FST_TASK_API_FORBIDDEN, FST_TASK_API_STORE_UNAVAILABLE, FST_TASK_API_TASK_UNKNOWN } from './errors.js'
 import { answerable, redactedRequest, type Access } from './access.js'
 import { maxStatsMinutes, statsReadLimit, toState, type TaskService } from './service.js'
-import { statuses, type TaskRecord, type TaskStatus, type TaskSummary } from './store/types.js'
+import { statuses, toSummary, type TaskRecord, type TaskStatus, type TaskSummary } from './store/types.js'
 import { describe } from './task.js'
 import { clip } from './text.js'
 
@@ -27,32 +27,10 @@ export function paths (app: FastifyInstance, path: string): string[] {
  */
 export const docOnce = (url: string, all: string[]): { hide?: true } => url === all[0] ? {} : { hide: true }
 
-/** Characters of a failed task's error a list summary keeps. */
-const summaryErrorLength = 200
-
 const summaryFields = ['uuid', 'task', 'status', 'progress', 'target', 'attempt', 'created', 'started', 'finished', 'error'] as const
 const TaskSummarySchema = {
   type: 'object',
   properties: Object.fromEntries(summaryFields.map(field => [field, TaskStateSchema.properties[field]])),
-}
-
-/** A record as a list shows it: no outputs, no messages, the error cut short. */
-export function toSummary (record: Readonly<TaskRecord>): TaskSummary {
-  const error = record.error !== null && record.error.length > summaryErrorLength
-    ? record.error.slice(0, summaryErrorLength - 1) + '…'
-    : record.error
-  return {
-    uuid: record.uuid,
-    task: record.task,
-    status: record.status,
-    progress: record.progress,
-    target: record.target,
-    attempt: record.attempt,
-    created: record.created,
-    started: record.started,
-    finished: record.finished,
-    error,
-  }
 }
 
 /**

@@ -19,7 +19,7 @@ import type { MessageLimits } from './protocol.js'
 import type { RegisteredTask } from './registry.js'
 import type { Runner } from './runner/types.js'
 import { toState } from './state.js'
-import { finalStatuses, newRecord, type FinalStatus, type ListFilter, type ListPage, type Store, type TaskRecord, type TaskState } from './store/types.js'
+import { finalStatuses, newRecord, toSummary, type FinalStatus, type ListFilter, type ListPage, type Store, type TaskRecord, type TaskState } from './store/types.js'
 import { describe } from './task.js'
 import { clip } from './text.js'
 
@@ -106,11 +106,9 @@ export interface StatsQuery {
 export const maxStatsMinutes = 1440
 
 /**
- * Records `finishedStats` reads per final status, at most. One call to the store reads
- * them (a Redis script, a SQLite query, each holding its server or the event loop for
- * about as long as it takes to read them: tens of ms for 10,000), so a request stays
- * bounded however many tasks finish; past it, the oldest are left out and the answer
- * says `truncated`.
+ * Records `finishedStats` reads per final status, at most (the stores read them in
+ * pages, a turn of the event loop between), so a request stays bounded however many
+ * tasks finish; past it, the oldest are left out and the answer says `truncated`.
  */
 export const statsReadLimit = 10_000
 
@@ -364,9 +362,8 @@ export class TaskService {
         throw err
       }
     }
-    const { uuid, task, status, progress, target, attempt, started, finished, error } = created
-    this.#bus.announce({ uuid, owner: record.owner, summary: { uuid, task, status, progress, target, attempt, created: created.created, started, finished, error } },
-      err => this.#log.warn({ err, uuid }, 'fastify-task-api: a new task could not be announced to the watching streams'))
+    this.#bus.announce({ uuid: record.uuid, owner: record.owner, summary: toSummary(record) },
+      err => this.#log.warn({ err, uuid: record.uuid }, 'fastify-task-api: a new task could not be announced to the watching streams'))
     return created
   }
 

@@ -35,6 +35,28 @@ export interface TaskState {
  */
 export type TaskSummary = Pick<TaskState, 'uuid' | 'task' | 'status' | 'progress' | 'target' | 'attempt' | 'created' | 'started' | 'finished' | 'error'>
 
+/** Characters of a failed task's error a list summary keeps. */
+const summaryErrorLength = 200
+
+/** A record as a list shows it: no outputs, no messages, the error cut short. */
+export function toSummary (record: Readonly<TaskState>): TaskSummary {
+  const error = record.error !== null && record.error.length > summaryErrorLength
+    ? record.error.slice(0, summaryErrorLength - 1) + '…'
+    : record.error
+  return {
+    uuid: record.uuid,
+    task: record.task,
+    status: record.status,
+    progress: record.progress,
+    target: record.target,
+    attempt: record.attempt,
+    created: record.created,
+    started: record.started,
+    finished: record.finished,
+    error,
+  }
+}
+
 /**
  * A new `pending` record as the service creates it at submit: every field at its
  * initial value, then `fields` over them. Stores, tests and benches build records here.
